@@ -1,0 +1,12 @@
+-- The demo table used by the tour, the benchmarks, the doc examples and the tests.
+-- Portable SQL: the same file runs on SQLite, PostgreSQL and MySQL/MariaDB (and
+-- PostgreSQL-compatible distributed engines). Ids are assigned by the application.
+CREATE TABLE items (
+    id BIGINT PRIMARY KEY NOT NULL,
+    category INTEGER NOT NULL,
+    name VARCHAR(64) NOT NULL,
+    payload VARCHAR(255) NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX items_category_id ON items (category, id);
+CREATE INDEX items_created_at_id ON items (created_at, id);

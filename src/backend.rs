@@ -1,0 +1,168 @@
+//! What differs between backends: how SQL is rendered, which loading mode streams rows.
+//!
+//! [`BudgetConnection`] is sealed and implemented for `SqliteConnection`, `PgConnection` and
+//! `MysqlConnection` (each behind its cargo feature).
+
+use diesel::connection::{Connection, DefaultLoadingMode, LoadConnection};
+use diesel::query_builder::QueryFragment;
+use diesel::r2d2::R2D2Connection;
+use diesel::QueryResult;
+
+/// Which database a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// SQLite (embedded).
+    Sqlite,
+    /// PostgreSQL and wire-compatible engines.
+    Postgres,
+    /// MySQL and MariaDB.
+    Mysql,
+}
+
+impl BackendKind {
+    /// Lower-case name: `sqlite`, `postgres`, `mysql`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+            BackendKind::Mysql => "mysql",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A Diesel connection diesel-budget can run budgeted queries on. Sealed: implemented for
+/// `SqliteConnection`, `PgConnection` and `MysqlConnection`.
+pub trait BudgetConnection:
+    Connection + LoadConnection<DefaultLoadingMode> + R2D2Connection + Send + 'static + sealed::Sealed
+{
+    /// The loading mode that hands rows over one at a time with the least client-side
+    /// buffering: `PgRowByRowLoadingMode` on PostgreSQL, the default mode elsewhere.
+    type StreamMode: 'static;
+
+    /// Which backend this is.
+    const KIND: BackendKind;
+
+    /// Whether [`Self::StreamMode`] really streams (PostgreSQL row-by-row, SQLite's stepping
+    /// cursor) rather than buffering the whole result in the client (MySQL's
+    /// `mysql_stmt_store_result`).
+    const STREAMS: bool;
+
+    /// Renders `query` to SQL text with placeholders (bound values are never inlined).
+    #[doc(hidden)]
+    fn render_sql<Q: QueryFragment<Self::Backend> + ?Sized>(query: &Q) -> QueryResult<String>;
+
+    /// Runs the pending migrations of `migrations`; returns how many ran.
+    #[doc(hidden)]
+    fn run_migrations(
+        &mut self,
+        migrations: diesel_migrations::EmbeddedMigrations,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// Session set-up run on every new pooled connection.
+    #[doc(hidden)]
+    const ON_ACQUIRE_SQL: &'static str;
+}
+
+macro_rules! impl_budget_connection {
+    ($feature:literal, $conn:ty, $backend:ty, $mode:ty, $kind:expr, $streams:expr, $setup:expr) => {
+        #[cfg(feature = $feature)]
+        impl sealed::Sealed for $conn {}
+
+        #[cfg(feature = $feature)]
+        impl BudgetConnection for $conn {
+            type StreamMode = $mode;
+            const KIND: BackendKind = $kind;
+            const STREAMS: bool = $streams;
+            const ON_ACQUIRE_SQL: &'static str = $setup;
+
+            fn render_sql<Q: QueryFragment<$backend> + ?Sized>(query: &Q) -> QueryResult<String> {
+                use diesel::query_builder::QueryBuilder as _;
+                let mut out = <<$backend as diesel::backend::Backend>::QueryBuilder>::default();
+                query.to_sql(&mut out, &<$backend>::default())?;
+                Ok(out.finish())
+            }
+
+            fn run_migrations(
+                &mut self,
+                migrations: diesel_migrations::EmbeddedMigrations,
+            ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+                use diesel_migrations::MigrationHarness as _;
+                Ok(self.run_pending_migrations(migrations)?.len())
+            }
+        }
+    };
+}
+
+impl_budget_connection!(
+    "sqlite",
+    diesel::sqlite::SqliteConnection,
+    diesel::sqlite::Sqlite,
+    DefaultLoadingMode,
+    BackendKind::Sqlite,
+    true,
+    // Wait for writers instead of failing with SQLITE_BUSY; WAL lets readers run beside them.
+    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;"
+);
+impl_budget_connection!(
+    "postgres",
+    diesel::pg::PgConnection,
+    diesel::pg::Pg,
+    diesel::pg::PgRowByRowLoadingMode,
+    BackendKind::Postgres,
+    true,
+    ""
+);
+impl_budget_connection!(
+    "mysql",
+    diesel::mysql::MysqlConnection,
+    diesel::mysql::Mysql,
+    DefaultLoadingMode,
+    BackendKind::Mysql,
+    false,
+    ""
+);
+
+/// Whether `sql`, as Diesel renders it, ends in a top-level `LIMIT` with a bound value.
+///
+/// Diesel renders a select's limit clause last (before any locking clause) as ` LIMIT ` and a
+/// placeholder (`$n` or `?`); bind values are never inlined, so the user's data cannot fake it.
+/// An offset without a limit renders as `LIMIT -1` (SQLite) or `LIMIT 18446744073709551615`
+/// (MySQL), which does not count. A `LIMIT` inside a subquery is followed by a `)`.
+pub(crate) fn has_top_level_limit(sql: &str) -> bool {
+    let Some(at) = sql.rfind(" LIMIT ") else {
+        return false;
+    };
+    let rest = &sql[at + " LIMIT ".len()..];
+    (rest.starts_with('?') || rest.starts_with('$')) && !rest.contains(')')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_top_level_limit;
+
+    #[test]
+    fn detects_only_a_top_level_bound_limit() {
+        assert!(has_top_level_limit("SELECT a FROM t LIMIT ?"));
+        assert!(has_top_level_limit("SELECT a FROM t LIMIT $1 OFFSET $2"));
+        assert!(has_top_level_limit("SELECT a FROM t LIMIT $3 FOR UPDATE"));
+        assert!(!has_top_level_limit("SELECT a FROM t"));
+        assert!(!has_top_level_limit("SELECT a FROM t LIMIT -1 OFFSET ?"));
+        assert!(!has_top_level_limit(
+            "SELECT a FROM t LIMIT 18446744073709551615 OFFSET ?"
+        ));
+        assert!(!has_top_level_limit(
+            "SELECT a FROM t WHERE a IN (SELECT b FROM u LIMIT ?)"
+        ));
+    }
+}

@@ -1,0 +1,255 @@
+//! Running budgeted queries: `load`, `get_results`, `get_result`, `first`.
+//!
+//! Rows and bytes are counted as rows arrive and loading stops at the first one past the
+//! budget. The server never sends more than `budget + 1` rows: the LIMIT is in the SQL
+//! (see [`crate::query`]).
+
+use std::ops::ControlFlow;
+
+
+use crate::backend::BudgetConnection;
+use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
+use crate::error::{Error, Result};
+use crate::instrument::{note_result, BudgetScope};
+use crate::query::{BudgetQuery, Budgeted};
+
+pub(crate) mod sealed {
+    /// Gives the executor the Diesel connection behind a handle. Not nameable outside the
+    /// crate, so it is no way around the budget.
+    pub trait Access {
+        type Connection: crate::backend::BudgetConnection;
+        fn connection(&mut self) -> &mut Self::Connection;
+    }
+}
+
+/// Something budgeted queries run on: a pooled [`crate::Conn`] from [`crate::Db::get`], or a
+/// plain Diesel connection of a supported backend (`SqliteConnection`, `PgConnection`,
+/// `MysqlConnection`). Sealed.
+pub trait Executor: sealed::Access {}
+
+impl<T: sealed::Access> Executor for T {}
+
+macro_rules! plain_connection_executor {
+    ($feature:literal, $conn:ty) => {
+        #[cfg(feature = $feature)]
+        impl sealed::Access for $conn {
+            type Connection = $conn;
+            fn connection(&mut self) -> &mut $conn {
+                self
+            }
+        }
+    };
+}
+plain_connection_executor!("sqlite", diesel::sqlite::SqliteConnection);
+plain_connection_executor!("postgres", diesel::pg::PgConnection);
+plain_connection_executor!("mysql", diesel::mysql::MysqlConnection);
+
+/// The Diesel connection type behind an executor.
+pub type ConnectionOf<X> = <X as sealed::Access>::Connection;
+
+/// Rows loaded under a budget, with what was counted.
+pub(crate) struct Loaded<U> {
+    pub(crate) rows: Vec<U>,
+    pub(crate) sql: String,
+    pub(crate) meter: Meterage,
+    pub(crate) exceeded: Option<Exceeded>,
+}
+
+impl<U> Loaded<U> {
+    pub(crate) fn into_error(self, budget: BudgetSpec, exceeded: Exceeded) -> Error {
+        Error::BudgetExceeded {
+            sql: self.sql,
+            budget,
+            exceeded,
+            seen_rows: self.meter.rows,
+            seen_bytes: self.meter.bytes,
+        }
+    }
+}
+
+/// Runs `query` with at most `limit` rows fetched, metering rows against `spec` and bytes with
+/// `M`; stops at the first row past the budget (that row is dropped and counted).
+pub(crate) fn load_metered<'q, C, U, Q, M>(
+    query: Q,
+    spec: BudgetSpec,
+    limit: i64,
+    conn: &mut C,
+) -> Result<Loaded<U>>
+where
+    C: BudgetConnection,
+    Q: BudgetQuery<'q, C, U>,
+    M: Meter<U>,
+{
+    let mut rows = Vec::new();
+    let mut meter = Meterage::default();
+    let mut exceeded = None;
+    let result = {
+        let _scope = BudgetScope::enter(spec);
+        query.run_limited(limit, M::METERS_BYTES, conn, |row| {
+            match meter.add(M::size_of(&row), &spec) {
+                None => {
+                    rows.push(row);
+                    ControlFlow::Continue(())
+                }
+                Some(e) => {
+                    exceeded = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })
+    };
+    note_result(
+        conn.instrumentation(),
+        meter.rows,
+        M::METERS_BYTES.then_some(meter.bytes),
+    );
+    Ok(Loaded {
+        rows,
+        sql: result?,
+        meter,
+        exceeded,
+    })
+}
+
+/// `budget + 1`, the LIMIT that tells "fits" from "too many". The budget is validated first.
+fn probe_limit(spec: &BudgetSpec) -> i64 {
+    i64::try_from(spec.rows.saturating_add(1)).unwrap_or(i64::MAX)
+}
+
+impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
+    /// Loads all rows if they fit the budget.
+    ///
+    /// Under a strict budget: `Vec<U>`, or [`Error::BudgetExceeded`] when the query has more
+    /// rows (or bytes) than the budget; at most `budget + 1` rows are fetched. Under
+    /// [`Budget::truncate`](crate::Budget::truncate): [`Truncated<U>`](crate::Truncated), the
+    /// rows that fit and whether more existed.
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(120)?;
+    /// use diesel::prelude::*;
+    /// use diesel_budget::prelude::*;
+    /// use diesel_budget::demo::{items, Item};
+    ///
+    /// let few: Vec<Item> = items::table
+    ///     .filter(items::category.eq(1))
+    ///     .order(items::id)
+    ///     .budget(Budget::rows(100))
+    ///     .load(&mut conn)?;
+    /// assert_eq!(few.len(), 12);
+    ///
+    /// let err = items::table
+    ///     .budget(Budget::rows(100))
+    ///     .load::<Item, _>(&mut conn)
+    ///     .unwrap_err();
+    /// assert!(err.is_budget_exceeded());
+    ///
+    /// let some = items::table
+    ///     .order(items::id)
+    ///     .budget(Budget::rows(100).truncate())
+    ///     .load::<Item, _>(&mut conn)?;
+    /// assert_eq!(some.len(), 100);
+    /// assert!(some.is_truncated());
+    /// # Ok(()) }
+    /// ```
+    pub fn load<'q, U, X>(self, conn: &mut X) -> Result<O::Output<U>>
+    where
+        X: Executor,
+        Q: BudgetQuery<'q, ConnectionOf<X>, U>,
+        M: Meter<U>,
+    {
+        let spec = self.budget.spec();
+        self.budget.validate()?;
+        let loaded = load_metered::<_, U, Q, M>(
+            self.query,
+            spec,
+            probe_limit(&spec),
+            conn.connection(),
+        )?;
+        match loaded.exceeded {
+            None => Ok(O::finish(loaded.rows, false)),
+            Some(_) if O::TRUNCATES => Ok(O::finish(loaded.rows, true)),
+            Some(e) => Err(loaded.into_error(spec, e)),
+        }
+    }
+
+    /// Same as [`load`](Self::load), named as in Diesel.
+    pub fn get_results<'q, U, X>(self, conn: &mut X) -> Result<O::Output<U>>
+    where
+        X: Executor,
+        Q: BudgetQuery<'q, ConnectionOf<X>, U>,
+        M: Meter<U>,
+    {
+        self.load(conn)
+    }
+
+    /// The first row of the result, which must fit the budget like [`load`](Self::load)
+    /// (a truncating budget keeps the first row of what fits). No row: an error for which
+    /// [`Error::is_not_found`] is true; use [`OptionalExtension::optional`](crate::OptionalExtension).
+    pub fn get_result<'q, U, X>(self, conn: &mut X) -> Result<U>
+    where
+        X: Executor,
+        Q: BudgetQuery<'q, ConnectionOf<X>, U>,
+        M: Meter<U>,
+    {
+        let spec = self.budget.spec();
+        self.budget.validate()?;
+        let loaded = load_metered::<_, U, Q, M>(
+            self.query,
+            spec,
+            probe_limit(&spec),
+            conn.connection(),
+        )?;
+        if let (Some(e), false) = (loaded.exceeded, O::TRUNCATES) {
+            return Err(loaded.into_error(spec, e));
+        }
+        first_or_not_found(loaded)
+    }
+
+    /// The first row, fetching one (`LIMIT 1`, or your own smaller limit). A row over a byte
+    /// budget is [`Error::BudgetExceeded`] whatever the overflow policy. No row: an error for
+    /// which [`Error::is_not_found`] is true.
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(10)?;
+    /// use diesel::prelude::*;
+    /// use diesel_budget::prelude::*;
+    /// use diesel_budget::demo::{items, Item};
+    ///
+    /// let first: Item = items::table.order(items::id).budget(Budget::rows(1)).first(&mut conn)?;
+    /// assert_eq!(first.id, 1);
+    /// let none = items::table
+    ///     .filter(items::id.eq(-1))
+    ///     .budget(Budget::rows(1))
+    ///     .first::<Item, _>(&mut conn)
+    ///     .optional()?;
+    /// assert!(none.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn first<'q, U, X>(self, conn: &mut X) -> Result<U>
+    where
+        X: Executor,
+        Q: BudgetQuery<'q, ConnectionOf<X>, U>,
+        M: Meter<U>,
+    {
+        let spec = self.budget.spec();
+        self.budget.validate()?;
+        let loaded = load_metered::<_, U, Q, M>(self.query, spec, 1, conn.connection())?;
+        if let Some(e) = loaded.exceeded {
+            return Err(loaded.into_error(spec, e));
+        }
+        first_or_not_found(loaded)
+    }
+}
+
+fn first_or_not_found<U>(loaded: Loaded<U>) -> Result<U> {
+    match loaded.rows.into_iter().next() {
+        Some(row) => Ok(row),
+        None => Err(Error::query(loaded.sql, diesel::result::Error::NotFound)),
+    }
+}

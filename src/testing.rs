@@ -1,0 +1,196 @@
+//! Budgets in tests: record every statement a code path runs and hold it to a budget.
+//!
+//! [`record`] runs a closure and returns what it did as a [`Ledger`]: each statement with its
+//! kind (budgeted, unbudgeted, transaction control), rows, bytes and time.
+//! [`Ledger::assert`] checks it and panics with the whole ledger when a check fails, like
+//! `assert!`.
+//!
+//! # Example
+//! ```
+//! # include!("../tests/doc_setup.rs");
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (db, mut conn) = demo_db(100)?;
+//! use diesel::prelude::*;
+//! use diesel_budget::prelude::*;
+//! use diesel_budget::demo::{items, Item};
+//! use diesel_budget::testing;
+//!
+//! let (rows, ledger) = testing::record(&mut conn, |conn| {
+//!     items::table
+//!         .filter(items::category.eq(1))
+//!         .budget(Budget::rows(20))
+//!         .load::<Item, _>(conn)
+//! });
+//! assert_eq!(rows?.len(), 10);
+//! ledger
+//!     .assert()
+//!     .round_trips_at_most(1)
+//!     .rows_at_most(10)
+//!     .no_unbudgeted_queries();
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use diesel::Connection;
+
+use crate::exec::Executor;
+use crate::instrument::{pop_recording, push_recording, BudgetInstrumentation};
+pub use crate::instrument::{Statement, StatementKind};
+
+/// Runs `f` and records every statement it runs on this thread, on any instrumented
+/// connection. Installs the instrumentation on `conn` if it does not have it (a plain Diesel
+/// connection). Recordings nest: an inner one's statements are in the outer one too.
+pub fn record<X, T, F>(conn: &mut X, f: F) -> (T, Ledger)
+where
+    X: Executor,
+    F: FnOnce(&mut X) -> T,
+{
+    let c = conn.connection();
+    if c.instrumentation()
+        .downcast_ref::<BudgetInstrumentation>()
+        .is_none()
+    {
+        crate::db::instrument(c);
+    }
+    /// Closes the recording if `f` panics, so later recordings stay balanced.
+    struct Open(bool);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            if self.0 {
+                pop_recording();
+            }
+        }
+    }
+    push_recording();
+    let mut open = Open(true);
+    let value = f(conn);
+    open.0 = false;
+    let statements = pop_recording();
+    (value, Ledger { statements })
+}
+
+/// The statements one recording saw, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    statements: Vec<Statement>,
+}
+
+impl Ledger {
+    /// Every statement, in order.
+    pub fn statements(&self) -> &[Statement] {
+        &self.statements
+    }
+
+    /// Statements sent to the server, of every kind except transaction control.
+    pub fn round_trips(&self) -> usize {
+        self.statements
+            .iter()
+            .filter(|s| s.kind != StatementKind::Transaction)
+            .count()
+    }
+
+    /// Rows received by budgeted statements.
+    pub fn rows(&self) -> u64 {
+        self.statements.iter().filter_map(|s| s.rows).sum()
+    }
+
+    /// Bytes received by byte-metered statements.
+    pub fn bytes(&self) -> u64 {
+        self.statements.iter().filter_map(|s| s.bytes).sum()
+    }
+
+    /// Time spent in statements.
+    pub fn elapsed(&self) -> Duration {
+        self.statements.iter().map(|s| s.elapsed).sum()
+    }
+
+    /// Statements that ran without a budget.
+    pub fn unbudgeted(&self) -> impl Iterator<Item = &Statement> {
+        self.statements
+            .iter()
+            .filter(|s| s.kind == StatementKind::Unbudgeted)
+    }
+
+    /// Checks on this ledger that panic with the whole ledger when they fail.
+    pub fn assert(&self) -> LedgerAssert<'_> {
+        LedgerAssert { ledger: self }
+    }
+}
+
+impl fmt::Display for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} statements, {} round trips, {} rows, {} bytes, {:?}",
+            self.statements.len(),
+            self.round_trips(),
+            self.rows(),
+            self.bytes(),
+            self.elapsed()
+        )?;
+        for (i, s) in self.statements.iter().enumerate() {
+            let budget = s.budget.map(|b| format!(" budget[{b}]")).unwrap_or_default();
+            let rows = s.rows.map(|r| format!(" rows={r}")).unwrap_or_default();
+            let bytes = s.bytes.map(|b| format!(" bytes={b}")).unwrap_or_default();
+            let failed = if s.failed { " FAILED" } else { "" };
+            writeln!(
+                f,
+                "  #{i} {:?}{budget}{rows}{bytes}{failed} {:?}: {}",
+                s.kind, s.elapsed, s.sql
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Chained checks on a [`Ledger`]; each panics with the ledger when it fails.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerAssert<'a> {
+    ledger: &'a Ledger,
+}
+
+impl LedgerAssert<'_> {
+    #[track_caller]
+    fn check(self, ok: bool, what: fmt::Arguments<'_>) -> Self {
+        if !ok {
+            panic!("budget check failed: {what}\n{}", self.ledger);
+        }
+        self
+    }
+
+    /// At most `n` statements were sent (transaction control not counted).
+    #[track_caller]
+    pub fn round_trips_at_most(self, n: usize) -> Self {
+        let got = self.ledger.round_trips();
+        self.check(
+            got <= n,
+            format_args!("{got} round trips, at most {n} allowed"),
+        )
+    }
+
+    /// At most `n` rows were received.
+    #[track_caller]
+    pub fn rows_at_most(self, n: u64) -> Self {
+        let got = self.ledger.rows();
+        self.check(got <= n, format_args!("{got} rows, at most {n} allowed"))
+    }
+
+    /// At most `n` bytes were received (byte-metered statements).
+    #[track_caller]
+    pub fn bytes_at_most(self, n: u64) -> Self {
+        let got = self.ledger.bytes();
+        self.check(got <= n, format_args!("{got} bytes, at most {n} allowed"))
+    }
+
+    /// Every statement ran under a budget (or was transaction control).
+    #[track_caller]
+    pub fn no_unbudgeted_queries(self) -> Self {
+        let n = self.ledger.unbudgeted().count();
+        self.check(
+            n == 0,
+            format_args!("{n} statements ran without a budget"),
+        )
+    }
+}

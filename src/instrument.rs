@@ -107,6 +107,11 @@ pub(crate) fn pop_recording() -> Vec<Statement> {
     STATE.with(|s| s.recordings.borrow_mut().pop().unwrap_or_default())
 }
 
+/// Whether any recording is open on this thread (statements are only rendered then).
+fn recording() -> bool {
+    STATE.with(|s| s.recordings.try_borrow().is_ok_and(|r| !r.is_empty()))
+}
+
 fn with_recordings(f: impl Fn(&mut Vec<Statement>)) {
     STATE.with(|s| {
         if let Ok(mut recs) = s.recordings.try_borrow_mut() {
@@ -268,7 +273,7 @@ impl Instrumentation for BudgetInstrumentation {
                 counter.fetch_add(1, Ordering::Relaxed);
                 self.stats.statements.fetch_add(1, Ordering::Relaxed);
                 self.in_flight = Some((kind, Instant::now()));
-                if kind != StatementKind::Internal {
+                if kind != StatementKind::Internal && recording() {
                     let sql = query.to_string();
                     with_recordings(|rec| {
                         rec.push(Statement {

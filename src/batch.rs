@@ -359,10 +359,8 @@ where
     Q: AsQuery + Clone,
     Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
     diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order>,
-    BatchQuery<Q, K, V>: BudgetQuery<'c, C, U>
-        + LoadQuery<'c, C, U, C::StreamMode>
-        + QueryFragment<C::Backend>
-        + 'c,
+    BatchQuery<Q, K, V>:
+        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
     C: diesel::connection::LoadConnection<C::StreamMode>,
     K: KeysetAfter<V, C::Backend>,
     V: Clone + Debug,
@@ -422,10 +420,8 @@ where
     Q: AsQuery + Clone,
     Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
     diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order>,
-    BatchQuery<Q, K, V>: BudgetQuery<'c, C, U>
-        + LoadQuery<'c, C, U, C::StreamMode>
-        + QueryFragment<C::Backend>
-        + 'c,
+    BatchQuery<Q, K, V>:
+        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
     C: diesel::connection::LoadConnection<C::StreamMode>,
     K: KeysetAfter<V, C::Backend>,
     V: Clone + Debug,

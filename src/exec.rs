@@ -6,7 +6,6 @@
 
 use std::ops::ControlFlow;
 
-
 use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
@@ -162,12 +161,8 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(
-            self.query,
-            spec,
-            probe_limit(&spec),
-            conn.connection(),
-        )?;
+        let loaded =
+            load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn.connection())?;
         match loaded.exceeded {
             None => Ok(O::finish(loaded.rows, false)),
             Some(_) if O::TRUNCATES => Ok(O::finish(loaded.rows, true)),
@@ -196,12 +191,8 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(
-            self.query,
-            spec,
-            probe_limit(&spec),
-            conn.connection(),
-        )?;
+        let loaded =
+            load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn.connection())?;
         if let (Some(e), false) = (loaded.exceeded, O::TRUNCATES) {
             return Err(loaded.into_error(spec, e));
         }

@@ -124,12 +124,10 @@ where
     C: BudgetConnection,
     Q: AsQuery,
     Q::Query: LimitDsl + QueryFragment<C::Backend>,
-    diesel::dsl::Limit<Q::Query>: LoadQuery<'q, C, U>
-        + LoadQuery<'q, C, U, C::StreamMode>
-        + QueryFragment<C::Backend>,
-    Capped<Q::Query>: LoadQuery<'q, C, U>
-        + LoadQuery<'q, C, U, C::StreamMode>
-        + QueryFragment<C::Backend>,
+    diesel::dsl::Limit<Q::Query>:
+        LoadQuery<'q, C, U> + LoadQuery<'q, C, U, C::StreamMode> + QueryFragment<C::Backend>,
+    Capped<Q::Query>:
+        LoadQuery<'q, C, U> + LoadQuery<'q, C, U, C::StreamMode> + QueryFragment<C::Backend>,
     C: diesel::connection::LoadConnection<C::StreamMode>,
     U: 'static,
 {

@@ -131,7 +131,10 @@ impl fmt::Display for Ledger {
             self.elapsed()
         )?;
         for (i, s) in self.statements.iter().enumerate() {
-            let budget = s.budget.map(|b| format!(" budget[{b}]")).unwrap_or_default();
+            let budget = s
+                .budget
+                .map(|b| format!(" budget[{b}]"))
+                .unwrap_or_default();
             let rows = s.rows.map(|r| format!(" rows={r}")).unwrap_or_default();
             let bytes = s.bytes.map(|b| format!(" bytes={b}")).unwrap_or_default();
             let failed = if s.failed { " FAILED" } else { "" };
@@ -188,9 +191,6 @@ impl LedgerAssert<'_> {
     #[track_caller]
     pub fn no_unbudgeted_queries(self) -> Self {
         let n = self.ledger.unbudgeted().count();
-        self.check(
-            n == 0,
-            format_args!("{n} statements ran without a budget"),
-        )
+        self.check(n == 0, format_args!("{n} statements ran without a budget"))
     }
 }

@@ -10,7 +10,10 @@ fn demo_db(
     ),
     Box<dyn std::error::Error>,
 > {
-    let dir = tempfile::Builder::new().prefix("diesel-budget-doc").tempdir()?.keep();
+    let dir = tempfile::Builder::new()
+        .prefix("diesel-budget-doc")
+        .tempdir()?
+        .keep();
     let path = dir.join("doc.db");
     let db = diesel_budget::Db::builder(path.to_str().ok_or("non-utf-8 temp path")?)
         .migrations(diesel_budget::demo::MIGRATIONS)

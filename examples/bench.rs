@@ -52,6 +52,8 @@ enum Scenario {
     BudgetBatches,
     /// Ours: `batches_by(items::id, ..)` in `BatchMode::Stream`, through `Db`.
     BudgetStream,
+    /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
+    Report,
 }
 
 impl Scenario {
@@ -83,15 +85,15 @@ impl Backend {
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Args {
-    /// What to run.
+    /// What to run (`report` reads the JSON lines of a run and prints a markdown table).
     #[arg(value_enum)]
     scenario: Scenario,
-    /// Which database.
+    /// Which database (required for every scenario but `report`).
     #[arg(long, value_enum)]
-    backend: Backend,
-    /// Rows in the table (ids 1..=rows).
+    backend: Option<Backend>,
+    /// Rows in the table, ids 1..=rows (required for every scenario but `report`).
     #[arg(long)]
-    rows: u64,
+    rows: Option<u64>,
     /// Rows per batch for the keyset and budget scenarios.
     #[arg(long, default_value_t = 10_000)]
     batch: u32,
@@ -99,6 +101,12 @@ struct Args {
     /// else PG_DATABASE_URL / MYSQL_DATABASE_URL, else a local `diesel_budget_bench` database.
     #[arg(long)]
     url: Option<String>,
+    /// `report`: the JSON-lines file to read.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// `report`: which run of the file (the `run` field; default: the last one in the file).
+    #[arg(long)]
+    run: Option<String>,
 }
 
 /// What a scan saw: every row touched, so the work cannot be skipped.
@@ -173,28 +181,47 @@ fn rss() -> BoxResult<(u64, u64)> {
     Ok((field("VmHWM:")?, field("VmRSS:")?))
 }
 
+/// The 1-minute load average, from `/proc/loadavg`.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn main() -> BoxResult<()> {
     let args = Args::parse();
-    let url = database_url(&args)?;
+    if args.scenario == Scenario::Report {
+        let input = args.input.as_deref().ok_or("report needs --input FILE")?;
+        return report::print(input, args.run.as_deref());
+    }
+    let (Some(backend), Some(rows)) = (args.backend, args.rows) else {
+        return Err(format!("{} needs --backend and --rows", args.scenario.name()).into());
+    };
     if args.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
+    let url = database_url(backend, rows, args.url.as_deref())?;
     if args.scenario == Scenario::Seed {
-        return seed(&args, &url);
+        return seed(backend, rows, &url);
     }
+    let load_before = loadavg();
     let (hwm_before, _) = rss()?;
-    let outcome = match args.backend {
+    let outcome = match backend {
         Backend::Sqlite => sqlite::run(args.scenario, &url, args.batch)?,
         Backend::Postgres => postgres::run(args.scenario, &url, args.batch)?,
         Backend::Mysql => mysql::run(args.scenario, &url, args.batch)?,
     };
     let (peak, rss_end) = rss()?;
-    outcome.tally.verify(args.rows)?;
+    outcome.tally.verify(rows)?;
     let wall_s = outcome.wall.as_secs_f64();
+    let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
     let line = json!({
         "scenario": args.scenario.name(),
-        "backend": args.backend.name(),
-        "rows": args.rows,
+        "backend": backend.name(),
+        "rows": rows,
         "wall_s": wall_s,
         "rows_per_s": outcome.tally.rows as f64 / wall_s,
         "peak_rss_bytes": peak,
@@ -207,14 +234,18 @@ fn main() -> BoxResult<()> {
         "batches": outcome.batches,
         "conn": outcome.conn,
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "loadavg_1m_before": load_before,
+        "loadavg_1m_after": loadavg(),
+        "run": env("BENCH_RUN"),
+        "commit": env("BENCH_COMMIT"),
     });
     println!("{line}");
     Ok(())
 }
 
-fn database_url(args: &Args) -> BoxResult<String> {
-    if let Some(url) = &args.url {
-        return Ok(url.clone());
+fn database_url(backend: Backend, rows: u64, url: Option<&str>) -> BoxResult<String> {
+    if let Some(url) = url {
+        return Ok(url.to_owned());
     }
     let from_env = |var: &str, default: &str| -> String {
         std::env::var(var)
@@ -222,11 +253,11 @@ fn database_url(args: &Args) -> BoxResult<String> {
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| default.to_owned())
     };
-    let url = match args.backend {
+    let url = match backend {
         Backend::Sqlite => {
             let dir = target_dir().join("bench");
             std::fs::create_dir_all(&dir)?;
-            let path = dir.join(format!("bench-{}.db", args.rows));
+            let path = dir.join(format!("bench-{rows}.db"));
             return path
                 .to_str()
                 .map(str::to_owned)
@@ -246,7 +277,7 @@ fn database_url(args: &Args) -> BoxResult<String> {
         return Err(format!(
             "{url}: the tests use the `test` database and `seed` truncates `items`; \
              point {} at a bench database (default: diesel_budget_bench)",
-            if args.backend == Backend::Postgres {
+            if backend == Backend::Postgres {
                 "PG_DATABASE_URL"
             } else {
                 "MYSQL_DATABASE_URL"
@@ -304,10 +335,9 @@ fn spot_ids(rows: u64) -> Vec<i64> {
 }
 
 /// Creates, checks and (re)fills the table; prints one JSON line.
-fn seed(args: &Args, url: &str) -> BoxResult<()> {
+fn seed(backend: Backend, rows: u64, url: &str) -> BoxResult<()> {
     let started = Instant::now();
-    let rows = args.rows;
-    let outcome = match args.backend {
+    let outcome = match backend {
         Backend::Sqlite => sqlite::seed(url, rows)?,
         Backend::Postgres => postgres::seed(url, rows)?,
         Backend::Mysql => mysql::seed(url, rows)?,
@@ -317,7 +347,7 @@ fn seed(args: &Args, url: &str) -> BoxResult<()> {
         "{}",
         json!({
             "scenario": "seed",
-            "backend": args.backend.name(),
+            "backend": backend.name(),
             "rows": rows,
             "wall_s": wall_s,
             "seeded": outcome.is_some(),
@@ -438,7 +468,9 @@ macro_rules! backend {
                         })
                     }
                     Scenario::DieselLoadIterRbr => extra(scenario, url),
-                    Scenario::Seed => Err("seed is not a scan".into()),
+                    Scenario::Seed | Scenario::Report => {
+                        Err(format!("{} is not a scan", scenario.name()).into())
+                    }
                 }
             }
 
@@ -717,3 +749,269 @@ backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
         Ok(())
     }
 });
+
+/// `bench report`: medians of a run's JSON lines as markdown tables.
+mod report {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    const MIB: f64 = (1 << 20) as f64;
+    /// Peak RSS allowed to `budget-stream` at 10^6 rows.
+    const STREAM_PEAK_MIB: f64 = 32.0;
+    /// Spread of `budget-stream` peaks from 10^5 rows up that still counts as flat.
+    const FLAT_MIB: f64 = 4.0;
+    /// Least rows/s of ours against its baseline.
+    const MIN_RATIO: f64 = 0.9;
+
+    #[derive(Debug, Default)]
+    struct Samples {
+        rows_per_s: Vec<f64>,
+        peak_mib: Vec<f64>,
+        load: Vec<f64>,
+    }
+
+    fn median(values: &[f64]) -> f64 {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    fn backend_of(name: &str) -> Option<Backend> {
+        Backend::from_str(name, true).ok()
+    }
+
+    /// The plain-Diesel path each of ours is measured against.
+    fn baseline(scenario: Scenario, backend: Backend) -> Option<Scenario> {
+        match (scenario, backend) {
+            (Scenario::BudgetBatches, _) => Some(Scenario::DieselKeyset),
+            (Scenario::BudgetStream, Backend::Postgres) => Some(Scenario::DieselLoadIterRbr),
+            (Scenario::BudgetStream, Backend::Sqlite) => Some(Scenario::DieselLoadIter),
+            (Scenario::BudgetStream, Backend::Mysql) => Some(Scenario::DieselKeyset),
+            _ => None,
+        }
+    }
+
+    /// Plain-Diesel figures at 10^6 rows measured earlier (shared/FACTS.md): MiB, rows/s.
+    fn reference(scenario: Scenario, backend: Backend) -> Option<(f64, Option<f64>)> {
+        use Backend::*;
+        use Scenario::*;
+        Some(match (scenario, backend) {
+            (DieselLoad, Postgres) => (458.0, None),
+            (DieselLoad, Sqlite) => (217.0, None),
+            (DieselLoad, Mysql) => (370.0, None),
+            (DieselLoadIter, Postgres) => (252.0, None),
+            (DieselLoadIter, Sqlite) => (11.6, None),
+            (DieselLoadIter, Mysql) => (164.0, None),
+            (DieselLoadIterRbr, Postgres) => (13.2, Some(2.10e6)),
+            (DieselKeyset, Postgres) => (17.6, Some(0.96e6)),
+            (DieselKeyset, Sqlite) => (13.9, Some(2.42e6)),
+            (DieselKeyset, Mysql) => (14.8, Some(0.83e6)),
+            _ => return None,
+        })
+    }
+
+    fn rate(r: f64) -> String {
+        if r >= 1e6 {
+            format!("{:.2}M", r / 1e6)
+        } else {
+            format!("{:.0}k", r / 1e3)
+        }
+    }
+
+    fn verdict(ok: bool) -> &'static str {
+        if ok {
+            "met"
+        } else {
+            "**missed**"
+        }
+    }
+
+    type Key = (usize, u64, usize);
+
+    pub(super) fn print(input: &Path, run: Option<&str>) -> BoxResult<()> {
+        let text =
+            std::fs::read_to_string(input).map_err(|e| format!("{}: {e}", input.display()))?;
+        let lines = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str::<serde_json::Value>)
+            .collect::<Result<Vec<_>, _>>()?;
+        let run = run.map(str::to_owned).or_else(|| {
+            lines
+                .iter()
+                .rev()
+                .find_map(|v| v["run"].as_str().map(str::to_owned))
+        });
+        let backends = Backend::value_variants();
+        let scenarios = Scenario::value_variants();
+        let mut groups: BTreeMap<Key, Samples> = BTreeMap::new();
+        for v in &lines {
+            if v["run"].as_str() != run.as_deref() {
+                continue;
+            }
+            let (Some(backend), Some(scenario), Some(rows), Some(rps), Some(peak)) = (
+                v["backend"].as_str().and_then(backend_of),
+                v["scenario"]
+                    .as_str()
+                    .and_then(|s| Scenario::from_str(s, true).ok()),
+                v["rows"].as_u64(),
+                v["rows_per_s"].as_f64(),
+                v["peak_rss_bytes"].as_f64(),
+            ) else {
+                continue;
+            };
+            let b = backends.iter().position(|x| *x == backend).unwrap_or(0);
+            let s = scenarios.iter().position(|x| *x == scenario).unwrap_or(0);
+            let g = groups.entry((b, rows, s)).or_default();
+            g.rows_per_s.push(rps);
+            g.peak_mib.push(peak / MIB);
+            if let Some(load) = v["loadavg_1m_before"].as_f64() {
+                g.load.push(load);
+            }
+        }
+        if groups.is_empty() {
+            return Err(format!(
+                "{}: no measurements for run {}",
+                input.display(),
+                run.as_deref().unwrap_or("(none)")
+            )
+            .into());
+        }
+        let med = |b: usize, rows: u64, s: Scenario| -> Option<(f64, f64)> {
+            let s = scenarios.iter().position(|x| *x == s)?;
+            let g = groups.get(&(b, rows, s))?;
+            Some((median(&g.rows_per_s), median(&g.peak_mib)))
+        };
+        let loads: Vec<f64> = groups
+            .values()
+            .flat_map(|g| g.load.iter().copied())
+            .collect();
+        println!(
+            "Run `{}` ({}): medians of {} runs per cell; 1-minute load average {:.2}–{:.2} \
+             (median {:.2}) when scenarios started.\n",
+            run.as_deref().unwrap_or("-"),
+            input.display(),
+            groups
+                .values()
+                .map(|g| g.rows_per_s.len())
+                .max()
+                .unwrap_or(0),
+            loads.iter().copied().fold(f64::INFINITY, f64::min),
+            loads.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            median(&loads),
+        );
+
+        println!("| backend | rows | scenario | n | rows/s | peak RSS MiB | vs | rows/s ratio |");
+        println!("|---|---:|---|---:|---:|---:|---|---:|");
+        for (&(b, rows, s), g) in &groups {
+            let backend = backends[b];
+            let scenario = scenarios[s];
+            let (vs, ratio) = match baseline(scenario, backend)
+                .and_then(|base| Some((base, med(b, rows, base)?)))
+            {
+                Some((base, (base_rps, _))) => (
+                    base.name(),
+                    format!("{:.2}", median(&g.rows_per_s) / base_rps),
+                ),
+                None => (String::new(), String::new()),
+            };
+            println!(
+                "| {} | {rows} | {} | {} | {} | {:.1} | {vs} | {ratio} |",
+                backend.name(),
+                scenario.name(),
+                g.rows_per_s.len(),
+                rate(median(&g.rows_per_s)),
+                median(&g.peak_mib),
+            );
+        }
+
+        println!("\nTargets:\n");
+        println!("| backend | target | measured | |");
+        println!("|---|---|---|---|");
+        for (b, backend) in backends.iter().enumerate() {
+            let sizes: Vec<u64> = {
+                let mut v: Vec<u64> = groups.keys().filter(|k| k.0 == b).map(|k| k.1).collect();
+                v.dedup();
+                v
+            };
+            if sizes.is_empty() {
+                continue;
+            }
+            if let Some((_, peak)) = med(b, 1_000_000, Scenario::BudgetStream) {
+                println!(
+                    "| {} | budget-stream peak RSS at 10^6 ≤ {STREAM_PEAK_MIB} MiB | {peak:.1} MiB | {} |",
+                    backend.name(),
+                    verdict(peak <= STREAM_PEAK_MIB)
+                );
+            }
+            let peaks: Vec<(u64, f64)> = sizes
+                .iter()
+                .filter(|&&rows| rows >= 100_000)
+                .filter_map(|&rows| Some((rows, med(b, rows, Scenario::BudgetStream)?.1)))
+                .collect();
+            if peaks.len() > 1 {
+                let lo = peaks.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+                let hi = peaks.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+                let list: Vec<String> = peaks.iter().map(|(r, p)| format!("{r}: {p:.1}")).collect();
+                println!(
+                    "| {} | budget-stream peak flat from 10^5 up (spread ≤ {FLAT_MIB} MiB) | {} (spread {:.1} MiB) | {} |",
+                    backend.name(),
+                    list.join(", "),
+                    hi - lo,
+                    verdict(hi - lo <= FLAT_MIB)
+                );
+            }
+            for ours in [Scenario::BudgetStream, Scenario::BudgetBatches] {
+                let Some(base) = baseline(ours, *backend) else {
+                    continue;
+                };
+                for &rows in sizes.iter().filter(|&&r| r >= 100_000) {
+                    let (Some((o, _)), Some((p, _))) = (med(b, rows, ours), med(b, rows, base))
+                    else {
+                        continue;
+                    };
+                    println!(
+                        "| {} | {} rows/s ≥ {MIN_RATIO} × {} at {rows} | {} / {} = {:.2} | {} |",
+                        backend.name(),
+                        ours.name(),
+                        base.name(),
+                        rate(o),
+                        rate(p),
+                        o / p,
+                        verdict(o / p >= MIN_RATIO)
+                    );
+                }
+            }
+        }
+
+        let mut header = false;
+        for (b, backend) in backends.iter().enumerate() {
+            for s in scenarios {
+                let (Some((ref_mib, ref_rps)), Some((rps, peak))) =
+                    (reference(*s, *backend), med(b, 1_000_000, *s))
+                else {
+                    continue;
+                };
+                if !header {
+                    println!("\nPlain Diesel at 10^6 rows against the reference figures (shared/FACTS.md):\n");
+                    println!("| backend | scenario | peak RSS MiB (ref) | rows/s (ref) |");
+                    println!("|---|---|---:|---:|");
+                    header = true;
+                }
+                println!(
+                    "| {} | {} | {peak:.1} ({ref_mib}) | {} ({}) |",
+                    backend.name(),
+                    s.name(),
+                    rate(rps),
+                    ref_rps.map(rate).unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        Ok(())
+    }
+}

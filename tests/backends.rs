@@ -1,0 +1,37 @@
+//! The integration suite: the same test bodies on SQLite, PostgreSQL and MySQL/MariaDB, against
+//! real databases (`cargo test --all-features --test backends`).
+//!
+//! `backends/suite.rs` holds the tests; it is included once per backend into a module that
+//! names the connection type `C`, so no backend is tested less than another. Tests that kill a
+//! server session (`backends/killed.rs`) run on PostgreSQL and MySQL only: SQLite is embedded,
+//! there is no server connection to kill. See `common/mod.rs` for databases and isolation.
+
+mod common;
+
+#[path = "backends/alloc.rs"]
+mod alloc;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    type C = diesel::sqlite::SqliteConnection;
+    include!("backends/suite.rs");
+    include!("backends/offset.rs");
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    type C = diesel::pg::PgConnection;
+    include!("backends/suite.rs");
+    include!("backends/offset.rs");
+    include!("backends/killed.rs");
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    type C = diesel::mysql::MysqlConnection;
+    include!("backends/suite.rs");
+    include!("backends/killed.rs");
+}

@@ -1,0 +1,453 @@
+//! Shared set-up for the integration tests: one database per backend, id ranges per test, and a
+//! connection guard that never hands an open test transaction back to the pool.
+//!
+//! - PostgreSQL and MySQL/MariaDB: the URL comes from `PG_DATABASE_URL` / `MYSQL_DATABASE_URL`
+//!   (falling back to `DATABASE_URL`, then to a database named `diesel_budget_test` on the local
+//!   server). The database is created when missing, migrated once, and one [`Db`] per backend is
+//!   shared by every test of the process. An unreachable server is a test *failure*, never a skip.
+//! - SQLite: a fresh temporary file per test, migrated.
+//!
+//! Tests run in parallel threads on the shared pools. Each test takes a connection, opens a test
+//! transaction ([`TestConn::begin_test_transaction`]), inserts its own rows in its own id range
+//! ([`id_base`]) and filters every query to that range, so no test sees another's rows.
+#![allow(dead_code)]
+
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
+use diesel::prelude::*;
+use diesel_budget::demo::{self, items, Item, MIGRATIONS};
+use diesel_budget::{BudgetConnection, Conn, Db};
+
+/// How long a checkout waits before failing the test (parallel tests share small pools).
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections in each shared server pool.
+const SHARED_POOL_SIZE: u32 = 6;
+
+/// The first id of test number `test_no`'s range: `pid * 10^9 + test_no * 10^6`. Distinct per
+/// test (concurrent uncommitted inserts of the same key block each other on PostgreSQL and
+/// MySQL) and per process (another engineer may run the suite against the same database).
+pub fn id_base(test_no: i64) -> i64 {
+    assert!(
+        (1..1_000).contains(&test_no),
+        "test numbers are 1..1000, got {test_no}"
+    );
+    i64::from(std::process::id()) * 1_000_000_000 + test_no * 1_000_000
+}
+
+/// `items.id BETWEEN base AND base + n - 1`: the `n` rows of a test's range starting at `base`.
+pub fn in_range(base: i64, n: i64) -> diesel::dsl::Between<items::id, i64, i64> {
+    items::id.between(base, base + n - 1)
+}
+
+/// A database for one test: the backend's shared pool, or a private one (SQLite always; the
+/// servers when a test needs counters nobody else touches). Holds the SQLite temp dir alive.
+pub struct TestDb<C: BudgetConnection> {
+    pub db: Db<C>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl<C: BudgetConnection> TestDb<C> {
+    /// A pooled connection, wrapped in a [`TestConn`] guard.
+    pub fn conn(&self) -> TestConn<C> {
+        TestConn {
+            conn: self
+                .db
+                .get()
+                .unwrap_or_else(|e| panic!("checking out a {} connection: {e}", C::KIND)),
+        }
+    }
+}
+
+/// A pooled [`Conn`] that rolls back any transaction still open when it is dropped.
+///
+/// Diesel's r2d2 manager treats a connection inside a *test* transaction as healthy and puts it
+/// back in the pool with the transaction open; the next `begin_test_transaction` on it then
+/// panics (and would see the previous test's rows). `Conn` does not guard against that (see the
+/// `dropped_test_transaction_is_not_handed_out_again` test), so the tests do.
+pub struct TestConn<C: BudgetConnection> {
+    conn: Conn<C>,
+}
+
+impl<C: BudgetConnection> TestConn<C> {
+    /// Begins the never-committed test transaction, failing the test if that is impossible.
+    pub fn begin_test_transaction(&mut self) {
+        self.conn
+            .begin_test_transaction()
+            .unwrap_or_else(|e| panic!("begin test transaction on {}: {e}", C::KIND));
+    }
+}
+
+impl<C: BudgetConnection> Drop for TestConn<C> {
+    fn drop(&mut self) {
+        let c = self.conn.unbudgeted();
+        let open = matches!(
+            <C as Connection>::TransactionManager::transaction_manager_status_mut(c),
+            TransactionManagerStatus::Valid(ref s) if s.transaction_depth().is_some()
+        );
+        if open {
+            // A failure here (a killed connection) leaves the transaction manager in error,
+            // which r2d2 treats as broken: the connection is closed, not reused.
+            let _ = <C as Connection>::TransactionManager::rollback_transaction(c);
+        }
+    }
+}
+
+impl<C: BudgetConnection> Deref for TestConn<C> {
+    type Target = Conn<C>;
+    fn deref(&self) -> &Conn<C> {
+        &self.conn
+    }
+}
+
+impl<C: BudgetConnection> DerefMut for TestConn<C> {
+    fn deref_mut(&mut self) -> &mut Conn<C> {
+        &mut self.conn
+    }
+}
+
+/// One test's world: a database, a connection in a test transaction, and the test's id range.
+pub struct Ctx<C: BudgetConnection> {
+    pub conn: TestConn<C>,
+    pub base: i64,
+    pub tdb: TestDb<C>,
+}
+
+impl<C: BudgetConnection> Ctx<C> {
+    /// The pool behind this test.
+    pub fn db(&self) -> &Db<C> {
+        &self.tdb.db
+    }
+}
+
+/// Per-backend set-up. Implemented for each connection type whose feature is enabled.
+pub trait Backend: BudgetConnection + Sized {
+    /// The pool the tests of this backend share (SQLite: a fresh migrated file).
+    fn test_db() -> TestDb<Self>;
+
+    /// A pool of its own (max `size` connections), on the same database, already migrated.
+    fn private_db(size: u32) -> TestDb<Self>;
+
+    /// Inserts the generated rows `from..to` through the escape hatch (in a savepoint).
+    fn seed(conn: &mut Conn<Self>, from: i64, to: i64);
+
+    /// Deletes the rows `from..to` through the escape hatch; returns how many there were.
+    fn delete_range(conn: &mut Conn<Self>, from: i64, to: i64) -> usize;
+
+    /// Starts a test: connection, test transaction, id range of test `test_no`.
+    fn ctx(test_no: i64) -> Ctx<Self> {
+        let tdb = Self::test_db();
+        let mut conn = tdb.conn();
+        conn.begin_test_transaction();
+        Ctx {
+            conn,
+            base: id_base(test_no),
+            tdb,
+        }
+    }
+
+    /// [`Backend::ctx`] with `n` rows inserted: ids `base..base + n`.
+    fn seeded(test_no: i64, n: i64) -> Ctx<Self> {
+        let mut ctx = Self::ctx(test_no);
+        Self::seed(&mut ctx.conn, ctx.base, ctx.base + n);
+        ctx
+    }
+}
+
+macro_rules! seed_impl {
+    () => {
+        fn seed(conn: &mut Conn<Self>, from: i64, to: i64) {
+            demo::seed(conn, from, to, |_| {})
+                .unwrap_or_else(|e| panic!("seeding ids {from}..{to} on {}: {e}", Self::KIND));
+        }
+
+        fn delete_range(conn: &mut Conn<Self>, from: i64, to: i64) -> usize {
+            diesel::delete(items::table.filter(in_range(from, to - from)))
+                .execute(conn.unbudgeted())
+                .unwrap_or_else(|e| panic!("deleting ids {from}..{to} on {}: {e}", Self::KIND))
+        }
+    };
+}
+
+fn build<C: BudgetConnection>(url: &str, size: u32, min_idle: u32) -> Db<C> {
+    Db::<C>::builder(url)
+        .max_size(size)
+        .min_idle(min_idle)
+        .connection_timeout(CHECKOUT_TIMEOUT)
+        .migrations(MIGRATIONS)
+        .build()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot open a migrated {} pool on {url}: {e}\n\
+                 The servers must be running (see ../shared/FACTS.md for the start commands); \
+                 the suite fails rather than skips.",
+                C::KIND
+            )
+        })
+}
+
+/// Splits `scheme://auth@host:port/db?params` into (`scheme://auth@host:port`, `db`, `?params`).
+fn split_url(url: &str) -> (&str, &str, &str) {
+    let (main, params) = match url.find('?') {
+        Some(at) => url.split_at(at),
+        None => (url, ""),
+    };
+    let after_scheme = main.find("://").map_or(0, |i| i + 3);
+    let slash = main[after_scheme..]
+        .find('/')
+        .map(|i| i + after_scheme)
+        .unwrap_or_else(|| panic!("database URL without a database name: {url}"));
+    let db = &main[slash + 1..];
+    assert!(
+        !db.is_empty() && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "unexpected database name {db:?} in {url}"
+    );
+    (&main[..slash], db, params)
+}
+
+fn url_from_env(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| default.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite: a fresh file per test.
+
+#[cfg(feature = "sqlite")]
+impl Backend for diesel::sqlite::SqliteConnection {
+    fn test_db() -> TestDb<Self> {
+        Self::private_db(2)
+    }
+
+    fn private_db(size: u32) -> TestDb<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("diesel-budget-test")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join("test.db");
+        let path = path.to_str().expect("utf-8 temp path");
+        TestDb {
+            db: build(path, size, 1),
+            _dir: Some(dir),
+        }
+    }
+
+    seed_impl!();
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL.
+
+#[cfg(feature = "postgres")]
+pub fn pg_url() -> String {
+    url_from_env(
+        "PG_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/diesel_budget_test",
+    )
+}
+
+/// Creates the PostgreSQL test database if it is missing (once per process; "already exists"
+/// from a concurrent creator, in this process or another, is fine).
+#[cfg(feature = "postgres")]
+fn ensure_pg_database(url: &str) {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        if diesel::PgConnection::establish(url).is_ok() {
+            return;
+        }
+        let (server, name, params) = split_url(url);
+        let admin = format!("{server}/postgres{params}");
+        let mut conn = diesel::PgConnection::establish(&admin).unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL unreachable at {admin}: {e}\n\
+                 Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+            )
+        });
+        match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn) {
+            Ok(_) => {}
+            // 42P04 duplicate_database, or the unique index when two creators race.
+            Err(e) if e.to_string().contains("already exists") => {}
+            Err(e) if e.to_string().contains("pg_database_datname_index") => {}
+            Err(e) => panic!("CREATE DATABASE {name} on {admin}: {e}"),
+        }
+    });
+}
+
+#[cfg(feature = "postgres")]
+impl Backend for diesel::pg::PgConnection {
+    fn test_db() -> TestDb<Self> {
+        static DB: std::sync::OnceLock<Db<diesel::pg::PgConnection>> = std::sync::OnceLock::new();
+        let db = DB.get_or_init(|| {
+            let url = pg_url();
+            ensure_pg_database(&url);
+            build(&url, SHARED_POOL_SIZE, 2)
+        });
+        TestDb {
+            db: db.clone(),
+            _dir: None,
+        }
+    }
+
+    fn private_db(size: u32) -> TestDb<Self> {
+        let _shared = Self::test_db(); // creates and migrates the database first
+        TestDb {
+            db: build(&pg_url(), size, 1),
+            _dir: None,
+        }
+    }
+
+    seed_impl!();
+}
+
+// ---------------------------------------------------------------------------------------------
+// MySQL / MariaDB.
+
+#[cfg(feature = "mysql")]
+pub fn mysql_url() -> String {
+    url_from_env(
+        "MYSQL_DATABASE_URL",
+        "mysql://root@127.0.0.1:3306/diesel_budget_test",
+    )
+}
+
+/// Creates the MySQL test database if it is missing (`IF NOT EXISTS` handles the race).
+#[cfg(feature = "mysql")]
+fn ensure_mysql_database(url: &str) {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        if diesel::MysqlConnection::establish(url).is_ok() {
+            return;
+        }
+        let (server, name, params) = split_url(url);
+        let admin = format!("{server}/information_schema{params}");
+        let mut conn = diesel::MysqlConnection::establish(&admin).unwrap_or_else(|e| {
+            panic!(
+                "MySQL/MariaDB unreachable at {admin}: {e}\n\
+                 Start it: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
+            )
+        });
+        diesel::sql_query(format!("CREATE DATABASE IF NOT EXISTS `{name}`"))
+            .execute(&mut conn)
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {admin}: {e}"));
+    });
+}
+
+#[cfg(feature = "mysql")]
+impl Backend for diesel::mysql::MysqlConnection {
+    fn test_db() -> TestDb<Self> {
+        static DB: std::sync::OnceLock<Db<diesel::mysql::MysqlConnection>> =
+            std::sync::OnceLock::new();
+        let db = DB.get_or_init(|| {
+            let url = mysql_url();
+            ensure_mysql_database(&url);
+            build(&url, SHARED_POOL_SIZE, 2)
+        });
+        TestDb {
+            db: db.clone(),
+            _dir: None,
+        }
+    }
+
+    fn private_db(size: u32) -> TestDb<Self> {
+        let _shared = Self::test_db();
+        TestDb {
+            db: build(&mysql_url(), size, 1),
+            _dir: None,
+        }
+    }
+
+    seed_impl!();
+}
+
+/// The generated rows `from..to`, as the tests expect to load them.
+pub fn expected(from: i64, to: i64) -> Vec<Item> {
+    (from..to).map(Item::generate).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Killing a session from another connection (servers only: SQLite has no server).
+
+/// A backend whose sessions can be killed from another connection.
+pub trait Killable: Backend {
+    /// The server's id of the session behind `conn`.
+    fn session_id(conn: &mut Conn<Self>) -> i64;
+    /// Kills session `id` from `conn` (another session) and waits until it is gone.
+    fn kill(conn: &mut Conn<Self>, id: i64);
+}
+
+#[cfg(feature = "postgres")]
+impl Killable for diesel::pg::PgConnection {
+    fn session_id(conn: &mut Conn<Self>) -> i64 {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+            "pg_backend_pid()",
+        ))
+        .get_result::<i32>(conn.unbudgeted())
+        .map(i64::from)
+        .expect("SELECT pg_backend_pid()")
+    }
+
+    fn kill(conn: &mut Conn<Self>, id: i64) {
+        // The second argument (PostgreSQL 14+) waits up to 5 s for the backend to exit.
+        let killed = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "pg_terminate_backend({id}, 5000)"
+        )))
+        .get_result::<bool>(conn.unbudgeted())
+        .expect("SELECT pg_terminate_backend(..)");
+        assert!(killed, "pg_terminate_backend({id}) found no such backend");
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl Killable for diesel::mysql::MysqlConnection {
+    fn session_id(conn: &mut Conn<Self>) -> i64 {
+        diesel::select(diesel::dsl::sql::<
+            diesel::sql_types::Unsigned<diesel::sql_types::BigInt>,
+        >("CONNECTION_ID()"))
+        .get_result::<u64>(conn.unbudgeted())
+        .map(|id| i64::try_from(id).expect("connection id fits i64"))
+        .expect("SELECT CONNECTION_ID()")
+    }
+
+    fn kill(conn: &mut Conn<Self>, id: i64) {
+        diesel::sql_query(format!("KILL CONNECTION {id}"))
+            .execute(conn.unbudgeted())
+            .unwrap_or_else(|e| panic!("KILL CONNECTION {id}: {e}"));
+    }
+}
+
+/// Committed rows `from..to` (for tests that kill connections: a killed transaction is lost),
+/// deleted again when dropped, also when the test panics.
+pub struct CommittedRows<C: Backend> {
+    db: Db<C>,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl<C: Backend> CommittedRows<C> {
+    /// Removes leftovers of an earlier run in `from..to`, then commits the generated rows.
+    pub fn insert(db: &Db<C>, from: i64, to: i64) -> Self {
+        let guard = CommittedRows {
+            db: db.clone(),
+            from,
+            to,
+        };
+        let mut conn = db.get().expect("checkout for seeding");
+        C::delete_range(&mut conn, from, to);
+        C::seed(&mut conn, from, to);
+        guard
+    }
+}
+
+impl<C: Backend> Drop for CommittedRows<C> {
+    fn drop(&mut self) {
+        match self.db.get() {
+            Ok(mut conn) => {
+                C::delete_range(&mut conn, self.from, self.to);
+            }
+            Err(e) => eprintln!("cannot clean up ids {}..{}: {e}", self.from, self.to),
+        }
+    }
+}

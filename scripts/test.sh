@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it (.ci/run calls this): scripts/test.sh
+#
+#  1. scripts/services.sh: installs (Debian packages) and starts whatever is missing:
+#     build dependencies, PostgreSQL, MariaDB, Redis; creates the test databases.
+#     A server that stays unreachable is a failure, never a skip.
+#  2. cargo fmt --check, clippy -D warnings, rustdoc -D warnings.
+#  3. cargo test --all-features: unit, integration (SQLite, PostgreSQL, MariaDB) and doc tests.
+#  4. The real diesel CLI runs and redoes our migrations on SQLite, PostgreSQL and MariaDB.
+#  5. The tour, small, on all three backends.
+#
+# Servers: PG_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/diesel_budget_test) and
+# MYSQL_DATABASE_URL (default mysql://root@127.0.0.1:3306/diesel_budget_test).
+# Stops at the first failure; prints how long each step took. Safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export PG_DATABASE_URL="${PG_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/diesel_budget_test}"
+export MYSQL_DATABASE_URL="${MYSQL_DATABASE_URL:-mysql://root@127.0.0.1:3306/diesel_budget_test}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust first (https://rustup.rs)"
+
+SUMMARY=()
+CURRENT=""
+STARTED=$SECONDS
+
+finish() {
+    local rc=$? line
+    printf '\n== scripts/test.sh summary ==\n'
+    for line in "${SUMMARY[@]}"; do printf '%s\n' "$line"; done
+    if [ -n "$CURRENT" ]; then printf '  FAILED        %s\n' "$CURRENT"; fi
+    if [ "$rc" -eq 0 ]; then
+        printf '  passed in %ds\n' $((SECONDS - STARTED))
+    else
+        printf '  FAILED after %ds (exit %d)\n' $((SECONDS - STARTED)) "$rc"
+    fi
+}
+trap finish EXIT
+
+# step NAME COMMAND...: runs COMMAND, timing it; the script stops at the first failure.
+step() {
+    local name=$1 t0=$SECONDS
+    shift
+    CURRENT=$name
+    printf '\n==> %s\n' "$name"
+    "$@"
+    SUMMARY+=("$(printf '  ok  %6ds  %s' $((SECONDS - t0)) "$name")")
+    CURRENT=""
+}
+
+# The URL of database NAME on the same server as URL.
+sibling_url() {
+    local base=${1%%\?*}
+    printf '%s/%s%s' "${base%/*}" "$2" "${1#"$base"}"
+}
+
+toolchain() {
+    cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+    cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+    cargo --version
+}
+
+# The real diesel CLI must run (and revert) our migrations on every backend.
+diesel_cli_migrations() {
+    local diesel scratch pg_cli my_cli
+    diesel=$(command -v diesel || true)
+    if [ -z "$diesel" ]; then
+        say "diesel CLI not found: cargo install diesel_cli (about 1.5 min)"
+        cargo install diesel_cli --no-default-features --features postgres,sqlite,mysql --locked
+        diesel="${CARGO_HOME:-$HOME/.cargo}/bin/diesel"
+    fi
+    "$diesel" --version
+
+    scratch=$(mktemp -d)
+    migrate "$diesel" SQLite "$scratch/diesel_budget_cli.db"
+    rm -rf "$scratch"
+
+    pg_vars
+    pg -q -c 'DROP DATABASE IF EXISTS diesel_budget_cli' -c 'CREATE DATABASE diesel_budget_cli'
+    pg_cli=$(sibling_url "$PG_DATABASE_URL" diesel_budget_cli)
+    migrate "$diesel" PostgreSQL "$pg_cli"
+
+    my_vars
+    my -e 'DROP DATABASE IF EXISTS diesel_budget_cli; CREATE DATABASE diesel_budget_cli'
+    my_cli=$(sibling_url "$MYSQL_DATABASE_URL" diesel_budget_cli)
+    migrate "$diesel" MariaDB "$my_cli"
+}
+
+migrate() {
+    local diesel=$1 name=$2 url=$3
+    say "$name: diesel migration run, redo, list"
+    "$diesel" migration run --database-url "$url"
+    "$diesel" migration redo --database-url "$url"
+    "$diesel" migration list --database-url "$url" | grep -q '\[X\]' ||
+        die "$name: diesel migration list shows no applied migration"
+}
+
+# The tour, small, on each backend: debug build, same features as the tests (no rebuild).
+tour() {
+    cargo run --all-features --example tour -- --rows 20000
+    cargo run --all-features --example tour -- --rows 20000 \
+        --database-url "$(sibling_url "$PG_DATABASE_URL" diesel_budget_tour)"
+    cargo run --all-features --example tour -- --rows 20000 \
+        --database-url "$(sibling_url "$MYSQL_DATABASE_URL" diesel_budget_tour)"
+}
+
+step "services: packages, PostgreSQL, MariaDB, Redis, databases" services_up
+step "toolchain: rustfmt, clippy" toolchain
+step "cargo fmt --all -- --check" cargo fmt --all -- --check
+step "cargo clippy --all-targets --all-features -- -D warnings" \
+    cargo clippy --all-targets --all-features -- -D warnings
+step "cargo doc --no-deps --all-features (RUSTDOCFLAGS=-D warnings)" \
+    env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+step "cargo test --all-features (unit, SQLite/PostgreSQL/MariaDB, doc)" cargo test --all-features
+step "diesel CLI: migration run/redo on SQLite, PostgreSQL, MariaDB" diesel_cli_migrations
+step "tour --rows 20000 on SQLite, PostgreSQL, MariaDB" tour

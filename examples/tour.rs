@@ -148,7 +148,7 @@ where
         items::table,
         <Vec<Item> as Insertable<items::table>>::Values,
     >: ExecuteDsl<C>,
-    diesel::dsl::delete<items::table>: ExecuteDsl<C>,
+    diesel::query_builder::SqlQuery: ExecuteDsl<C>,
     items::table: BudgetQuery<'static, C, Item> + LoadQuery<'static, C, Item>,
     FirstIds: BudgetQuery<'static, C, Item>,
     CountAll: BudgetQuery<'static, C, i64> + LoadQuery<'static, C, i64>,
@@ -174,11 +174,16 @@ where
         secs(t.elapsed())
     );
     if server {
+        // TRUNCATE rather than DELETE: no dead rows left for the server to skip or vacuum.
         let t = Instant::now();
-        let n = diesel::delete(items::table).execute(conn.unbudgeted())?;
+        let held = items::table
+            .count()
+            .budget(Budget::rows(1))
+            .first::<i64, _>(&mut conn)?;
+        diesel::sql_query("TRUNCATE TABLE items").execute(conn.unbudgeted())?;
         println!(
-            "  emptied `items` first: DELETE through conn.unbudgeted() removed {} rows in {}",
-            thousands(n as u64),
+            "  emptied `items` first ({} rows there): TRUNCATE through conn.unbudgeted(), {}",
+            thousands(u64::try_from(held)?),
             secs(t.elapsed())
         );
     }
@@ -352,7 +357,7 @@ where
         thousands(s.statements),
         thousands(s.budgeted),
         thousands(s.unbudgeted),
-        if server { " DELETE," } else { "" },
+        if server { " TRUNCATE," } else { "" },
         thousands(s.transaction),
         thousands(s.internal),
         s.failed

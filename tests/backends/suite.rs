@@ -515,6 +515,107 @@ fn a_limit_inside_a_subquery_is_not_taken_for_the_query_s_own() {
     assert_eq!(ids(&rows), span(base, base + 2));
 }
 
+#[test]
+fn budgets_on_selections_aggregates_and_joins() {
+    let mut ctx = C::seeded(9, 100);
+    let base = ctx.base;
+    // A tuple of some columns.
+    let pairs = items::table
+        .filter(in_range(base, 100))
+        .select((items::id, items::category))
+        .order(items::id)
+        .budget(Budget::rows(5).truncate())
+        .load::<(i64, i32), _>(&mut *ctx.conn)
+        .expect("tuples");
+    assert_eq!(pairs.len(), 5);
+    assert_eq!(pairs[1], (base + 1, Item::generate(base + 1).category));
+    // DISTINCT: the budget counts result rows (10 categories), not table rows.
+    let cats = items::table
+        .filter(in_range(base, 100))
+        .select(items::category)
+        .distinct()
+        .order(items::category)
+        .budget(Budget::rows(10))
+        .load::<i32, _>(&mut *ctx.conn)
+        .expect("10 distinct categories fit 10");
+    assert_eq!(cats, (0..10).collect::<Vec<i32>>());
+    // GROUP BY with an aggregate, with and without a LIMIT of its own.
+    let grouped = || {
+        items::table
+            .filter(in_range(base, 100))
+            .group_by(items::category)
+            .select((items::category, diesel::dsl::count_star()))
+            .order(items::category)
+    };
+    let err = grouped()
+        .budget(Budget::rows(9))
+        .load::<(i32, i64), _>(&mut *ctx.conn)
+        .expect_err("10 groups, budget 9");
+    assert_rows_exceeded(err, 9);
+    let groups = grouped()
+        .limit(3)
+        .budget(Budget::rows(9))
+        .load::<(i32, i64), _>(&mut *ctx.conn)
+        .expect("own limit 3");
+    assert_eq!(groups, vec![(0, 10), (1, 10), (2, 10)]);
+    // A count is one row.
+    let n = items::table
+        .filter(in_range(base, 100))
+        .count()
+        .budget(Budget::rows(1))
+        .get_result::<i64, _>(&mut *ctx.conn)
+        .expect("count");
+    assert_eq!(n, 100);
+    // A self-join through an alias: each id with its successor (99 pairs).
+    let next = diesel::alias!(items as next_items);
+    let joined = || {
+        items::table
+            .inner_join(next.on(next.field(items::id).eq(items::id + 1)))
+            .filter(in_range(base, 100))
+            .select((items::id, next.field(items::name)))
+            .order(items::id)
+    };
+    let err = joined()
+        .budget(Budget::rows(50))
+        .load::<(i64, String), _>(&mut *ctx.conn)
+        .expect_err("99 pairs, budget 50");
+    assert_rows_exceeded(err, 50);
+    let rows = joined()
+        .limit(2)
+        .budget(Budget::rows(50))
+        .load::<(i64, String), _>(&mut *ctx.conn)
+        .expect("joined, own limit 2");
+    assert_eq!(
+        rows,
+        vec![
+            (base, format!("item-{}", base + 1)),
+            (base + 1, format!("item-{}", base + 2))
+        ]
+    );
+    // The same join selecting two columns of the same name, with a LIMIT of its own: the
+    // budget wraps it as `SELECT * FROM (..) AS diesel_budget_capped`, which MySQL refuses
+    // for duplicate column names (documented in `diesel_budget::query`).
+    let dup = items::table
+        .inner_join(next.on(next.field(items::id).eq(items::id + 1)))
+        .filter(in_range(base, 100))
+        .select((items::id, next.field(items::id)))
+        .order(items::id)
+        .limit(2)
+        .budget(Budget::rows(50))
+        .load::<(i64, i64), _>(&mut *ctx.conn);
+    match <C as BudgetConnection>::KIND {
+        BackendKind::Mysql => {
+            let err = dup.expect_err("MySQL: duplicate column names in a derived table");
+            assert!(matches!(err, Error::Query { .. }), "{err:?}");
+            assert!(err.to_string().contains("Duplicate column"), "{err}");
+        }
+        _ => assert_eq!(
+            dup.expect("duplicate names are fine here"),
+            vec![(base, base + 1), (base + 1, base + 2)]
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Byte budgets.
 
@@ -1062,7 +1163,28 @@ fn stats_count_budgeted_unbudgeted_and_transaction_statements() {
     assert_eq!(d.rows, 60, "{d:?}");
     assert_eq!(d.bytes, bytes, "only byte-metered rows count bytes: {d:?}");
 
-    // A statement the database rejects is counted as failed.
+    // A streamed walk is one budgeted statement (keyset batches on MySQL); its rows are counted
+    // when the stream ends.
+    let before = conn.stats();
+    let walked = walk(
+        items::table
+            .filter(in_range(base, 30))
+            .budget(Budget::rows(7))
+            .batches_by(items::id, |i: &Item| i.id, &mut *conn)
+            .mode(BatchMode::Stream),
+        7,
+    );
+    assert_eq!(walked.iter().map(Vec::len).sum::<usize>(), 30);
+    let d4 = delta(conn.stats(), before);
+    assert_eq!(
+        d4.budgeted as usize,
+        round_trips(BatchMode::Stream, 30, 7),
+        "{d4:?}"
+    );
+    assert_eq!((d4.rows, d4.unbudgeted), (30, 0), "{d4:?}");
+
+    // A statement the database rejects is counted as failed (last: on PostgreSQL it aborts
+    // the transaction).
     let bad =
         diesel::sql_query("SELECT * FROM diesel_budget_no_such_table").execute(conn.unbudgeted());
     assert!(bad.is_err());
@@ -1135,8 +1257,8 @@ fn the_ledger_sees_round_trips_rows_and_bytes() {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&ledger)));
         assert!(r.is_err(), "{what}: an over-budget ledger passed");
     }
-    // Recordings see only this thread's statements, and nest.
-    let ((inner, _), outer) = testing::record(&mut *ctx.conn, |conn| {
+    // Recordings nest: the outer one sees the inner one's statements too.
+    let ((inner_rows, inner), outer) = testing::record(&mut *ctx.conn, |conn| {
         testing::record(conn, |conn| {
             items::table
                 .filter(in_range(base, 3))
@@ -1145,9 +1267,11 @@ fn the_ledger_sees_round_trips_rows_and_bytes() {
                 .map(|r| r.len())
         })
     });
-    let _ = inner;
-    assert_eq!(outer.round_trips(), 1);
-    assert_eq!(outer.rows(), 3);
+    assert_eq!(inner_rows.expect("inner load"), 3);
+    for ledger in [&inner, &outer] {
+        assert_eq!(ledger.round_trips(), 1, "{ledger}");
+        assert_eq!(ledger.rows(), 3, "{ledger}");
+    }
 }
 
 #[test]
@@ -1298,6 +1422,48 @@ fn migrations_ran_once() {
 
 // ---------------------------------------------------------------------------------------------
 // Pool hygiene.
+
+#[test]
+fn an_exhausted_pool_is_a_typed_error_after_the_timeout() {
+    let timeout = std::time::Duration::from_millis(800);
+    let tdb = C::private_db_with(1, timeout);
+    let held = tdb.conn();
+    let started = std::time::Instant::now();
+    let err = tdb
+        .db
+        .get()
+        .expect_err("the only connection is checked out");
+    assert!(matches!(err, Error::Pool(_)), "{err:?}");
+    assert!(
+        started.elapsed() >= timeout / 2,
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    let mut conn = tdb.conn();
+    let none = items::table
+        .filter(items::id.eq(-1))
+        .budget(Budget::rows(1))
+        .first::<Item, _>(&mut *conn)
+        .optional()
+        .expect("usable again");
+    assert_eq!(none, None);
+    // A pool of no connections is refused before anything connects.
+    let err = Db::<C>::builder("unused://")
+        .max_size(0)
+        .build()
+        .expect_err("max_size 0");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                name: "max_size",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
 
 /// A `Conn` dropped inside `begin_test_transaction` must not go back to the pool with that
 /// transaction open: the next checkout would see the previous test's rows, and its own

@@ -128,7 +128,12 @@ pub trait Backend: BudgetConnection + Sized {
     fn test_db() -> TestDb<Self>;
 
     /// A pool of its own (max `size` connections), on the same database, already migrated.
-    fn private_db(size: u32) -> TestDb<Self>;
+    fn private_db(size: u32) -> TestDb<Self> {
+        Self::private_db_with(size, CHECKOUT_TIMEOUT)
+    }
+
+    /// [`Backend::private_db`] whose checkouts give up after `timeout`.
+    fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self>;
 
     /// Inserts the generated rows `from..to` through the escape hatch (in a savepoint).
     fn seed(conn: &mut Conn<Self>, from: i64, to: i64);
@@ -171,11 +176,11 @@ macro_rules! seed_impl {
     };
 }
 
-fn build<C: BudgetConnection>(url: &str, size: u32, min_idle: u32) -> Db<C> {
+fn build<C: BudgetConnection>(url: &str, size: u32, min_idle: u32, timeout: Duration) -> Db<C> {
     Db::<C>::builder(url)
         .max_size(size)
         .min_idle(min_idle)
-        .connection_timeout(CHECKOUT_TIMEOUT)
+        .connection_timeout(timeout)
         .migrations(MIGRATIONS)
         .build()
         .unwrap_or_else(|e| {
@@ -207,10 +212,25 @@ fn split_url(url: &str) -> (&str, &str, &str) {
     (&main[..slash], db, params)
 }
 
-fn url_from_env(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| default.to_owned())
+/// The URL in `var`, else `DATABASE_URL` when it is for this backend (one of `schemes`), else
+/// `default`. Refuses the shared `test` database: other work (benchmarks) fills databases on
+/// these servers, and the tests must not see, or leave, rows there.
+fn url_from_env(var: &str, schemes: &[&str], default: &str) -> String {
+    let url = std::env::var(var)
+        .ok()
+        .or_else(|| {
+            std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|u| schemes.iter().any(|s| u.starts_with(s)))
+        })
+        .unwrap_or_else(|| default.to_owned());
+    let (_, name, _) = split_url(&url);
+    assert_ne!(
+        name, "test",
+        "{var} points at the shared `test` database ({url}); use a database of its own, \
+         e.g. diesel_budget_test"
+    );
+    url
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,7 +242,7 @@ impl Backend for diesel::sqlite::SqliteConnection {
         Self::private_db(2)
     }
 
-    fn private_db(size: u32) -> TestDb<Self> {
+    fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {
         let dir = tempfile::Builder::new()
             .prefix("diesel-budget-test")
             .tempdir()
@@ -230,7 +250,7 @@ impl Backend for diesel::sqlite::SqliteConnection {
         let path = dir.path().join("test.db");
         let path = path.to_str().expect("utf-8 temp path");
         TestDb {
-            db: build(path, size, 1),
+            db: build(path, size, 1, timeout),
             _dir: Some(dir),
         }
     }
@@ -245,6 +265,7 @@ impl Backend for diesel::sqlite::SqliteConnection {
 pub fn pg_url() -> String {
     url_from_env(
         "PG_DATABASE_URL",
+        &["postgres://", "postgresql://"],
         "postgres://postgres@127.0.0.1:5432/diesel_budget_test",
     )
 }
@@ -283,7 +304,7 @@ impl Backend for diesel::pg::PgConnection {
         let db = DB.get_or_init(|| {
             let url = pg_url();
             ensure_pg_database(&url);
-            build(&url, SHARED_POOL_SIZE, 2)
+            build(&url, SHARED_POOL_SIZE, 2, CHECKOUT_TIMEOUT)
         });
         TestDb {
             db: db.clone(),
@@ -291,10 +312,10 @@ impl Backend for diesel::pg::PgConnection {
         }
     }
 
-    fn private_db(size: u32) -> TestDb<Self> {
+    fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {
         let _shared = Self::test_db(); // creates and migrates the database first
         TestDb {
-            db: build(&pg_url(), size, 1),
+            db: build(&pg_url(), size, 1, timeout),
             _dir: None,
         }
     }
@@ -309,6 +330,7 @@ impl Backend for diesel::pg::PgConnection {
 pub fn mysql_url() -> String {
     url_from_env(
         "MYSQL_DATABASE_URL",
+        &["mysql://"],
         "mysql://root@127.0.0.1:3306/diesel_budget_test",
     )
 }
@@ -343,7 +365,7 @@ impl Backend for diesel::mysql::MysqlConnection {
         let db = DB.get_or_init(|| {
             let url = mysql_url();
             ensure_mysql_database(&url);
-            build(&url, SHARED_POOL_SIZE, 2)
+            build(&url, SHARED_POOL_SIZE, 2, CHECKOUT_TIMEOUT)
         });
         TestDb {
             db: db.clone(),
@@ -351,10 +373,10 @@ impl Backend for diesel::mysql::MysqlConnection {
         }
     }
 
-    fn private_db(size: u32) -> TestDb<Self> {
+    fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {
         let _shared = Self::test_db();
         TestDb {
-            db: build(&mysql_url(), size, 1),
+            db: build(&mysql_url(), size, 1, timeout),
             _dir: None,
         }
     }

@@ -167,7 +167,15 @@ where
     let db = Db::<C>::builder(url)
         .migrations(demo::MIGRATIONS)
         .max_size(2)
-        .build()?;
+        .connection_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| {
+            if server {
+                format!("{e}\n  (the database must exist: createdb / CREATE DATABASE; the tour creates the table)")
+            } else {
+                e.to_string()
+            }
+        })?;
     let mut conn = db.get()?;
     println!(
         "  Db built (r2d2 pool, instrumentation, embedded migrations run) in {}",

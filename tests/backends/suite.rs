@@ -2,7 +2,6 @@
 // the backend's Diesel connection type. Every test has its own number, which gives it its own id
 // range (`common::id_base`), and filters every query to that range.
 
-#[allow(unused_imports)]
 use diesel::prelude::*;
 use diesel_budget::batch::BatchMode;
 use diesel_budget::budget::MAX_ROWS;
@@ -721,6 +720,31 @@ fn byte_budgets_stop_at_the_first_row_past_the_bytes() {
         .first::<Item, _>(&mut *ctx.conn)
         .expect("first row fits exactly");
     assert_eq!(row.id, base);
+}
+
+/// `get_result` under a truncating byte budget when not even the first row fits: the row
+/// exists, so this must not look like "no row" (`NotFound`, which `.optional()` turns into
+/// `Ok(None)`). `first` reports `BudgetExceeded` here whatever the policy; so must `get_result`.
+#[test]
+fn get_result_does_not_report_a_row_too_large_for_the_bytes_as_missing() {
+    let mut ctx = C::seeded(12, 3);
+    let base = ctx.base;
+    let res = items::table
+        .filter(in_range(base, 3))
+        .order(items::id)
+        .budget(Budget::rows(5).bytes(1).truncate())
+        .get_result::<Item, _>(&mut *ctx.conn);
+    let res = res.optional();
+    assert!(
+        matches!(
+            res,
+            Err(Error::BudgetExceeded {
+                exceeded: Exceeded::Bytes,
+                ..
+            })
+        ),
+        "a row over the byte budget came back as {res:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ diesel_cli_migrations() {
     rm -rf "$scratch"
 
     pg_vars
-    pg -q -c 'DROP DATABASE IF EXISTS diesel_budget_cli' -c 'CREATE DATABASE diesel_budget_cli'
+    PGOPTIONS='-c client_min_messages=warning' pg -q \
+        -c 'DROP DATABASE IF EXISTS diesel_budget_cli' -c 'CREATE DATABASE diesel_budget_cli'
     pg_cli=$(sibling_url "$PG_DATABASE_URL" diesel_budget_cli)
     migrate "$diesel" PostgreSQL "$pg_cli"
 

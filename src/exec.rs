@@ -181,7 +181,8 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     }
 
     /// The first row of the result, which must fit the budget like [`load`](Self::load)
-    /// (a truncating budget keeps the first row of what fits). No row: an error for which
+    /// (a truncating budget keeps the first row of what fits; when not even that row fits the
+    /// byte budget, it is [`Error::BudgetExceeded`]). No row: an error for which
     /// [`Error::is_not_found`] is true; use [`OptionalExtension::optional`](crate::OptionalExtension).
     pub fn get_result<'q, U, X>(self, conn: &mut X) -> Result<U>
     where
@@ -193,10 +194,13 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
         self.budget.validate()?;
         let loaded =
             load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn.connection())?;
-        if let (Some(e), false) = (loaded.exceeded, O::TRUNCATES) {
-            return Err(loaded.into_error(spec, e));
+        match loaded.exceeded {
+            // Not even the first row fits: that is an overflow, not a missing row.
+            Some(e) if !O::TRUNCATES || loaded.rows.is_empty() => {
+                Err(loaded.into_error(spec, e))
+            }
+            _ => first_or_not_found(loaded),
         }
-        first_or_not_found(loaded)
     }
 
     /// The first row, fetching one (`LIMIT 1`, or your own smaller limit). A row over a byte

@@ -155,12 +155,49 @@ impl Tally {
 struct Outcome {
     tally: Tally,
     wall: Duration,
+    /// CPU time of this process (all threads, user + system) during the scan, when known.
+    cpu: Option<Duration>,
     /// Which connection ran it.
     conn: &'static str,
     /// Rows per batch, where the scenario has batches.
     batch: Option<u32>,
     /// Batches (or round trips) the scan took, where it has them.
     batches: Option<u64>,
+}
+
+/// CPU time of this process so far (user + system, all threads), from `/proc/self/stat`.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// Wall and CPU time of a scan.
+struct Clock {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            cpu: cpu_time(),
+            wall: Instant::now(),
+        }
+    }
+
+    fn stop(self) -> (Duration, Option<Duration>) {
+        let wall = self.wall.elapsed();
+        let cpu = cpu_time()
+            .zip(self.cpu)
+            .map(|(end, start)| end.saturating_sub(start));
+        (wall, cpu)
+    }
 }
 
 /// Peak and current resident set size of this process, from `/proc/self/status`.
@@ -224,6 +261,7 @@ fn main() -> BoxResult<()> {
         "rows": rows,
         "wall_s": wall_s,
         "rows_per_s": outcome.tally.rows as f64 / wall_s,
+        "cpu_s": outcome.cpu.map(|c| c.as_secs_f64()),
         "peak_rss_bytes": peak,
         "peak_rss_mib": peak as f64 / f64::from(1 << 20),
         "rss_before_scan_bytes": hwm_before,
@@ -390,27 +428,27 @@ macro_rules! backend {
                 match scenario {
                     Scenario::DieselLoad => {
                         let mut conn = RawConn::establish(url)?;
-                        let start = Instant::now();
+                        let clock = Clock::start();
                         let rows = items::table.load::<Item>(&mut conn)?;
                         let mut tally = Tally::default();
                         rows.iter().for_each(|i| tally.add(i));
-                        let wall = start.elapsed();
+                        let (wall, cpu) = clock.stop();
                         drop(rows);
-                        Ok(Outcome { tally, wall, conn: PLAIN, batch: None, batches: None })
+                        Ok(Outcome { tally, wall, cpu, conn: PLAIN, batch: None, batches: None })
                     }
                     Scenario::DieselLoadIter => {
                         let mut conn = RawConn::establish(url)?;
-                        let start = Instant::now();
+                        let clock = Clock::start();
                         let mut tally = Tally::default();
                         for row in items::table.load_iter::<Item, DefaultLoadingMode>(&mut conn)? {
                             tally.add(&row?);
                         }
-                        let wall = start.elapsed();
-                        Ok(Outcome { tally, wall, conn: PLAIN, batch: None, batches: None })
+                        let (wall, cpu) = clock.stop();
+                        Ok(Outcome { tally, wall, cpu, conn: PLAIN, batch: None, batches: None })
                     }
                     Scenario::DieselKeyset => {
                         let mut conn = RawConn::establish(url)?;
-                        let start = Instant::now();
+                        let clock = Clock::start();
                         let mut tally = Tally::default();
                         let mut last = i64::MIN;
                         let mut batches = 0;
@@ -430,10 +468,11 @@ macro_rules! backend {
                                 break;
                             }
                         }
-                        let wall = start.elapsed();
+                        let (wall, cpu) = clock.stop();
                         Ok(Outcome {
                             tally,
                             wall,
+                            cpu,
                             conn: PLAIN,
                             batch: Some(batch),
                             batches: Some(batches),
@@ -447,7 +486,7 @@ macro_rules! backend {
                         };
                         let db = Db::<RawConn>::builder(url).max_size(1).build()?;
                         let mut conn = db.get()?;
-                        let start = Instant::now();
+                        let clock = Clock::start();
                         let mut tally = Tally::default();
                         let mut batches = 0;
                         for rows in items::table
@@ -458,10 +497,11 @@ macro_rules! backend {
                             batches += 1;
                             rows?.iter().for_each(|i| tally.add(i));
                         }
-                        let wall = start.elapsed();
+                        let (wall, cpu) = clock.stop();
                         Ok(Outcome {
                             tally,
                             wall,
+                            cpu,
                             conn: POOLED,
                             batch: Some(batch),
                             batches: Some(batches),
@@ -613,16 +653,17 @@ backend!(
 
         pub(super) fn extra(scenario: Scenario, url: &str) -> BoxResult<Outcome> {
             let mut conn = RawConn::establish(url)?;
-            let start = Instant::now();
+            let clock = Clock::start();
             let mut tally = Tally::default();
             for row in items::table.load_iter::<Item, PgRowByRowLoadingMode>(&mut conn)? {
                 tally.add(&row?);
             }
-            let wall = start.elapsed();
+            let (wall, cpu) = clock.stop();
             debug_assert_eq!(scenario, Scenario::DieselLoadIterRbr);
             Ok(Outcome {
                 tally,
                 wall,
+                cpu,
                 conn: "plain diesel::pg::PgConnection",
                 batch: None,
                 batches: None,
@@ -768,6 +809,7 @@ mod report {
     struct Samples {
         rows_per_s: Vec<f64>,
         peak_mib: Vec<f64>,
+        cpu_us_per_row: Vec<f64>,
         load: Vec<f64>,
     }
 
@@ -870,6 +912,9 @@ mod report {
             let g = groups.entry((b, rows, s)).or_default();
             g.rows_per_s.push(rps);
             g.peak_mib.push(peak / MIB);
+            if let Some(cpu) = v["cpu_s"].as_f64() {
+                g.cpu_us_per_row.push(cpu * 1e6 / rows.max(1) as f64);
+            }
             if let Some(load) = v["loadavg_1m_before"].as_f64() {
                 g.load.push(load);
             }
@@ -906,8 +951,10 @@ mod report {
             median(&loads),
         );
 
-        println!("| backend | rows | scenario | n | rows/s | peak RSS MiB | vs | rows/s ratio |");
-        println!("|---|---:|---|---:|---:|---:|---|---:|");
+        println!(
+            "| backend | rows | scenario | n | rows/s | peak RSS MiB | client CPU µs/row | vs | rows/s ratio |"
+        );
+        println!("|---|---:|---|---:|---:|---:|---:|---|---:|");
         for (&(b, rows, s), g) in &groups {
             let backend = backends[b];
             let scenario = scenarios[s];
@@ -920,8 +967,13 @@ mod report {
                 ),
                 None => (String::new(), String::new()),
             };
+            let cpu = if g.cpu_us_per_row.is_empty() {
+                String::new()
+            } else {
+                format!("{:.2}", median(&g.cpu_us_per_row))
+            };
             println!(
-                "| {} | {rows} | {} | {} | {} | {:.1} | {vs} | {ratio} |",
+                "| {} | {rows} | {} | {} | {} | {:.1} | {cpu} | {vs} | {ratio} |",
                 backend.name(),
                 scenario.name(),
                 g.rows_per_s.len(),

@@ -24,7 +24,7 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{is_nullable::NotNull, Bool, HasSqlType, SqlType};
 use diesel::{Column, QueryResult, RunQueryDsl};
 
-use crate::backend::{has_top_level_limit, BudgetConnection};
+use crate::backend::{has_top_level_limit, has_top_level_offset, BudgetConnection};
 use crate::budget::{BudgetSpec, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
 use crate::exec::{load_metered, ConnectionOf, Executor};
@@ -209,6 +209,12 @@ pub type BatchQuery<Q, K, V> = diesel::dsl::Order<
 
 type RowStream<'c, U> = Box<dyn Iterator<Item = QueryResult<U>> + 'c>;
 
+/// Rows reserved per batch: the batch size, up to 65,536 (a huge row budget with a byte limit
+/// may never fill it).
+fn batch_capacity(spec: &BudgetSpec) -> usize {
+    usize::try_from(spec.rows.min(65_536)).unwrap_or(65_536)
+}
+
 /// An open single-query stream and what it has delivered. Reports its rows to the ledger and
 /// the pool's statistics when it ends (or is dropped part-way).
 struct Streamed<'c, U> {
@@ -267,7 +273,8 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// Walks the whole result in batches of at most the budget's rows (and bytes), in order of
     /// `key`, which must be unique and not null. `key_of` reads the key of a loaded row; it is
     /// where the next batch starts. Any `ORDER BY` on the query is replaced by the key; a query
-    /// with its own `LIMIT` is rejected ([`Error::InvalidArgument`]), as batches cover all rows.
+    /// with its own `LIMIT` or `OFFSET` is rejected ([`Error::InvalidArgument`]), as batches
+    /// cover all rows (an offset would apply to every batch).
     ///
     /// Memory is bounded by one batch whatever the size of the table. The overflow policy does
     /// not apply: batching *is* the answer to "more rows than the budget". A single row larger
@@ -434,12 +441,13 @@ where
             return Ok(());
         }
         let sql = render::<C, _>(&self.query.clone().as_query())?;
-        if has_top_level_limit(&sql) {
+        if has_top_level_limit(&sql) || has_top_level_offset(&sql) {
             return Err(Error::InvalidArgument {
                 name: "query",
                 reason: format!(
-                    "batches walk the whole result, but the query has a LIMIT of its own; \
-                     drop it or load with a budget instead: {sql}"
+                    "batches walk the whole result, but the query has a LIMIT or OFFSET of \
+                     its own; drop it (start a walk part-way with `after`) or load with a \
+                     budget instead: {sql}"
                 ),
             });
         }
@@ -464,7 +472,8 @@ where
             return Ok(None);
         };
         let limit = i64::try_from(self.spec.rows).unwrap_or(i64::MAX);
-        let loaded = load_metered::<C, U, _, M>(query, self.spec, limit, conn)?;
+        let capacity = batch_capacity(&self.spec);
+        let loaded = load_metered::<C, U, _, M>(query, self.spec, limit, capacity, conn)?;
         match loaded.exceeded {
             Some(e) if loaded.rows.is_empty() => Err(loaded.into_error(self.spec, e)),
             // Cut short by bytes: the row that did not fit is read again by the next batch.
@@ -503,8 +512,7 @@ where
         let Some(stream) = self.stream.as_mut() else {
             return Ok(None);
         };
-        let cap = usize::try_from(self.spec.rows.min(65_536)).unwrap_or(65_536);
-        let mut rows = Vec::with_capacity(cap);
+        let mut rows = Vec::with_capacity(batch_capacity(&self.spec));
         let mut batch = Meterage::default();
         let mut next = self.pending.take().map(Ok);
         loop {

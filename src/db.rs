@@ -242,6 +242,25 @@ impl<C: BudgetConnection> fmt::Debug for Conn<C> {
     }
 }
 
+/// Rolls back a transaction still open (a test transaction: Diesel's r2d2 manager returns
+/// those to the pool as healthy), so the next checkout starts clean.
+impl<C: BudgetConnection> Drop for Conn<C> {
+    fn drop(&mut self) {
+        use diesel::connection::TransactionManagerStatus;
+        type Tm<C> = <C as Connection>::TransactionManager;
+        let conn: &mut C = &mut self.inner;
+        while matches!(
+            Tm::<C>::transaction_manager_status_mut(conn),
+            TransactionManagerStatus::Valid(ref s) if s.transaction_depth().is_some()
+        ) {
+            // On failure the manager is in error and r2d2 closes the connection.
+            if Tm::<C>::rollback_transaction(conn).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 impl<C: BudgetConnection> Access for Conn<C> {
     type Connection = C;
     fn connection(&mut self) -> &mut C {
@@ -279,7 +298,8 @@ impl<C: BudgetConnection> Conn<C> {
     }
 
     /// Starts a transaction that is never committed (Diesel's `begin_test_transaction`): for
-    /// tests that must leave nothing behind.
+    /// tests that must leave nothing behind. It is rolled back when the `Conn` is dropped, so
+    /// the pool never hands out a connection with a test transaction open.
     pub fn begin_test_transaction(&mut self) -> Result<()> {
         self.inner
             .begin_test_transaction()

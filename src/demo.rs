@@ -33,7 +33,7 @@ diesel::table! {
 
 /// One row of [`items`]; its size is known to [`GetSize`], so byte budgets work.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, Identifiable, GetSize)]
-#[diesel(table_name = items)]
+#[diesel(table_name = items, treat_none_as_default_value = false)]
 pub struct Item {
     /// Primary key.
     pub id: i64,

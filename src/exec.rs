@@ -67,11 +67,14 @@ impl<U> Loaded<U> {
 }
 
 /// Runs `query` with at most `limit` rows fetched, metering rows against `spec` and bytes with
-/// `M`; stops at the first row past the budget (that row is dropped and counted).
+/// `M`; stops at the first row past the budget (that row is dropped and counted). `capacity`
+/// rows are reserved up front (batches know their size; a load may return far fewer rows than
+/// its budget, so it lets the vector grow).
 pub(crate) fn load_metered<'q, C, U, Q, M>(
     query: Q,
     spec: BudgetSpec,
     limit: i64,
+    capacity: usize,
     conn: &mut C,
 ) -> Result<Loaded<U>>
 where
@@ -79,7 +82,7 @@ where
     Q: BudgetQuery<'q, C, U>,
     M: Meter<U>,
 {
-    let mut rows = Vec::new();
+    let mut rows = Vec::with_capacity(capacity);
     let mut meter = Meterage::default();
     let mut exceeded = None;
     let result = {
@@ -162,7 +165,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
         let spec = self.budget.spec();
         self.budget.validate()?;
         let loaded =
-            load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn.connection())?;
+            load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), 0, conn.connection())?;
         match loaded.exceeded {
             None => Ok(O::finish(loaded.rows, false)),
             Some(_) if O::TRUNCATES => Ok(O::finish(loaded.rows, true)),
@@ -193,12 +196,10 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
         let spec = self.budget.spec();
         self.budget.validate()?;
         let loaded =
-            load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn.connection())?;
+            load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), 0, conn.connection())?;
         match loaded.exceeded {
             // Not even the first row fits: that is an overflow, not a missing row.
-            Some(e) if !O::TRUNCATES || loaded.rows.is_empty() => {
-                Err(loaded.into_error(spec, e))
-            }
+            Some(e) if !O::TRUNCATES || loaded.rows.is_empty() => Err(loaded.into_error(spec, e)),
             _ => first_or_not_found(loaded),
         }
     }
@@ -234,7 +235,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(self.query, spec, 1, conn.connection())?;
+        let loaded = load_metered::<_, U, Q, M>(self.query, spec, 1, 1, conn.connection())?;
         if let Some(e) = loaded.exceeded {
             return Err(loaded.into_error(spec, e));
         }

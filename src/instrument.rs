@@ -213,6 +213,38 @@ pub struct Stats {
     pub time: Duration,
 }
 
+impl Stats {
+    /// What happened between `earlier` and `self` (two snapshots of the same pool).
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(10)?;
+    /// use diesel_budget::prelude::*;
+    /// use diesel_budget::demo::{items, Item};
+    ///
+    /// let before = db.stats();
+    /// let rows = items::table.budget(Budget::rows(10)).load::<Item, _>(&mut conn)?;
+    /// let delta = db.stats().since(&before);
+    /// assert_eq!((delta.budgeted, delta.unbudgeted, delta.rows), (1, 0, 10));
+    /// # Ok(()) }
+    /// ```
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        Stats {
+            statements: self.statements.saturating_sub(earlier.statements),
+            budgeted: self.budgeted.saturating_sub(earlier.budgeted),
+            unbudgeted: self.unbudgeted.saturating_sub(earlier.unbudgeted),
+            transaction: self.transaction.saturating_sub(earlier.transaction),
+            internal: self.internal.saturating_sub(earlier.internal),
+            failed: self.failed.saturating_sub(earlier.failed),
+            rows: self.rows.saturating_sub(earlier.rows),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            time: self.time.saturating_sub(earlier.time),
+        }
+    }
+}
+
 /// The [`Instrumentation`] diesel-budget installs on each pooled connection.
 ///
 /// Install it on a connection of your own with [`crate::instrument`].

@@ -5,7 +5,8 @@
 #     build dependencies, PostgreSQL, MariaDB, Redis; creates the test databases.
 #     A server that stays unreachable is a failure, never a skip.
 #  2. cargo fmt --check, clippy -D warnings, rustdoc -D warnings.
-#  3. cargo test --all-features: unit, integration (SQLite, PostgreSQL, MariaDB) and doc tests.
+#  3. cargo test --all-features: unit, integration (SQLite, PostgreSQL, MariaDB) and doc tests;
+#     then the compile-fail (trybuild) tests with the default features.
 #  4. The real diesel CLI runs and redoes our migrations on SQLite, PostgreSQL and MariaDB.
 #  5. The tour, small, on all three backends.
 #
@@ -120,5 +121,7 @@ step "cargo clippy --all-targets --all-features -- -D warnings" \
 step "cargo doc --no-deps --all-features (RUSTDOCFLAGS=-D warnings)" \
     env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 step "cargo test --all-features (unit, SQLite/PostgreSQL/MariaDB, doc)" cargo test --all-features
+# trybuild's expected messages list the connection types of one feature set: the default one.
+step "cargo test --test compile_fail (default features: trybuild)" cargo test --test compile_fail
 step "diesel CLI: migration run/redo on SQLite, PostgreSQL, MariaDB" diesel_cli_migrations
 step "tour --rows 20000 on SQLite, PostgreSQL, MariaDB" tour

@@ -334,7 +334,8 @@ where
         mib(peak)
     );
     println!(
-        "  (VmHWM only ever rises, so this runs after the walks: run first, it would hide their figures)"
+        "  (VmHWM is a high-water mark that only rises{}: the full load runs last, or its peak would hide the walks')",
+        if resettable { " unless reset" } else { "" }
     );
 
     section("5. What the instrumentation saw");

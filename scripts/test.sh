@@ -63,8 +63,13 @@ sibling_url() {
 }
 
 toolchain() {
-    cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
-    cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+    local component
+    for component in rustfmt clippy; do
+        if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            command -v rustup >/dev/null 2>&1 || die "cargo has no $component and there is no rustup to add it"
+            rustup component add "$component"
+        fi
+    done
     cargo --version
 }
 

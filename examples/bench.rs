@@ -46,6 +46,10 @@ enum Scenario {
     DieselLoadIter,
     /// Plain Diesel, PostgreSQL only: `load_iter::<Item, PgRowByRowLoadingMode>`.
     DieselLoadIterRbr,
+    /// Diagnostic, plain Diesel: the streaming path of `budget-stream` with its `ORDER BY id`
+    /// (PostgreSQL row-by-row, SQLite `load_iter`), to tell the cost of key order from the
+    /// library's own.
+    DieselStreamOrdered,
     /// Plain Diesel: hand-written `WHERE id > last ORDER BY id LIMIT batch` loop.
     DieselKeyset,
     /// Ours: `batches_by(items::id, ..)` in `BatchMode::Keyset`, through `Db`.
@@ -507,7 +511,9 @@ macro_rules! backend {
                             batches: Some(batches),
                         })
                     }
-                    Scenario::DieselLoadIterRbr => extra(scenario, url),
+                    Scenario::DieselLoadIterRbr | Scenario::DieselStreamOrdered => {
+                        extra(scenario, url)
+                    }
                     Scenario::Seed | Scenario::Report => {
                         Err(format!("{} is not a scan", scenario.name()).into())
                     }
@@ -596,8 +602,28 @@ backend!(
         /// Rows per transaction, so the WAL stays small.
         const TX_ROWS: i64 = 600_000;
 
-        pub(super) fn extra(scenario: Scenario, _url: &str) -> BoxResult<Outcome> {
-            Err(format!("{}: PostgreSQL only", scenario.name()).into())
+        pub(super) fn extra(scenario: Scenario, url: &str) -> BoxResult<Outcome> {
+            if scenario != Scenario::DieselStreamOrdered {
+                return Err(format!("{}: PostgreSQL only", scenario.name()).into());
+            }
+            let mut conn = RawConn::establish(url)?;
+            let clock = Clock::start();
+            let mut tally = Tally::default();
+            for row in items::table
+                .order(items::id)
+                .load_iter::<Item, DefaultLoadingMode>(&mut conn)?
+            {
+                tally.add(&row?);
+            }
+            let (wall, cpu) = clock.stop();
+            Ok(Outcome {
+                tally,
+                wall,
+                cpu,
+                conn: PLAIN,
+                batch: None,
+                batches: None,
+            })
         }
 
         pub(super) fn prepare_database(_url: &str) -> BoxResult<()> {
@@ -655,16 +681,24 @@ backend!(
             let mut conn = RawConn::establish(url)?;
             let clock = Clock::start();
             let mut tally = Tally::default();
-            for row in items::table.load_iter::<Item, PgRowByRowLoadingMode>(&mut conn)? {
-                tally.add(&row?);
+            if scenario == Scenario::DieselStreamOrdered {
+                for row in items::table
+                    .order(items::id)
+                    .load_iter::<Item, PgRowByRowLoadingMode>(&mut conn)?
+                {
+                    tally.add(&row?);
+                }
+            } else {
+                for row in items::table.load_iter::<Item, PgRowByRowLoadingMode>(&mut conn)? {
+                    tally.add(&row?);
+                }
             }
             let (wall, cpu) = clock.stop();
-            debug_assert_eq!(scenario, Scenario::DieselLoadIterRbr);
             Ok(Outcome {
                 tally,
                 wall,
                 cpu,
-                conn: "plain diesel::pg::PgConnection",
+                conn: PLAIN,
                 batch: None,
                 batches: None,
             })
@@ -742,7 +776,7 @@ backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
     const TX_ROWS: i64 = 200_000;
 
     pub(super) fn extra(scenario: Scenario, _url: &str) -> BoxResult<Outcome> {
-        Err(format!("{}: PostgreSQL only", scenario.name()).into())
+        Err(format!("{}: not on MySQL", scenario.name()).into())
     }
 
     /// Creates the database when it does not exist (root, empty password).
@@ -952,9 +986,9 @@ mod report {
         );
 
         println!(
-            "| backend | rows | scenario | n | rows/s | peak RSS MiB | client CPU µs/row | vs | rows/s ratio |"
+            "| backend | rows | scenario | n | rows/s | peak RSS MiB | client CPU µs/row | vs | rows/s ratio | ratio vs diesel-stream-ordered |"
         );
-        println!("|---|---:|---|---:|---:|---:|---:|---|---:|");
+        println!("|---|---:|---|---:|---:|---:|---:|---|---:|---:|");
         for (&(b, rows, s), g) in &groups {
             let backend = backends[b];
             let scenario = scenarios[s];
@@ -972,8 +1006,14 @@ mod report {
             } else {
                 format!("{:.2}", median(&g.cpu_us_per_row))
             };
+            let ordered = match (scenario, med(b, rows, Scenario::DieselStreamOrdered)) {
+                (Scenario::BudgetStream, Some((o, _))) => {
+                    format!("{:.2}", median(&g.rows_per_s) / o)
+                }
+                _ => String::new(),
+            };
             println!(
-                "| {} | {rows} | {} | {} | {} | {:.1} | {cpu} | {vs} | {ratio} |",
+                "| {} | {rows} | {} | {} | {} | {:.1} | {cpu} | {vs} | {ratio} | {ordered} |",
                 backend.name(),
                 scenario.name(),
                 g.rows_per_s.len(),

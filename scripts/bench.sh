@@ -15,10 +15,12 @@
 #   BACKENDS        sqlite postgres mysql
 #   SIZES           10000 100000 1000000 10000000
 #   REPS            3
-#   SCENARIOS       all: diesel-load diesel-load-iter diesel-load-iter-rbr diesel-keyset
-#                   budget-batches budget-stream (diesel-load-iter-rbr runs on PostgreSQL only)
+#   SCENARIOS       all: diesel-load diesel-load-iter diesel-load-iter-rbr diesel-stream-ordered
+#                   diesel-keyset budget-batches budget-stream (diesel-load-iter-rbr runs on
+#                   PostgreSQL only, diesel-stream-ordered on PostgreSQL and SQLite)
 #   BIG             10000000: from this size on, only the bounded-memory scenarios run
-#                   (budget-stream, budget-batches, diesel-keyset, diesel-load-iter-rbr, and
+#                   (budget-stream, budget-batches, diesel-keyset, diesel-load-iter-rbr,
+#                   diesel-stream-ordered, and
 #                   diesel-load-iter on SQLite, whose default mode streams); FULL_LOADS_BIG=1
 #                   runs the full-load baselines there too (~4.5 GB of RAM each)
 #   BENCH_PG_URL    PostgreSQL bench database (default postgres://postgres@127.0.0.1:5432/diesel_budget_bench)
@@ -34,7 +36,7 @@ cd "$(dirname "$0")/.."
 BACKENDS=${BACKENDS:-"sqlite postgres mysql"}
 SIZES=${SIZES:-"10000 100000 1000000 10000000"}
 REPS=${REPS:-3}
-ALL_SCENARIOS="diesel-load diesel-load-iter diesel-load-iter-rbr diesel-keyset budget-batches budget-stream"
+ALL_SCENARIOS="diesel-load diesel-load-iter diesel-load-iter-rbr diesel-stream-ordered diesel-keyset budget-batches budget-stream"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 BIG=${BIG:-10000000}
 FULL_LOADS_BIG=${FULL_LOADS_BIG:-0}
@@ -60,6 +62,9 @@ BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench
 wanted() {
     local scenario=$1 backend=$2 rows=$3
     if [ "$scenario" = diesel-load-iter-rbr ] && [ "$backend" != postgres ]; then
+        return 1
+    fi
+    if [ "$scenario" = diesel-stream-ordered ] && [ "$backend" = mysql ]; then
         return 1
     fi
     if [ "$rows" -ge "$BIG" ] && [ "$FULL_LOADS_BIG" != 1 ]; then

@@ -2,8 +2,8 @@
 //!
 //! Diesel reports each statement (`StartQuery` / `FinishQuery`) on the thread that runs it, but
 //! not how many rows it returned. The executor knows the rows, so the two meet in thread-local
-//! state: while a budgeted query runs the executor holds a [`BudgetScope`]; a statement that
-//! starts outside any scope is *unbudgeted*. Statements Diesel issues for transactions (`BEGIN`,
+//! state: while a budgeted query runs, the executor marks its thread as inside a budget; a
+//! statement that starts outside one is *unbudgeted*. Statements Diesel issues for transactions (`BEGIN`,
 //! `COMMIT`, savepoints) and the pool's own liveness checks are classified separately.
 
 use std::cell::{Cell, RefCell};
@@ -247,7 +247,7 @@ impl Stats {
 
 /// The [`Instrumentation`] diesel-budget installs on each pooled connection.
 ///
-/// Install it on a connection of your own with [`crate::instrument`].
+/// Install it on a connection of your own with [`crate::instrument()`].
 #[derive(Debug, Default)]
 pub struct BudgetInstrumentation {
     stats: Arc<StatsCell>,

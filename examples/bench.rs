@@ -1001,7 +1001,8 @@ mod report {
                 ),
                 None => (String::new(), String::new()),
             };
-            let cpu = if g.cpu_us_per_row.is_empty() {
+            // CPU time has a 10 ms resolution: meaningless for short scans.
+            let cpu = if g.cpu_us_per_row.is_empty() || rows < 100_000 {
                 String::new()
             } else {
                 format!("{:.2}", median(&g.cpu_us_per_row))

@@ -187,7 +187,7 @@ where
         let held = items::table
             .count()
             .budget(Budget::rows(1))
-            .first::<i64, _>(&mut conn)?;
+            .first::<i64>(&mut conn)?;
         diesel::sql_query("TRUNCATE TABLE items").execute(conn.unbudgeted())?;
         println!(
             "  emptied `items` first ({} rows there): TRUNCATE through conn.unbudgeted(), {}",
@@ -226,7 +226,7 @@ where
     let err = expect_exceeded(
         items::table
             .budget(Budget::rows(1_000))
-            .load::<Item, _>(&mut conn),
+            .load::<Item>(&mut conn),
     )?;
     println!("  too many: all of items, Budget::rows(1_000) -> Err:");
     println!("    {}", fields(&err));
@@ -234,7 +234,7 @@ where
 
     let some = items::table
         .budget(Budget::rows(1_000).truncate())
-        .load::<Item, _>(&mut conn)?;
+        .load::<Item>(&mut conn)?;
     println!(
         "  truncate: same query, Budget::rows(1_000).truncate() -> Ok, {} rows, is_truncated() = {}",
         some.len(),
@@ -245,7 +245,7 @@ where
     let err = expect_exceeded(
         items::table
             .budget(Budget::rows(100_000).bytes(256 << 10))
-            .load::<Item, _>(&mut conn),
+            .load::<Item>(&mut conn),
     )?;
     println!("  bytes:    Budget::rows(100_000).bytes(256 KiB) (sizes from GetSize) -> Err:");
     println!("    {}", fields(&err));
@@ -343,11 +343,11 @@ where
         let counted = items::table
             .count()
             .budget(Budget::rows(1))
-            .first::<i64, _>(conn)?;
+            .first::<i64>(conn)?;
         items::table
             .filter(items::id.le(500_i64))
             .budget(Budget::rows(1_000))
-            .load::<Item, _>(conn)?;
+            .load::<Item>(conn)?;
         let raw = items::table.count().get_result::<i64>(conn.unbudgeted())?;
         Ok(counted.min(raw))
     });

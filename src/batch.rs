@@ -209,12 +209,6 @@ pub type BatchQuery<Q, K, V> = diesel::dsl::Order<
 
 type RowStream<'c, U> = Box<dyn Iterator<Item = QueryResult<U>> + 'c>;
 
-/// Rows reserved per batch: the batch size, up to 65,536 (a huge row budget with a byte limit
-/// may never fill it).
-fn batch_capacity(spec: &BudgetSpec) -> usize {
-    usize::try_from(spec.rows.min(65_536)).unwrap_or(65_536)
-}
-
 /// An open single-query stream and what it has delivered. Reports its rows to the ledger and
 /// the pool's statistics when it ends (or is dropped part-way).
 struct Streamed<'c, U> {
@@ -472,8 +466,7 @@ where
             return Ok(None);
         };
         let limit = i64::try_from(self.spec.rows).unwrap_or(i64::MAX);
-        let capacity = batch_capacity(&self.spec);
-        let loaded = load_metered::<C, U, _, M>(query, self.spec, limit, capacity, conn)?;
+        let loaded = load_metered::<C, U, _, M>(query, self.spec, limit, conn)?;
         match loaded.exceeded {
             Some(e) if loaded.rows.is_empty() => Err(loaded.into_error(self.spec, e)),
             // Cut short by bytes: the row that did not fit is read again by the next batch.
@@ -512,7 +505,7 @@ where
         let Some(stream) = self.stream.as_mut() else {
             return Ok(None);
         };
-        let mut rows = Vec::with_capacity(batch_capacity(&self.spec));
+        let mut rows = Vec::new();
         let mut batch = Meterage::default();
         let mut next = self.pending.take().map(Ok);
         loop {

@@ -67,14 +67,13 @@ impl<U> Loaded<U> {
 }
 
 /// Runs `query` with at most `limit` rows fetched, metering rows against `spec` and bytes with
-/// `M`; stops at the first row past the budget (that row is dropped and counted). `capacity`
-/// rows are reserved up front (batches know their size; a load may return far fewer rows than
-/// its budget, so it lets the vector grow).
+/// `M`; stops at the first row past the budget (that row is dropped and counted). The vector
+/// grows as rows arrive, as in Diesel's `load`: reserving a whole batch up front costs page
+/// faults on every batch (glibc maps and unmaps such large blocks).
 pub(crate) fn load_metered<'q, C, U, Q, M>(
     query: Q,
     spec: BudgetSpec,
     limit: i64,
-    capacity: usize,
     conn: &mut C,
 ) -> Result<Loaded<U>>
 where
@@ -82,7 +81,7 @@ where
     Q: BudgetQuery<'q, C, U>,
     M: Meter<U>,
 {
-    let mut rows = Vec::with_capacity(capacity);
+    let mut rows = Vec::new();
     let mut meter = Meterage::default();
     let mut exceeded = None;
     let result = {
@@ -118,7 +117,71 @@ fn probe_limit(spec: &BudgetSpec) -> i64 {
     i64::try_from(spec.rows.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
-impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
+/// A budgeted query that loads rows of type `U` on connection `C`: implemented for every
+/// [`Budgeted`] whose query Diesel could load into `U` (and whose byte budget, if any, can
+/// measure `U`). It is the bound of [`RunBudgetedDsl`]'s methods, as Diesel's `LoadQuery` is
+/// of `RunQueryDsl`'s; you never implement it.
+pub trait LoadBudgeted<'q, C: BudgetConnection, U>: Sized {
+    /// What `load` returns: `Vec<U>`, or [`Truncated<U>`](crate::Truncated) under a truncating
+    /// budget.
+    type Output;
+
+    #[doc(hidden)]
+    fn internal_load(self, conn: &mut C) -> Result<Self::Output>;
+
+    #[doc(hidden)]
+    fn internal_get_result(self, conn: &mut C) -> Result<U>;
+
+    #[doc(hidden)]
+    fn internal_first(self, conn: &mut C) -> Result<U>;
+}
+
+impl<'q, C, U, Q, M, O> LoadBudgeted<'q, C, U> for Budgeted<Q, M, O>
+where
+    C: BudgetConnection,
+    Q: BudgetQuery<'q, C, U>,
+    M: Meter<U>,
+    O: Overflow,
+{
+    type Output = O::Output<U>;
+
+    fn internal_load(self, conn: &mut C) -> Result<Self::Output> {
+        let spec = self.budget.spec();
+        self.budget.validate()?;
+        let loaded = load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn)?;
+        match loaded.exceeded {
+            None => Ok(O::finish(loaded.rows, false)),
+            Some(_) if O::TRUNCATES => Ok(O::finish(loaded.rows, true)),
+            Some(e) => Err(loaded.into_error(spec, e)),
+        }
+    }
+
+    fn internal_get_result(self, conn: &mut C) -> Result<U> {
+        let spec = self.budget.spec();
+        self.budget.validate()?;
+        let loaded = load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn)?;
+        match loaded.exceeded {
+            // Not even the first row fits: that is an overflow, not a missing row.
+            Some(e) if !O::TRUNCATES || loaded.rows.is_empty() => Err(loaded.into_error(spec, e)),
+            _ => first_or_not_found(loaded),
+        }
+    }
+
+    fn internal_first(self, conn: &mut C) -> Result<U> {
+        let spec = self.budget.spec();
+        self.budget.validate()?;
+        let loaded = load_metered::<_, U, Q, M>(self.query, spec, 1, conn)?;
+        if let Some(e) = loaded.exceeded {
+            return Err(loaded.into_error(spec, e));
+        }
+        first_or_not_found(loaded)
+    }
+}
+
+/// `load`, `get_results`, `get_result` and `first` for budgeted queries: the counterpart of
+/// Diesel's `RunQueryDsl`, in [`crate::prelude`]. `X` is where the query runs: a pooled
+/// [`crate::Conn`] or a plain Diesel connection ([`Executor`]).
+pub trait RunBudgetedDsl<X: Executor>: Sized {
     /// Loads all rows if they fit the budget.
     ///
     /// Under a strict budget: `Vec<U>`, or [`Error::BudgetExceeded`] when the query has more
@@ -144,64 +207,48 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     ///
     /// let err = items::table
     ///     .budget(Budget::rows(100))
-    ///     .load::<Item, _>(&mut conn)
+    ///     .load::<Item>(&mut conn)
     ///     .unwrap_err();
     /// assert!(err.is_budget_exceeded());
     ///
     /// let some = items::table
     ///     .order(items::id)
     ///     .budget(Budget::rows(100).truncate())
-    ///     .load::<Item, _>(&mut conn)?;
+    ///     .load::<Item>(&mut conn)?;
     /// assert_eq!(some.len(), 100);
     /// assert!(some.is_truncated());
     /// # Ok(()) }
     /// ```
-    pub fn load<'q, U, X>(self, conn: &mut X) -> Result<O::Output<U>>
+    fn load<'q, U>(
+        self,
+        conn: &mut X,
+    ) -> Result<<Self as LoadBudgeted<'q, ConnectionOf<X>, U>>::Output>
     where
-        X: Executor,
-        Q: BudgetQuery<'q, ConnectionOf<X>, U>,
-        M: Meter<U>,
+        Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        let spec = self.budget.spec();
-        self.budget.validate()?;
-        let loaded =
-            load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), 0, conn.connection())?;
-        match loaded.exceeded {
-            None => Ok(O::finish(loaded.rows, false)),
-            Some(_) if O::TRUNCATES => Ok(O::finish(loaded.rows, true)),
-            Some(e) => Err(loaded.into_error(spec, e)),
-        }
+        self.internal_load(conn.connection())
     }
 
     /// Same as [`load`](Self::load), named as in Diesel.
-    pub fn get_results<'q, U, X>(self, conn: &mut X) -> Result<O::Output<U>>
+    fn get_results<'q, U>(
+        self,
+        conn: &mut X,
+    ) -> Result<<Self as LoadBudgeted<'q, ConnectionOf<X>, U>>::Output>
     where
-        X: Executor,
-        Q: BudgetQuery<'q, ConnectionOf<X>, U>,
-        M: Meter<U>,
+        Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.load(conn)
+        self.internal_load(conn.connection())
     }
 
     /// The first row of the result, which must fit the budget like [`load`](Self::load)
     /// (a truncating budget keeps the first row of what fits; when not even that row fits the
     /// byte budget, it is [`Error::BudgetExceeded`]). No row: an error for which
     /// [`Error::is_not_found`] is true; use [`OptionalExtension::optional`](crate::OptionalExtension).
-    pub fn get_result<'q, U, X>(self, conn: &mut X) -> Result<U>
+    fn get_result<'q, U>(self, conn: &mut X) -> Result<U>
     where
-        X: Executor,
-        Q: BudgetQuery<'q, ConnectionOf<X>, U>,
-        M: Meter<U>,
+        Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        let spec = self.budget.spec();
-        self.budget.validate()?;
-        let loaded =
-            load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), 0, conn.connection())?;
-        match loaded.exceeded {
-            // Not even the first row fits: that is an overflow, not a missing row.
-            Some(e) if !O::TRUNCATES || loaded.rows.is_empty() => Err(loaded.into_error(spec, e)),
-            _ => first_or_not_found(loaded),
-        }
+        self.internal_get_result(conn.connection())
     }
 
     /// The first row, fetching one (`LIMIT 1`, or your own smaller limit). A row over a byte
@@ -222,26 +269,20 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// let none = items::table
     ///     .filter(items::id.eq(-1))
     ///     .budget(Budget::rows(1))
-    ///     .first::<Item, _>(&mut conn)
+    ///     .first::<Item>(&mut conn)
     ///     .optional()?;
     /// assert!(none.is_none());
     /// # Ok(()) }
     /// ```
-    pub fn first<'q, U, X>(self, conn: &mut X) -> Result<U>
+    fn first<'q, U>(self, conn: &mut X) -> Result<U>
     where
-        X: Executor,
-        Q: BudgetQuery<'q, ConnectionOf<X>, U>,
-        M: Meter<U>,
+        Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        let spec = self.budget.spec();
-        self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(self.query, spec, 1, 1, conn.connection())?;
-        if let Some(e) = loaded.exceeded {
-            return Err(loaded.into_error(spec, e));
-        }
-        first_or_not_found(loaded)
+        self.internal_first(conn.connection())
     }
 }
+
+impl<Q, M: Metering, O: Overflow, X: Executor> RunBudgetedDsl<X> for Budgeted<Q, M, O> {}
 
 fn first_or_not_found<U>(loaded: Loaded<U>) -> Result<U> {
     match loaded.rows.into_iter().next() {

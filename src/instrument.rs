@@ -225,7 +225,7 @@ impl Stats {
     /// use diesel_budget::demo::{items, Item};
     ///
     /// let before = db.stats();
-    /// let rows = items::table.budget(Budget::rows(10)).load::<Item, _>(&mut conn)?;
+    /// let rows = items::table.budget(Budget::rows(10)).load::<Item>(&mut conn)?;
     /// let delta = db.stats().since(&before);
     /// assert_eq!((delta.budgeted, delta.unbudgeted, delta.rows), (1, 0, 10));
     /// # Ok(()) }

@@ -25,7 +25,7 @@
 //! assert_eq!(rows.len(), 100);
 //!
 //! // 2. Does not fit: a typed error; the server sent 11 rows, not 1,000.
-//! let err = items::table.budget(Budget::rows(10)).load::<Item, _>(&mut conn).unwrap_err();
+//! let err = items::table.budget(Budget::rows(10)).load::<Item>(&mut conn).unwrap_err();
 //! assert!(matches!(err, diesel_budget::Error::BudgetExceeded { seen_rows: 11, .. }));
 //!
 //! // 3. Any number of rows, 250 at a time.
@@ -63,7 +63,7 @@ pub use batch::{Batches, Composite};
 pub use budget::{Budget, BudgetSpec, Exceeded, Truncated};
 pub use db::{instrument, Conn, Db, DbBuilder};
 pub use error::{Error, OptionalExtension, Result};
-pub use exec::Executor;
+pub use exec::{Executor, LoadBudgeted, RunBudgetedDsl};
 pub use instrument::{StatementKind, Stats};
 pub use query::{BudgetDsl, Budgeted};
 
@@ -77,5 +77,6 @@ pub mod prelude {
     pub use crate::budget::Budget;
     pub use crate::db::{Conn, Db};
     pub use crate::error::OptionalExtension as _;
+    pub use crate::exec::RunBudgetedDsl;
     pub use crate::query::BudgetDsl;
 }

@@ -19,7 +19,7 @@
 //!     items::table
 //!         .filter(items::category.eq(1))
 //!         .budget(Budget::rows(20))
-//!         .load::<Item, _>(conn)
+//!         .load::<Item>(conn)
 //! });
 //! assert_eq!(rows?.len(), 10);
 //! ledger

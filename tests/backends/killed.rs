@@ -82,7 +82,7 @@ fn killed_mid_walk(test_no: i64, mode: BatchMode, n: i64, batch: u64) {
         let one = items::table
             .filter(items::id.eq(base))
             .budget(Budget::rows(1))
-            .first::<Item, _>(&mut *conn)
+            .first::<Item>(&mut *conn)
             .unwrap_or_else(|e| panic!("checkout {round}: {e}"));
         assert_eq!(one.id, base);
     }

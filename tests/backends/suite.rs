@@ -160,9 +160,9 @@ fn load_and_get_results_return_rows_that_fit_and_fail_past_the_budget() {
                 .budget(Budget::rows(BUDGET));
             let (res, ledger) = testing::record(&mut *ctx.conn, |conn| {
                 if path == "load" {
-                    q.load::<Item, _>(conn)
+                    q.load::<Item>(conn)
                 } else {
-                    q.get_results::<Item, _>(conn)
+                    q.get_results::<Item>(conn)
                 }
             });
             // The server is asked for budget + 1 rows, whatever the result size.
@@ -196,7 +196,7 @@ fn truncate_returns_the_first_rows_in_order_and_flags_only_real_overflow() {
                 .filter(in_range(base, n))
                 .order(items::id)
                 .budget(Budget::rows(BUDGET).truncate())
-                .load::<Item, _>(conn)
+                .load::<Item>(conn)
         });
         let rows = res.expect("truncating load");
         let kept = n.min(BUDGET as i64);
@@ -209,7 +209,7 @@ fn truncate_returns_the_first_rows_in_order_and_flags_only_real_overflow() {
             .filter(in_range(base, n))
             .order(items::id.desc())
             .budget(Budget::rows(BUDGET).truncate())
-            .get_results::<Item, _>(&mut *ctx.conn)
+            .get_results::<Item>(&mut *ctx.conn)
             .expect("truncating get_results");
         let want: Vec<i64> = (base + n - kept..base + n).rev().collect();
         assert_eq!(ids(&rows), want, "desc, {n} rows");
@@ -228,7 +228,7 @@ fn get_result_fits_or_fails_like_load() {
                 .filter(in_range(base, n))
                 .order(items::id.desc())
                 .budget(Budget::rows(BUDGET))
-                .get_result::<Item, _>(conn)
+                .get_result::<Item>(conn)
         });
         one_budgeted(&ledger, BUDGET as i64 + 1, (n as u64).min(BUDGET + 1));
         if n as u64 <= BUDGET {
@@ -241,7 +241,7 @@ fn get_result_fits_or_fails_like_load() {
             .filter(in_range(base, n))
             .order(items::id.desc())
             .budget(Budget::rows(BUDGET).truncate())
-            .get_result::<Item, _>(&mut *ctx.conn)
+            .get_result::<Item>(&mut *ctx.conn)
             .expect("truncating get_result");
         assert_eq!(row.id, base + n - 1);
     }
@@ -249,13 +249,13 @@ fn get_result_fits_or_fails_like_load() {
     let one = items::table
         .filter(items::id.eq(base + 5))
         .budget(Budget::rows(1))
-        .get_result::<Item, _>(&mut *ctx.conn)
+        .get_result::<Item>(&mut *ctx.conn)
         .expect("single row");
     assert_eq!(one, Item::generate(base + 5));
     let err = items::table
         .filter(in_range(base, 2))
         .budget(Budget::rows(1))
-        .get_result::<Item, _>(&mut *ctx.conn)
+        .get_result::<Item>(&mut *ctx.conn)
         .expect_err("two rows, budget one");
     assert_rows_exceeded(err, 1);
 }
@@ -271,7 +271,7 @@ fn first_fetches_one_row_whatever_the_result_size() {
                     .filter(in_range(base, n))
                     .order(items::id.desc())
                     .budget(Budget::rows(budget))
-                    .first::<Item, _>(conn)
+                    .first::<Item>(conn)
             });
             assert_eq!(res.expect("first").id, base + n - 1, "first of {n} desc");
             one_budgeted(&ledger, 1, 1);
@@ -286,18 +286,18 @@ fn optional_turns_no_row_into_none_and_keeps_other_errors() {
     let empty = || items::table.filter(items::id.eq(base - 1)).order(items::id);
     let none = empty()
         .budget(Budget::rows(1))
-        .first::<Item, _>(&mut *ctx.conn);
+        .first::<Item>(&mut *ctx.conn);
     assert!(none.as_ref().is_err_and(Error::is_not_found), "{none:?}");
     assert_eq!(none.optional().expect("optional first"), None);
     let none = empty()
         .budget(Budget::rows(5))
-        .get_result::<Item, _>(&mut *ctx.conn)
+        .get_result::<Item>(&mut *ctx.conn)
         .optional()
         .expect("optional get_result");
     assert_eq!(none, None);
     let empty_load = empty()
         .budget(Budget::rows(5))
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("empty load");
     assert!(empty_load.is_empty());
 
@@ -305,14 +305,14 @@ fn optional_turns_no_row_into_none_and_keeps_other_errors() {
         .filter(in_range(base, 20))
         .order(items::id)
         .budget(Budget::rows(1))
-        .first::<Item, _>(&mut *ctx.conn)
+        .first::<Item>(&mut *ctx.conn)
         .optional()
         .expect("optional with a row");
     assert_eq!(some.map(|i| i.id), Some(base));
     let some = items::table
         .filter(items::id.eq(base + 3))
         .budget(Budget::rows(1))
-        .get_result::<Item, _>(&mut *ctx.conn)
+        .get_result::<Item>(&mut *ctx.conn)
         .optional()
         .expect("optional get_result with a row");
     assert_eq!(some.map(|i| i.id), Some(base + 3));
@@ -320,7 +320,7 @@ fn optional_turns_no_row_into_none_and_keeps_other_errors() {
     let err = items::table
         .filter(in_range(base, 20))
         .budget(Budget::rows(3))
-        .get_result::<Item, _>(&mut *ctx.conn)
+        .get_result::<Item>(&mut *ctx.conn)
         .optional()
         .expect_err("overflow stays an error");
     assert_rows_exceeded(err, 3);
@@ -337,7 +337,7 @@ macro_rules! user_limit_cases {
         let conn = $conn;
         // A smaller LIMIT is kept.
         let (rows, ledger) = testing::record(conn, |conn| {
-            $q.limit(2).budget(Budget::rows(3)).load::<Item, _>(conn)
+            $q.limit(2).budget(Budget::rows(3)).load::<Item>(conn)
         });
         assert_eq!(ids(&rows.expect("limit 2, budget 3")), span(base, base + 2));
         one_budgeted(&ledger, 4, 2);
@@ -345,7 +345,7 @@ macro_rules! user_limit_cases {
         let rows = $q
             .limit(3)
             .budget(Budget::rows(3).truncate())
-            .load::<Item, _>(conn)
+            .load::<Item>(conn)
             .expect("limit 3, budget 3");
         assert_eq!(ids(&rows), span(base, base + 3));
         assert!(!rows.is_truncated(), "the query has exactly 3 rows");
@@ -353,13 +353,13 @@ macro_rules! user_limit_cases {
         let err = $q
             .limit(5)
             .budget(Budget::rows(3))
-            .load::<Item, _>(conn)
+            .load::<Item>(conn)
             .expect_err("limit 5, budget 3");
         assert_rows_exceeded(err, 3);
         let rows = $q
             .limit(5)
             .budget(Budget::rows(3).truncate())
-            .load::<Item, _>(conn)
+            .load::<Item>(conn)
             .expect("limit 5, budget 3, truncating");
         assert_eq!(ids(&rows), span(base, base + 3));
         assert!(rows.is_truncated());
@@ -368,14 +368,14 @@ macro_rules! user_limit_cases {
             .offset(2)
             .limit(3)
             .budget(Budget::rows(5))
-            .load::<Item, _>(conn)
+            .load::<Item>(conn)
             .expect("offset 2 limit 3, budget 5");
         assert_eq!(ids(&rows), span(base + 2, base + 5));
         let rows = $q
             .limit(10)
             .offset(2)
             .budget(Budget::rows(3).truncate())
-            .load::<Item, _>(conn)
+            .load::<Item>(conn)
             .expect("offset 2 limit 10, budget 3, truncating");
         assert_eq!(ids(&rows), span(base + 2, base + 5));
         assert!(rows.is_truncated());
@@ -383,7 +383,7 @@ macro_rules! user_limit_cases {
             .offset(2)
             .limit(10)
             .budget(Budget::rows(3))
-            .load::<Item, _>(conn)
+            .load::<Item>(conn)
             .expect_err("offset 2 limit 10, budget 3");
         assert_rows_exceeded(err, 3);
         // first/get_result keep the user's OFFSET.
@@ -391,14 +391,14 @@ macro_rules! user_limit_cases {
             .offset(4)
             .limit(10)
             .budget(Budget::rows(10))
-            .first::<Item, _>(conn)
+            .first::<Item>(conn)
             .expect("first with offset");
         assert_eq!(first.id, base + 4);
         let one = $q
             .offset(7)
             .limit(1)
             .budget(Budget::rows(1))
-            .get_result::<Item, _>(conn)
+            .get_result::<Item>(conn)
             .expect("get_result with offset and limit 1");
         assert_eq!(one.id, base + 7);
     }};
@@ -440,20 +440,20 @@ fn user_limits_on_boxed_queries() {
     let rows = q()
         .offset(15)
         .budget(Budget::rows(10))
-        .load::<Item, _>(conn)
+        .load::<Item>(conn)
         .expect("offset 15, budget 10");
     assert_eq!(ids(&rows), span(base + 15, base + 20));
     let rows = q()
         .offset(15)
         .budget(Budget::rows(3).truncate())
-        .load::<Item, _>(conn)
+        .load::<Item>(conn)
         .expect("offset 15, budget 3, truncating");
     assert_eq!(ids(&rows), span(base + 15, base + 18));
     assert!(rows.is_truncated());
     let err = q()
         .offset(15)
         .budget(Budget::rows(3))
-        .load::<Item, _>(conn)
+        .load::<Item>(conn)
         .expect_err("offset 15, budget 3");
     assert_rows_exceeded(err, 3);
     // Boxed, built up conditionally as applications do.
@@ -462,7 +462,7 @@ fn user_limits_on_boxed_queries() {
     q = q.order(items::id.desc());
     let rows = q
         .budget(Budget::rows(4).truncate())
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("boxed, truncating");
     assert_eq!(ids(&rows), vec![base + 19, base + 18, base + 17, base + 16]);
     assert!(rows.is_truncated());
@@ -486,7 +486,7 @@ fn a_limit_inside_a_subquery_is_not_taken_for_the_query_s_own() {
             .order(items::id)
     };
     let (res, ledger) = testing::record(&mut *ctx.conn, |conn| {
-        q().budget(Budget::rows(3)).load::<Item, _>(conn)
+        q().budget(Budget::rows(3)).load::<Item>(conn)
     });
     let sql = assert_rows_exceeded(res.expect_err("20 rows, budget 3"), 3);
     assert!(
@@ -496,12 +496,12 @@ fn a_limit_inside_a_subquery_is_not_taken_for_the_query_s_own() {
     one_budgeted(&ledger, 4, 4);
     let rows = q()
         .budget(Budget::rows(3).truncate())
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("truncating");
     assert_eq!(ids(&rows), span(base, base + 3));
     let rows = q()
         .budget(Budget::rows(20))
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("all 20 fit");
     assert_eq!(ids(&rows), span(base, base + 20));
     // The same subquery in a boxed query, and with a top-level LIMIT of its own as well.
@@ -509,7 +509,7 @@ fn a_limit_inside_a_subquery_is_not_taken_for_the_query_s_own() {
         .limit(2)
         .into_boxed()
         .budget(Budget::rows(3))
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("own limit 2 beside the subquery's");
     assert_eq!(ids(&rows), span(base, base + 2));
 }
@@ -524,7 +524,7 @@ fn budgets_on_selections_aggregates_and_joins() {
         .select((items::id, items::category))
         .order(items::id)
         .budget(Budget::rows(5).truncate())
-        .load::<(i64, i32), _>(&mut *ctx.conn)
+        .load::<(i64, i32)>(&mut *ctx.conn)
         .expect("tuples");
     assert_eq!(pairs.len(), 5);
     assert_eq!(pairs[1], (base + 1, Item::generate(base + 1).category));
@@ -535,7 +535,7 @@ fn budgets_on_selections_aggregates_and_joins() {
         .distinct()
         .order(items::category)
         .budget(Budget::rows(10))
-        .load::<i32, _>(&mut *ctx.conn)
+        .load::<i32>(&mut *ctx.conn)
         .expect("10 distinct categories fit 10");
     assert_eq!(cats, (0..10).collect::<Vec<i32>>());
     // GROUP BY with an aggregate, with and without a LIMIT of its own.
@@ -548,13 +548,13 @@ fn budgets_on_selections_aggregates_and_joins() {
     };
     let err = grouped()
         .budget(Budget::rows(9))
-        .load::<(i32, i64), _>(&mut *ctx.conn)
+        .load::<(i32, i64)>(&mut *ctx.conn)
         .expect_err("10 groups, budget 9");
     assert_rows_exceeded(err, 9);
     let groups = grouped()
         .limit(3)
         .budget(Budget::rows(9))
-        .load::<(i32, i64), _>(&mut *ctx.conn)
+        .load::<(i32, i64)>(&mut *ctx.conn)
         .expect("own limit 3");
     assert_eq!(groups, vec![(0, 10), (1, 10), (2, 10)]);
     // A count is one row.
@@ -562,7 +562,7 @@ fn budgets_on_selections_aggregates_and_joins() {
         .filter(in_range(base, 100))
         .count()
         .budget(Budget::rows(1))
-        .get_result::<i64, _>(&mut *ctx.conn)
+        .get_result::<i64>(&mut *ctx.conn)
         .expect("count");
     assert_eq!(n, 100);
     // A self-join through an alias: each id with its successor (99 pairs).
@@ -576,13 +576,13 @@ fn budgets_on_selections_aggregates_and_joins() {
     };
     let err = joined()
         .budget(Budget::rows(50))
-        .load::<(i64, String), _>(&mut *ctx.conn)
+        .load::<(i64, String)>(&mut *ctx.conn)
         .expect_err("99 pairs, budget 50");
     assert_rows_exceeded(err, 50);
     let rows = joined()
         .limit(2)
         .budget(Budget::rows(50))
-        .load::<(i64, String), _>(&mut *ctx.conn)
+        .load::<(i64, String)>(&mut *ctx.conn)
         .expect("joined, own limit 2");
     assert_eq!(
         rows,
@@ -601,7 +601,7 @@ fn budgets_on_selections_aggregates_and_joins() {
         .order(items::id)
         .limit(2)
         .budget(Budget::rows(50))
-        .load::<(i64, i64), _>(&mut *ctx.conn);
+        .load::<(i64, i64)>(&mut *ctx.conn);
     match <C as BudgetConnection>::KIND {
         BackendKind::Mysql => {
             let err = dup.expect_err("MySQL: duplicate column names in a derived table");
@@ -630,7 +630,7 @@ fn byte_budgets_stop_at_the_first_row_past_the_bytes() {
     // 5 rows fit exactly; the 6th passes the budget and loading stops there.
     let b = first(5);
     let (res, ledger) = testing::record(&mut *ctx.conn, |conn| {
-        q().budget(Budget::rows(100).bytes(b)).load::<Item, _>(conn)
+        q().budget(Budget::rows(100).bytes(b)).load::<Item>(conn)
     });
     match res {
         Err(Error::BudgetExceeded {
@@ -653,7 +653,7 @@ fn byte_budgets_stop_at_the_first_row_past_the_bytes() {
 
     let rows = q()
         .budget(Budget::rows(100).bytes(b).truncate())
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("truncating bytes");
     assert_eq!(ids(&rows), span(base, base + 5));
     assert!(rows.is_truncated());
@@ -662,12 +662,12 @@ fn byte_budgets_stop_at_the_first_row_past_the_bytes() {
     // Exactly the total fits; one byte less does not.
     let rows = q()
         .budget(Budget::rows(100).bytes(total))
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("exactly the total");
     assert_eq!(rows.len(), 20);
     let err = q()
         .budget(Budget::rows(100).bytes(total - 1))
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect_err("one byte short");
     assert!(matches!(
         err,
@@ -681,14 +681,14 @@ fn byte_budgets_stop_at_the_first_row_past_the_bytes() {
     // The row limit still applies with bytes to spare.
     let err = q()
         .budget(Budget::rows(3).bytes(total))
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect_err("rows first");
     assert_rows_exceeded(err, 3);
 
     // A budget smaller than one row: nothing fits.
     let err = q()
         .budget(Budget::rows(100).bytes(1))
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect_err("one byte");
     assert!(matches!(
         err,
@@ -700,13 +700,13 @@ fn byte_budgets_stop_at_the_first_row_past_the_bytes() {
     ));
     let rows = q()
         .budget(Budget::rows(100).bytes(1).truncate())
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("one byte, truncating");
     assert!(rows.is_empty());
     assert!(rows.is_truncated());
     let err = q()
         .budget(Budget::rows(100).bytes(1).truncate())
-        .first::<Item, _>(&mut *ctx.conn)
+        .first::<Item>(&mut *ctx.conn)
         .expect_err("first row over the byte budget");
     assert!(matches!(
         err,
@@ -717,7 +717,7 @@ fn byte_budgets_stop_at_the_first_row_past_the_bytes() {
     ));
     let row = q()
         .budget(Budget::rows(1).bytes(sizes[0]))
-        .first::<Item, _>(&mut *ctx.conn)
+        .first::<Item>(&mut *ctx.conn)
         .expect("first row fits exactly");
     assert_eq!(row.id, base);
 }
@@ -733,7 +733,7 @@ fn get_result_does_not_report_a_row_too_large_for_the_bytes_as_missing() {
         .filter(in_range(base, 3))
         .order(items::id)
         .budget(Budget::rows(5).bytes(1).truncate())
-        .get_result::<Item, _>(&mut *ctx.conn);
+        .get_result::<Item>(&mut *ctx.conn);
     let res = res.optional();
     assert!(
         matches!(
@@ -760,43 +760,43 @@ fn invalid_budgets_are_rejected_before_anything_is_sent() {
             (
                 "rows(0)",
                 q().budget(Budget::rows(0))
-                    .load::<Item, _>(conn)
+                    .load::<Item>(conn)
                     .map(|_| ()),
             ),
             (
                 "rows(0).truncate()",
                 q().budget(Budget::rows(0).truncate())
-                    .load::<Item, _>(conn)
+                    .load::<Item>(conn)
                     .map(|_| ()),
             ),
             (
                 "rows(5).bytes(0)",
                 q().budget(Budget::rows(5).bytes(0))
-                    .load::<Item, _>(conn)
+                    .load::<Item>(conn)
                     .map(|_| ()),
             ),
             (
                 "rows(MAX_ROWS + 1)",
                 q().budget(Budget::rows(MAX_ROWS + 1))
-                    .load::<Item, _>(conn)
+                    .load::<Item>(conn)
                     .map(|_| ()),
             ),
             (
                 "first rows(0)",
                 q().budget(Budget::rows(0))
-                    .first::<Item, _>(conn)
+                    .first::<Item>(conn)
                     .map(|_| ()),
             ),
             (
                 "get_result bytes(0)",
                 q().budget(Budget::rows(1).bytes(0))
-                    .get_result::<Item, _>(conn)
+                    .get_result::<Item>(conn)
                     .map(|_| ()),
             ),
             (
                 "get_results rows(0)",
                 q().budget(Budget::rows(0))
-                    .get_results::<Item, _>(conn)
+                    .get_results::<Item>(conn)
                     .map(|_| ()),
             ),
         ]
@@ -832,7 +832,7 @@ fn invalid_budgets_are_rejected_before_anything_is_sent() {
     // A largest valid budget runs.
     let rows = q()
         .budget(Budget::rows(MAX_ROWS))
-        .load::<Item, _>(&mut *ctx.conn)
+        .load::<Item>(&mut *ctx.conn)
         .expect("MAX_ROWS");
     assert_eq!(rows.len(), 5);
 }
@@ -1160,7 +1160,7 @@ fn stats_count_budgeted_unbudgeted_and_transaction_statements() {
     let rows = items::table
         .filter(in_range(base, 30))
         .budget(Budget::rows(50))
-        .load::<Item, _>(&mut *conn)
+        .load::<Item>(&mut *conn)
         .expect("load");
     assert_eq!(rows.len(), 30);
     let walked = walk(
@@ -1232,11 +1232,11 @@ fn the_ledger_sees_round_trips_rows_and_bytes() {
         let a = items::table
             .filter(in_range(base, 40))
             .budget(Budget::rows(40).bytes(1 << 20))
-            .load::<Item, _>(conn)?;
+            .load::<Item>(conn)?;
         let b = items::table
             .filter(in_range(base, 15))
             .budget(Budget::rows(20))
-            .load::<Item, _>(conn)?;
+            .load::<Item>(conn)?;
         let batches: Vec<_> = items::table
             .filter(in_range(base, 40))
             .budget(Budget::rows(16))
@@ -1287,7 +1287,7 @@ fn the_ledger_sees_round_trips_rows_and_bytes() {
             items::table
                 .filter(in_range(base, 3))
                 .budget(Budget::rows(3))
-                .load::<Item, _>(conn)
+                .load::<Item>(conn)
                 .map(|r| r.len())
         })
     });
@@ -1306,7 +1306,7 @@ fn no_unbudgeted_queries_fails_when_the_escape_hatch_was_used() {
         let budgeted = items::table
             .filter(in_range(base, 5))
             .budget(Budget::rows(5))
-            .load::<Item, _>(conn)
+            .load::<Item>(conn)
             .expect("budgeted")
             .len();
         let raw: Vec<Item> = items::table
@@ -1343,7 +1343,7 @@ fn transaction_control_is_not_unbudgeted() {
             items::table
                 .filter(in_range(base, 5))
                 .budget(Budget::rows(5))
-                .load::<Item, _>(conn)
+                .load::<Item>(conn)
         })
     });
     assert_eq!(res.expect("in a savepoint").len(), 5);
@@ -1368,13 +1368,13 @@ fn transaction_control_is_not_unbudgeted() {
             items::table
                 .filter(in_range(base, 5))
                 .budget(Budget::rows(5))
-                .load::<Item, _>(conn)
+                .load::<Item>(conn)
         });
         let rolled_back: Result<(), Error> = conn.transaction(|conn| {
             items::table
                 .filter(in_range(base, 5))
                 .budget(Budget::rows(5))
-                .load::<Item, _>(conn)?;
+                .load::<Item>(conn)?;
             Err(Error::InvalidArgument {
                 name: "test",
                 reason: "roll back".into(),
@@ -1434,7 +1434,7 @@ fn migrations_ran_once() {
         .filter(in_range(base, 3))
         .count()
         .budget(Budget::rows(1))
-        .get_result::<i64, _>(&mut *ctx.conn)
+        .get_result::<i64>(&mut *ctx.conn)
         .expect("count over items");
     assert_eq!(n, 3);
     assert_eq!(ctx.db().backend(), <C as BudgetConnection>::KIND);
@@ -1468,7 +1468,7 @@ fn an_exhausted_pool_is_a_typed_error_after_the_timeout() {
     let none = items::table
         .filter(items::id.eq(-1))
         .budget(Budget::rows(1))
-        .first::<Item, _>(&mut *conn)
+        .first::<Item>(&mut *conn)
         .optional()
         .expect("usable again");
     assert_eq!(none, None);
@@ -1507,7 +1507,7 @@ fn dropped_test_transaction_is_not_handed_out_again() {
     let leaked = items::table
         .filter(in_range(base, 5))
         .budget(Budget::rows(10))
-        .load::<Item, _>(&mut conn)
+        .load::<Item>(&mut conn)
         .expect("load");
     assert!(
         leaked.is_empty(),

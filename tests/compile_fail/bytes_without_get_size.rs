@@ -16,7 +16,7 @@ struct Plain {
 fn load(conn: &mut Conn<SqliteConnection>) -> Vec<Plain> {
     items::table
         .budget(Budget::rows(100).bytes(1 << 20))
-        .load::<Plain, _>(conn)
+        .load::<Plain>(conn)
         .unwrap()
 }
 

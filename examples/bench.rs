@@ -54,7 +54,8 @@ enum Scenario {
     DieselKeyset,
     /// Ours: `batches_by(items::id, ..)` in `BatchMode::Keyset`, through `Db`.
     BudgetBatches,
-    /// Ours: `batches_by(items::id, ..)` in `BatchMode::Stream`, through `Db`.
+    /// Ours: `stream_by(items::id, ..)`, rows one at a time (PostgreSQL row-by-row, SQLite's
+    /// cursor, keyset batches on MySQL), through `Db`.
     BudgetStream,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
@@ -353,11 +354,11 @@ fn split_database(url: &str) -> BoxResult<(&str, &str)> {
 }
 
 /// How the table stands: (count, min id, max id).
-type TableState = (i64, Option<i64>, Option<i64>);
+type TableState = (i64, Option<i32>, Option<i32>);
 
 fn seeded(state: TableState, rows: u64, spot: &[Option<Item>]) -> bool {
-    let n = i64::try_from(rows).unwrap_or(i64::MAX);
-    let ids_match = state == (n, Some(1), Some(n)) || (rows == 0 && state.0 == 0);
+    let n = i32::try_from(rows).unwrap_or(i32::MAX);
+    let ids_match = state == (i64::from(n), Some(1), Some(n)) || (rows == 0 && state.0 == 0);
     ids_match
         && spot
             .iter()
@@ -367,8 +368,8 @@ fn seeded(state: TableState, rows: u64, spot: &[Option<Item>]) -> bool {
 }
 
 /// Ids to spot-check for the current row format.
-fn spot_ids(rows: u64) -> Vec<i64> {
-    let n = i64::try_from(rows).unwrap_or(i64::MAX);
+fn spot_ids(rows: u64) -> Vec<i32> {
+    let n = i32::try_from(rows).unwrap_or(i32::MAX);
     if n == 0 {
         Vec::new()
     } else {
@@ -410,7 +411,7 @@ fn progress(rows: u64) -> ProgressBar {
 }
 
 /// Generates rows `from..to` into `chunk` (reused).
-fn generate(chunk: &mut Vec<Item>, from: i64, to: i64) {
+fn generate(chunk: &mut Vec<Item>, from: i32, to: i32) {
     chunk.clear();
     chunk.extend((from..to).map(Item::generate));
 }
@@ -454,7 +455,7 @@ macro_rules! backend {
                         let mut conn = RawConn::establish(url)?;
                         let clock = Clock::start();
                         let mut tally = Tally::default();
-                        let mut last = i64::MIN;
+                        let mut last = i32::MIN;
                         let mut batches = 0;
                         loop {
                             let rows = items::table
@@ -482,12 +483,7 @@ macro_rules! backend {
                             batches: Some(batches),
                         })
                     }
-                    Scenario::BudgetBatches | Scenario::BudgetStream => {
-                        let mode = if scenario == Scenario::BudgetStream {
-                            BatchMode::Stream
-                        } else {
-                            BatchMode::Keyset
-                        };
+                    Scenario::BudgetBatches => {
                         let db = Db::<RawConn>::builder(url).max_size(1).build()?;
                         let mut conn = db.get()?;
                         let clock = Clock::start();
@@ -496,7 +492,7 @@ macro_rules! backend {
                         for rows in items::table
                             .budget(Budget::rows(u64::from(batch)))
                             .batches_by(items::id, |i: &Item| i.id, &mut conn)
-                            .mode(mode)
+                            .mode(BatchMode::Keyset)
                         {
                             batches += 1;
                             rows?.iter().for_each(|i| tally.add(i));
@@ -509,6 +505,29 @@ macro_rules! backend {
                             conn: POOLED,
                             batch: Some(batch),
                             batches: Some(batches),
+                        })
+                    }
+                    Scenario::BudgetStream => {
+                        // Rows one at a time: one row-by-row query on PostgreSQL, SQLite's
+                        // cursor; keyset batches of `batch` rows on MySQL.
+                        let db = Db::<RawConn>::builder(url).max_size(1).build()?;
+                        let mut conn = db.get()?;
+                        let clock = Clock::start();
+                        let mut tally = Tally::default();
+                        for row in items::table
+                            .budget(Budget::rows(u64::from(batch)))
+                            .stream_by(items::id, |i: &Item| i.id, &mut conn)
+                        {
+                            tally.add(&row?);
+                        }
+                        let (wall, cpu) = clock.stop();
+                        Ok(Outcome {
+                            tally,
+                            wall,
+                            cpu,
+                            conn: POOLED,
+                            batch: Some(batch),
+                            batches: None,
                         })
                     }
                     Scenario::DieselLoadIterRbr | Scenario::DieselStreamOrdered => {
@@ -548,7 +567,7 @@ macro_rules! backend {
                 let start = Instant::now();
                 clear(conn)?;
                 let bar = progress(rows);
-                fill(conn, i64::try_from(rows)?, &bar)?;
+                fill(conn, i32::try_from(rows)?, &bar)?;
                 bar.finish_and_clear();
                 after_fill(conn)?;
                 if !is_seeded(conn, rows)? {
@@ -598,9 +617,9 @@ backend!(
     "sqlite",
     {
         /// Rows per INSERT: 6,000 x 5 binds = 30,000, under the bundled SQLite's 32,766.
-        const INSERT_ROWS: i64 = 6_000;
+        const INSERT_ROWS: i32 = 6_000;
         /// Rows per transaction, so the WAL stays small.
-        const TX_ROWS: i64 = 600_000;
+        const TX_ROWS: i32 = 600_000;
 
         pub(super) fn extra(scenario: Scenario, url: &str) -> BoxResult<Outcome> {
             if scenario != Scenario::DieselStreamOrdered {
@@ -635,7 +654,7 @@ backend!(
             Ok(())
         }
 
-        pub(super) fn fill(conn: &mut RawConn, rows: i64, bar: &ProgressBar) -> BoxResult<()> {
+        pub(super) fn fill(conn: &mut RawConn, rows: i32, bar: &ProgressBar) -> BoxResult<()> {
             conn.batch_execute("PRAGMA synchronous = OFF")?;
             let mut chunk = Vec::with_capacity(INSERT_ROWS as usize);
             let mut from = 1;
@@ -675,7 +694,7 @@ backend!(
         use diesel::pg::PgRowByRowLoadingMode;
 
         /// Rows per COPY statement.
-        const COPY_ROWS: i64 = 50_000;
+        const COPY_ROWS: i32 = 50_000;
 
         pub(super) fn extra(scenario: Scenario, url: &str) -> BoxResult<Outcome> {
             let mut conn = RawConn::establish(url)?;
@@ -723,7 +742,7 @@ backend!(
             Ok(())
         }
 
-        pub(super) fn fill(conn: &mut RawConn, rows: i64, bar: &ProgressBar) -> BoxResult<()> {
+        pub(super) fn fill(conn: &mut RawConn, rows: i32, bar: &ProgressBar) -> BoxResult<()> {
             use std::fmt::Write as _;
             // CSV through COPY: the generated rows hold no commas, quotes or newlines.
             let mut csv = String::with_capacity(COPY_ROWS as usize * 160);
@@ -771,9 +790,9 @@ backend!(
 
 backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
     /// Rows per INSERT: 10,000 x 5 binds = 50,000 (limit 65,535), ~1.5 MB a statement.
-    const INSERT_ROWS: i64 = 10_000;
+    const INSERT_ROWS: i32 = 10_000;
     /// Rows per transaction.
-    const TX_ROWS: i64 = 200_000;
+    const TX_ROWS: i32 = 200_000;
 
     pub(super) fn extra(scenario: Scenario, _url: &str) -> BoxResult<Outcome> {
         Err(format!("{}: not on MySQL", scenario.name()).into())
@@ -798,7 +817,7 @@ backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
         Ok(())
     }
 
-    pub(super) fn fill(conn: &mut RawConn, rows: i64, bar: &ProgressBar) -> BoxResult<()> {
+    pub(super) fn fill(conn: &mut RawConn, rows: i32, bar: &ProgressBar) -> BoxResult<()> {
         let mut chunk = Vec::with_capacity(INSERT_ROWS as usize);
         let mut from = 1;
         while from <= rows {

@@ -131,13 +131,13 @@ fn missing_feature(feature: &str, name: &str) -> BoxError {
 }
 
 /// `SELECT * FROM items WHERE id <= ?`: the query that fits its budget.
-type FirstIds = diesel::dsl::Filter<items::table, diesel::dsl::LtEq<items::id, i64>>;
+type FirstIds = diesel::dsl::Filter<items::table, diesel::dsl::LtEq<items::id, i32>>;
 /// `SELECT COUNT(*) FROM items`.
 type CountAll = diesel::dsl::Count<items::table>;
 /// Reads the key a keyset walk resumes from.
-type KeyOf = fn(&Item) -> i64;
+type KeyOf = fn(&Item) -> i32;
 /// The batches of a walk over `items` by `id`.
-type ItemBatches<'c, C> = Batches<'c, C, items::table, items::id, i64, Item, KeyOf, Rows>;
+type ItemBatches<'c, C> = Batches<'c, C, items::table, items::id, i32, Item, KeyOf, Rows>;
 
 /// The whole tour, once for every backend. The bounds name each query the tour runs; for
 /// `SqliteConnection`, `PgConnection` and `MysqlConnection` they all hold.
@@ -201,7 +201,7 @@ where
     )?);
     let t = Instant::now();
     let before = db.stats().unbudgeted;
-    let last = i64::try_from(rows)?;
+    let last = i32::try_from(rows)?;
     let seeded = demo::seed(&mut conn, 1, last + 1, |done| bar.set_position(done))?;
     bar.finish_and_clear();
     println!(
@@ -214,7 +214,7 @@ where
 
     section("2. Budgets enforced");
     let fits: Vec<Item> = items::table
-        .filter(items::id.le(500_i64))
+        .filter(items::id.le(500_i32))
         .budget(Budget::rows(1_000))
         .load(&mut conn)?;
     println!(
@@ -345,7 +345,7 @@ where
             .budget(Budget::rows(1))
             .first::<i64>(conn)?;
         items::table
-            .filter(items::id.le(500_i64))
+            .filter(items::id.le(500_i32))
             .budget(Budget::rows(1_000))
             .load::<Item>(conn)?;
         let raw = items::table.count().get_result::<i64>(conn.unbudgeted())?;

@@ -25,7 +25,7 @@ use diesel::sql_types::{is_nullable::NotNull, Bool, HasSqlType, SqlType};
 use diesel::{Column, QueryResult, RunQueryDsl};
 
 use crate::backend::{has_top_level_limit, has_top_level_offset, BudgetConnection};
-use crate::budget::{BudgetSpec, Meter, Meterage, Metering, Overflow};
+use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
 use crate::exec::{load_metered, ConnectionOf, Executor};
 use crate::instrument::{note_rows, stats_of, BudgetScope, StatsCell};
@@ -329,6 +329,53 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     }
 }
 
+impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
+    /// Walks the whole result one row at a time, in order of `key`: the cheapest bounded way
+    /// to read everything. Short for
+    /// `batches_by(key, key_of, conn).mode(BatchMode::Stream).rows()`.
+    ///
+    /// On PostgreSQL (row-by-row mode) and SQLite (the cursor) this is one query and the client
+    /// holds one row at a time; on MySQL, whose client buffers whole results, rows come out of
+    /// keyset batches of the budget's size. A byte budget bounds each row (each batch on
+    /// MySQL). Stopping early on PostgreSQL makes libpq read and discard the rest of the
+    /// result; walk with [`BatchMode::Keyset`] if you often stop early.
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(1_000)?;
+    /// use diesel_budget::prelude::*;
+    /// use diesel_budget::demo::{items, Item};
+    ///
+    /// let mut rows = items::table
+    ///     .budget(Budget::rows(100))
+    ///     .stream_by(items::id, |i: &Item| i.id, &mut conn);
+    /// let mut sum = 0;
+    /// for item in &mut rows {
+    ///     sum += item?.id;
+    /// }
+    /// assert_eq!(sum, 500_500);
+    /// assert_eq!(rows.rows_done(), 1_000);
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_by<'c, K, V, U, F, X>(
+        self,
+        key: K,
+        key_of: F,
+        conn: &'c mut X,
+    ) -> RowsOf<'c, ConnectionOf<X>, Q, K, V, U, F, M>
+    where
+        X: Executor,
+        K: Keyset,
+        F: FnMut(&U) -> V,
+    {
+        self.batches_by(key, key_of, conn)
+            .mode(BatchMode::Stream)
+            .rows()
+    }
+}
+
 impl<C, Q, K, V, U, F, M> Batches<'_, C, Q, K, V, U, F, M> {
     /// Reads the rows with `mode`. Default: [`BatchMode::Keyset`]. Call before iterating.
     pub fn mode(mut self, mode: BatchMode) -> Self {
@@ -373,14 +420,13 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.deferred.take() {
-            self.done = true;
-            return Some(Err(e));
+            return Some(Err(self.fail(e)));
         }
         if self.done {
             return None;
         }
         let result = self.start().and_then(|()| {
-            if self.mode == BatchMode::Stream && C::STREAMS {
+            if self.streams() {
                 self.next_streamed()
             } else {
                 self.next_keyset()
@@ -395,22 +441,35 @@ where
                 Some(Ok(rows))
             }
             Ok(None) => {
-                self.done = true;
-                self.stream = None;
+                self.finish();
                 None
             }
-            Err(e) => {
-                self.done = true;
-                self.stream = None;
-                Some(Err(match e {
-                    e @ (Error::InvalidArgument { .. } | Error::InvalidBudget { .. }) => e,
-                    e => Error::Interrupted {
-                        rows_done: self.rows_done,
-                        resume_after: self.last.as_ref().map(|v| format!("{v:?}")),
-                        source: Box::new(e),
-                    },
-                }))
-            }
+            Err(e) => Some(Err(self.fail(e))),
+        }
+    }
+}
+
+impl<C: BudgetConnection, Q, K, V: Debug, U, F, M> Batches<'_, C, Q, K, V, U, F, M> {
+    /// Whether rows come from one streamed query rather than keyset batches.
+    fn streams(&self) -> bool {
+        self.mode == BatchMode::Stream && C::STREAMS
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.stream = None;
+    }
+
+    /// Ends the walk on `e`; a failure after the start says where to resume.
+    fn fail(&mut self, e: Error) -> Error {
+        self.finish();
+        match e {
+            e @ (Error::InvalidArgument { .. } | Error::InvalidBudget { .. }) => e,
+            e => Error::Interrupted {
+                rows_done: self.rows_done,
+                resume_after: self.last.as_ref().map(|v| format!("{v:?}")),
+                source: Box::new(e),
+            },
         }
     }
 }
@@ -482,7 +541,11 @@ where
         }
     }
 
-    fn next_streamed(&mut self) -> Result<Option<Vec<U>>> {
+    /// The next row of the single streamed query, opening it on first use; `None` at its end.
+    fn pull(&mut self) -> Result<Option<U>> {
+        if let Some(row) = self.pending.take() {
+            return Ok(Some(row));
+        }
         if self.stream.is_none() {
             let Some(conn) = self.conn.take() else {
                 return Ok(None);
@@ -505,36 +568,54 @@ where
         let Some(stream) = self.stream.as_mut() else {
             return Ok(None);
         };
+        match stream.rows.next() {
+            None => {
+                self.stream = None;
+                Ok(None)
+            }
+            Some(Err(e)) => Err(Error::query(stream.sql.clone(), e)),
+            Some(Ok(row)) => Ok(Some(row)),
+        }
+    }
+
+    /// Counts a streamed row as delivered.
+    fn delivered(&mut self, size: u64) {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.meter.rows += 1;
+            stream.meter.bytes = stream.meter.bytes.saturating_add(size);
+        }
+    }
+
+    /// The error for a single row larger than the byte budget.
+    fn row_too_large(&self, exceeded: Exceeded, size: u64) -> Error {
+        Error::BudgetExceeded {
+            sql: self
+                .stream
+                .as_ref()
+                .map(|s| s.sql.clone())
+                .unwrap_or_default(),
+            budget: self.spec,
+            exceeded,
+            seen_rows: 1,
+            seen_bytes: size,
+        }
+    }
+
+    fn next_streamed(&mut self) -> Result<Option<Vec<U>>> {
         let mut rows = Vec::new();
         let mut batch = Meterage::default();
-        let mut next = self.pending.take().map(Ok);
-        loop {
-            if batch.rows == self.spec.rows {
+        while batch.rows < self.spec.rows {
+            let Some(row) = self.pull()? else {
                 break;
-            }
-            let row = match next.take().or_else(|| stream.rows.next()) {
-                None => {
-                    self.stream = None;
-                    break;
-                }
-                Some(Err(e)) => return Err(Error::query(stream.sql.clone(), e)),
-                Some(Ok(row)) => row,
             };
             let size = M::size_of(&row);
             match batch.add(size, &self.spec) {
                 None => {
-                    stream.meter.rows += 1;
-                    stream.meter.bytes = stream.meter.bytes.saturating_add(size);
+                    self.delivered(size);
                     rows.push(row);
                 }
                 Some(exceeded) if rows.is_empty() => {
-                    return Err(Error::BudgetExceeded {
-                        sql: stream.sql.clone(),
-                        budget: self.spec,
-                        exceeded,
-                        seen_rows: 1,
-                        seen_bytes: size,
-                    });
+                    return Err(self.row_too_large(exceeded, size));
                 }
                 Some(_) => {
                     self.pending = Some(row);
@@ -543,5 +624,122 @@ where
             }
         }
         Ok((!rows.is_empty()).then_some(rows))
+    }
+
+    /// One row of the walk: straight from the stream, or from the current keyset batch.
+    fn next_row(&mut self, buffer: &mut std::vec::IntoIter<U>) -> Result<Option<U>>
+    where
+        F: FnMut(&U) -> V,
+    {
+        if let Some(row) = buffer.next() {
+            return Ok(Some(row));
+        }
+        self.start()?;
+        if self.streams() {
+            let Some(row) = self.pull()? else {
+                return Ok(None);
+            };
+            let size = M::size_of(&row);
+            if self.spec.bytes.is_some_and(|b| size > b) {
+                return Err(self.row_too_large(Exceeded::Bytes, size));
+            }
+            self.delivered(size);
+            self.rows_done += 1;
+            self.last = Some((self.key_of)(&row));
+            return Ok(Some(row));
+        }
+        let Some(rows) = self.next_keyset()? else {
+            return Ok(None);
+        };
+        self.rows_done += rows.len() as u64;
+        if let Some(row) = rows.last() {
+            self.last = Some((self.key_of)(row));
+        }
+        *buffer = rows.into_iter();
+        Ok(buffer.next())
+    }
+}
+
+impl<'c, C, Q, K, V, U, F, M> Batches<'c, C, Q, K, V, U, F, M> {
+    /// The same walk, one row at a time: `Result<U>`.
+    ///
+    /// In [`BatchMode::Stream`] on PostgreSQL and SQLite each row comes straight off the
+    /// streamed query, with no batch vector in between, so the client holds one row (plus
+    /// libpq's buffer) whatever the budget; a byte budget then bounds each row. Elsewhere rows
+    /// are handed out of keyset batches of the budget's size. [`Budgeted::stream_by`] is the
+    /// short form.
+    pub fn rows(self) -> RowsOf<'c, C, Q, K, V, U, F, M> {
+        RowsOf {
+            batches: self,
+            buffer: Vec::new().into_iter(),
+        }
+    }
+}
+
+/// The rows of a walk one at a time; built by [`Batches::rows`] or [`Budgeted::stream_by`].
+/// Ends after the first error, which is [`Error::Interrupted`] once rows were delivered.
+#[must_use = "rows are loaded only when iterated"]
+pub struct RowsOf<'c, C, Q, K, V, U, F, M> {
+    batches: Batches<'c, C, Q, K, V, U, F, M>,
+    buffer: std::vec::IntoIter<U>,
+}
+
+impl<C, Q, K: Debug, V: Debug, U, F, M> Debug for RowsOf<'_, C, Q, K, V, U, F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowsOf")
+            .field("batches", &self.batches)
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl<C, Q, K, V, U, F, M> RowsOf<'_, C, Q, K, V, U, F, M> {
+    /// The key of the last row delivered: where a new walk resumes ([`Batches::after`]).
+    ///
+    /// Exact after an error (rows are fetched only once the previous ones were handed out).
+    /// While iterating over keyset batches it is the last key of the current batch.
+    pub fn resume_key(&self) -> Option<&V> {
+        self.batches.resume_key()
+    }
+
+    /// Rows delivered so far.
+    pub fn rows_done(&self) -> u64 {
+        self.batches.rows_done() - self.buffer.len() as u64
+    }
+}
+
+impl<'c, C, Q, K, V, U, F, M> Iterator for RowsOf<'c, C, Q, K, V, U, F, M>
+where
+    C: BudgetConnection,
+    Q: AsQuery + Clone,
+    Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
+    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order>,
+    BatchQuery<Q, K, V>:
+        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
+    C: diesel::connection::LoadConnection<C::StreamMode>,
+    K: KeysetAfter<V, C::Backend>,
+    V: Clone + Debug,
+    F: FnMut(&U) -> V,
+    M: Meter<U>,
+    U: 'static,
+{
+    type Item = Result<U>;
+
+    fn next(&mut self) -> Option<Result<U>> {
+        let batches = &mut self.batches;
+        if let Some(e) = batches.deferred.take() {
+            return Some(Err(batches.fail(e)));
+        }
+        if batches.done && self.buffer.len() == 0 {
+            return None;
+        }
+        match batches.next_row(&mut self.buffer) {
+            Ok(Some(row)) => Some(Ok(row)),
+            Ok(None) => {
+                batches.finish();
+                None
+            }
+            Err(e) => Some(Err(batches.fail(e))),
+        }
     }
 }

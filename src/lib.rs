@@ -59,7 +59,7 @@ pub mod query;
 pub mod testing;
 
 pub use backend::{BackendKind, BudgetConnection};
-pub use batch::{Batches, Composite};
+pub use batch::{BatchMode, Batches, Composite, RowsOf};
 pub use budget::{Budget, BudgetSpec, Exceeded, Truncated};
 pub use db::{instrument, Conn, Db, DbBuilder};
 pub use error::{Error, OptionalExtension, Result};
@@ -73,7 +73,7 @@ pub use get_size2::GetSize;
 
 /// `use diesel_budget::prelude::*;` next to `use diesel::prelude::*;`.
 pub mod prelude {
-    pub use crate::batch::Composite;
+    pub use crate::batch::{BatchMode, Composite};
     pub use crate::budget::Budget;
     pub use crate::db::{Conn, Db};
     pub use crate::error::OptionalExtension as _;

@@ -2,7 +2,7 @@
 // database in a fresh temporary directory, migrated, with `rows` demo items (ids 1..=rows).
 #[allow(dead_code)]
 fn demo_db(
-    rows: i64,
+    rows: i32,
 ) -> Result<
     (
         diesel_budget::Db<diesel::sqlite::SqliteConnection>,

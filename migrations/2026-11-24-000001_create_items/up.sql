@@ -1,8 +1,10 @@
 -- The demo table used by the tour, the benchmarks, the doc examples and the tests.
 -- Portable SQL: the same file runs on SQLite, PostgreSQL and MySQL/MariaDB (and
 -- PostgreSQL-compatible distributed engines). Ids are assigned by the application.
+-- `INTEGER PRIMARY KEY` makes the id SQLite's rowid, so walking the table in id order is a
+-- plain table scan there (with BIGINT it would go through a separate index).
 CREATE TABLE items (
-    id BIGINT PRIMARY KEY NOT NULL,
+    id INTEGER PRIMARY KEY NOT NULL,
     category INTEGER NOT NULL,
     name VARCHAR(64) NOT NULL,
     payload VARCHAR(255) NOT NULL,

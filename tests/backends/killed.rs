@@ -6,7 +6,7 @@
 
 use crate::common::{id_base, CommittedRows, Killable};
 
-fn killed_mid_walk(test_no: i64, mode: BatchMode, n: i64, batch: u64) {
+fn killed_mid_walk(test_no: i32, mode: BatchMode, n: i32, batch: u64) {
     let tdb = C::test_db();
     let base = id_base(test_no);
     let _rows = CommittedRows::insert(&tdb.db, base, base + n);
@@ -14,7 +14,7 @@ fn killed_mid_walk(test_no: i64, mode: BatchMode, n: i64, batch: u64) {
     let mut victim = tdb.conn();
     let pid = <C as Killable>::session_id(&mut victim);
     let mut killer = tdb.conn();
-    let mut seen: Vec<i64> = Vec::new();
+    let mut seen: Vec<i32> = Vec::new();
     let (err, resume) = {
         let mut batches = items::table
             .filter(in_range(base, n))

@@ -16,7 +16,7 @@ fn batches_reject_a_query_with_an_offset() {
             .batches_by(items::id, |i: &Item| i.id, &mut *ctx.conn)
             .mode(mode);
         let first = batches.next();
-        let got: Vec<i64> = first
+        let got: Vec<i32> = first
             .iter()
             .chain(batches.by_ref().collect::<Vec<_>>().iter())
             .filter_map(|b| b.as_ref().ok())

@@ -16,12 +16,12 @@ use crate::common::{in_range, Backend, Ctx};
 // Helpers.
 
 /// The ids of `rows`, for comparisons that print well.
-fn ids(rows: &[Item]) -> Vec<i64> {
+fn ids(rows: &[Item]) -> Vec<i32> {
     rows.iter().map(|i| i.id).collect()
 }
 
 /// `from..to` as a Vec, the ids a query should return.
-fn span(from: i64, to: i64) -> Vec<i64> {
+fn span(from: i32, to: i32) -> Vec<i32> {
     (from..to).collect()
 }
 
@@ -93,14 +93,14 @@ fn assert_rows_exceeded(err: Error, budget: u64) -> String {
 
 /// Loads the test's `n` rows from `base` in id order with a budget large enough for them all,
 /// through the byte-metered path, and returns each row's size as the executor measures it.
-fn sizes(ctx: &mut Ctx<C>, n: i64) -> Vec<u64> {
+fn sizes(ctx: &mut Ctx<C>, n: i32) -> Vec<u64> {
     let rows: Vec<Item> = items::table
         .filter(in_range(ctx.base, n))
         .order(items::id)
         .budget(Budget::rows(10_000).bytes(u64::MAX / 2))
         .load(&mut *ctx.conn)
         .expect("load for sizes");
-    assert_eq!(rows.len() as i64, n);
+    assert_eq!(rows.len() as i32, n);
     rows.iter().map(|r| r.get_size() as u64).collect()
 }
 
@@ -146,7 +146,7 @@ fn round_trips(mode: BatchMode, n: usize, b: usize) -> usize {
 
 /// Result sizes around a budget of 10: budget-1, budget, budget+1, 10x budget.
 const BUDGET: u64 = 10;
-const SIZES: [i64; 4] = [9, 10, 11, 100];
+const SIZES: [i32; 4] = [9, 10, 11, 100];
 
 #[test]
 fn load_and_get_results_return_rows_that_fit_and_fail_past_the_budget() {
@@ -199,7 +199,7 @@ fn truncate_returns_the_first_rows_in_order_and_flags_only_real_overflow() {
                 .load::<Item>(conn)
         });
         let rows = res.expect("truncating load");
-        let kept = n.min(BUDGET as i64);
+        let kept = n.min(BUDGET as i32);
         assert_eq!(ids(&rows), span(base, base + kept), "asc, {n} rows");
         assert_eq!(rows.is_truncated(), n as u64 > BUDGET, "flag for {n} rows");
         one_budgeted(&ledger, BUDGET as i64 + 1, (n as u64).min(BUDGET + 1));
@@ -211,10 +211,10 @@ fn truncate_returns_the_first_rows_in_order_and_flags_only_real_overflow() {
             .budget(Budget::rows(BUDGET).truncate())
             .get_results::<Item>(&mut *ctx.conn)
             .expect("truncating get_results");
-        let want: Vec<i64> = (base + n - kept..base + n).rev().collect();
+        let want: Vec<i32> = (base + n - kept..base + n).rev().collect();
         assert_eq!(ids(&rows), want, "desc, {n} rows");
         assert_eq!(rows.is_truncated(), n as u64 > BUDGET);
-        assert_eq!(rows.into_vec().len() as i64, kept);
+        assert_eq!(rows.into_vec().len() as i32, kept);
     }
 }
 
@@ -333,7 +333,7 @@ fn optional_turns_no_row_into_none_and_keeps_other_errors() {
 /// 20 rows from `$base`, without a limit.
 macro_rules! user_limit_cases {
     ($conn:expr, $base:expr, $q:expr) => {{
-        let base: i64 = $base;
+        let base: i32 = $base;
         let conn = $conn;
         // A smaller LIMIT is kept.
         let (rows, ledger) = testing::record(conn, |conn| {
@@ -524,7 +524,7 @@ fn budgets_on_selections_aggregates_and_joins() {
         .select((items::id, items::category))
         .order(items::id)
         .budget(Budget::rows(5).truncate())
-        .load::<(i64, i32)>(&mut *ctx.conn)
+        .load::<(i32, i32)>(&mut *ctx.conn)
         .expect("tuples");
     assert_eq!(pairs.len(), 5);
     assert_eq!(pairs[1], (base + 1, Item::generate(base + 1).category));
@@ -576,13 +576,13 @@ fn budgets_on_selections_aggregates_and_joins() {
     };
     let err = joined()
         .budget(Budget::rows(50))
-        .load::<(i64, String)>(&mut *ctx.conn)
+        .load::<(i32, String)>(&mut *ctx.conn)
         .expect_err("99 pairs, budget 50");
     assert_rows_exceeded(err, 50);
     let rows = joined()
         .limit(2)
         .budget(Budget::rows(50))
-        .load::<(i64, String)>(&mut *ctx.conn)
+        .load::<(i32, String)>(&mut *ctx.conn)
         .expect("joined, own limit 2");
     assert_eq!(
         rows,
@@ -601,7 +601,7 @@ fn budgets_on_selections_aggregates_and_joins() {
         .order(items::id)
         .limit(2)
         .budget(Budget::rows(50))
-        .load::<(i64, i64)>(&mut *ctx.conn);
+        .load::<(i32, i32)>(&mut *ctx.conn);
     match <C as BudgetConnection>::KIND {
         BackendKind::Mysql => {
             let err = dup.expect_err("MySQL: duplicate column names in a derived table");
@@ -865,7 +865,7 @@ fn batches_deliver_every_row_once_in_key_order() {
                 (walked, batches.rows_done(), batches.resume_key().copied())
             });
             let (walked, rows_done, resume) = res;
-            let all: Vec<i64> = walked.iter().flat_map(|b| ids(b)).collect();
+            let all: Vec<i32> = walked.iter().flat_map(|b| ids(b)).collect();
             assert_eq!(all, span(base, base + n), "{mode:?}, {n} rows by {b}");
             assert_eq!(walked.len(), (n as usize).div_ceil(b), "{mode:?} batches");
             assert_eq!(rows_done, n as u64);
@@ -885,7 +885,7 @@ fn batches_deliver_every_row_once_in_key_order() {
 fn batches_by_a_composite_key() {
     let mut ctx = C::seeded(21, 100);
     let base = ctx.base;
-    let mut want: Vec<(i32, i64)> = (base..base + 100)
+    let mut want: Vec<(i32, i32)> = (base..base + 100)
         .map(|id| (Item::generate(id).category, id))
         .collect();
     want.sort();
@@ -902,7 +902,7 @@ fn batches_by_a_composite_key() {
                 .mode(mode),
             7,
         );
-        let got: Vec<(i32, i64)> = walked
+        let got: Vec<(i32, i32)> = walked
             .iter()
             .flatten()
             .map(|i| (i.category, i.id))
@@ -910,7 +910,7 @@ fn batches_by_a_composite_key() {
         assert_eq!(got, want, "{mode:?}");
         // Resuming after a composite key.
         let at = want[41];
-        let rest: Vec<(i32, i64)> = walk(
+        let rest: Vec<(i32, i32)> = walk(
             items::table
                 .filter(in_range(base, 100))
                 .budget(Budget::rows(9))
@@ -950,7 +950,7 @@ fn byte_budgets_split_batches_without_losing_or_repeating_rows() {
                 20,
             )
         });
-        let all: Vec<i64> = walked.iter().flat_map(|b| ids(b)).collect();
+        let all: Vec<i32> = walked.iter().flat_map(|b| ids(b)).collect();
         assert_eq!(all, span(base, base + 50), "{mode:?}");
         for (i, batch) in walked.iter().enumerate() {
             let bytes: u64 = batch.iter().map(|i| i.get_size() as u64).sum();
@@ -1008,7 +1008,7 @@ fn after_resumes_right_after_the_key() {
                 .after(base + 49),
             8,
         );
-        let all: Vec<i64> = rest.iter().flat_map(|b| ids(b)).collect();
+        let all: Vec<i32> = rest.iter().flat_map(|b| ids(b)).collect();
         assert_eq!(all, span(base + 50, base + 100), "{mode:?}");
         // A walk stopped part-way resumes from its resume key.
         let mut first = items::table
@@ -1016,7 +1016,7 @@ fn after_resumes_right_after_the_key() {
             .budget(Budget::rows(8))
             .batches_by(items::id, |i: &Item| i.id, &mut *ctx.conn)
             .mode(mode);
-        let mut seen: Vec<i64> = Vec::new();
+        let mut seen: Vec<i32> = Vec::new();
         for _ in 0..3 {
             seen.extend(ids(&first.next().expect("a batch").expect("ok")));
         }
@@ -1076,12 +1076,12 @@ fn batches_reject_a_query_with_its_own_limit() {
 
 #[test]
 fn a_large_table_is_walked_one_batch_at_a_time() {
-    const N: i64 = 200_000;
+    const N: i32 = 200_000;
     const B: usize = 10_000;
     let mut ctx = C::seeded(30, N);
     let base = ctx.base;
     // What one batch and the whole table hold in memory, measured as the executor does.
-    let batch_bytes: u64 = sizes(&mut ctx, B as i64).iter().sum();
+    let batch_bytes: u64 = sizes(&mut ctx, B as i32).iter().sum();
     let table_bytes = batch_bytes * (N as u64 / B as u64);
     for mode in MODES {
         let ((count, batches, next_id), peak) = crate::alloc::peak_during(|| {
@@ -1114,6 +1114,96 @@ fn a_large_table_is_walked_one_batch_at_a_time() {
             "{mode:?}: peak {peak} bytes held; one batch is {batch_bytes}, the table {table_bytes}"
         );
     }
+}
+
+/// `stream_by` / `Batches::rows`: every row once, in key order, one statement where the backend
+/// streams; a row over the byte budget is an error; a walk resumes after the last row delivered.
+#[test]
+fn rows_come_one_at_a_time_in_key_order() {
+    const N: i32 = 1_000;
+    let mut ctx = C::seeded(31, N);
+    let base = ctx.base;
+    for b in [1u64, 7, 1_000, 5_000] {
+        let (res, ledger) = testing::record(&mut *ctx.conn, |conn| {
+            let mut rows = items::table
+                .filter(in_range(base, N))
+                .budget(Budget::rows(b))
+                .stream_by(items::id, |i: &Item| i.id, conn);
+            let got: Vec<i32> = (&mut rows).map(|r| r.expect("row").id).collect();
+            (got, rows.rows_done(), rows.resume_key().copied())
+        });
+        let (got, rows_done, resume) = res;
+        assert_eq!(got, span(base, base + N), "budget {b}");
+        assert_eq!(rows_done, N as u64);
+        assert_eq!(resume, Some(base + N - 1));
+        assert_eq!(
+            ledger.round_trips(),
+            round_trips(BatchMode::Stream, N as usize, b as usize),
+            "budget {b}:\n{ledger}"
+        );
+        assert_eq!(ledger.rows(), N as u64, "{ledger}");
+        ledger.assert().no_unbudgeted_queries();
+    }
+
+    // Keyset batches read one row at a time: same rows, one statement per batch (+1).
+    let got: Vec<i32> = items::table
+        .filter(in_range(base, N))
+        .budget(Budget::rows(300))
+        .batches_by(items::id, |i: &Item| i.id, &mut *ctx.conn)
+        .rows()
+        .map(|r| r.expect("row").id)
+        .collect();
+    assert_eq!(got, span(base, base + N));
+
+    // Stop part-way, resume after the last row delivered: nothing lost or repeated.
+    let mut first = Vec::new();
+    let resume = {
+        let mut rows = items::table
+            .filter(in_range(base, N))
+            .budget(Budget::rows(100))
+            .stream_by(items::id, |i: &Item| i.id, &mut *ctx.conn);
+        for row in (&mut rows).take(250) {
+            first.push(row.expect("row").id);
+        }
+        assert_eq!(rows.rows_done(), 250);
+        if <C as BudgetConnection>::STREAMS {
+            assert_eq!(rows.resume_key(), Some(&(base + 249)));
+        }
+        base + 249
+    };
+    let rest: Vec<i32> = items::table
+        .filter(in_range(base, N))
+        .budget(Budget::rows(100))
+        .batches_by(items::id, |i: &Item| i.id, &mut *ctx.conn)
+        .after(resume)
+        .rows()
+        .map(|r| r.expect("row").id)
+        .collect();
+    first.extend(rest);
+    assert_eq!(first, span(base, base + N));
+
+    // A byte budget bounds each streamed row (each batch where the backend cannot stream).
+    let one_row = sizes(&mut ctx, 1)[0];
+    let err = items::table
+        .filter(in_range(base, N))
+        .budget(Budget::rows(10).bytes(one_row - 1))
+        .stream_by(items::id, |i: &Item| i.id, &mut *ctx.conn)
+        .find_map(|r| r.err())
+        .expect("a row over the byte budget is an error");
+    match err {
+        Error::Interrupted { source, rows_done: 0, resume_after: None } => assert!(
+            matches!(*source, Error::BudgetExceeded { exceeded: Exceeded::Bytes, .. }),
+            "{source:?}"
+        ),
+        other => panic!("expected Interrupted(BudgetExceeded), got {other:?}"),
+    }
+    let all: Vec<i32> = items::table
+        .filter(in_range(base, N))
+        .budget(Budget::rows(10).bytes(one_row * 3))
+        .stream_by(items::id, |i: &Item| i.id, &mut *ctx.conn)
+        .map(|r| r.expect("row").id)
+        .collect();
+    assert_eq!(all, span(base, base + N));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ use diesel_budget::prelude::*;
 
 #[derive(Queryable)]
 struct Plain {
-    id: i64,
+    id: i32,
     category: i32,
     name: String,
     payload: String,

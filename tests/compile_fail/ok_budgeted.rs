@@ -8,7 +8,7 @@ use diesel_budget::prelude::*;
 #[derive(Queryable)]
 #[allow(dead_code)]
 struct Plain {
-    id: i64,
+    id: i32,
     category: i32,
     name: String,
     payload: String,

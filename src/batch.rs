@@ -207,6 +207,50 @@ pub type BatchQuery<Q, K, V> = diesel::dsl::Order<
     <K as Keyset>::Order,
 >;
 
+/// A query [`Budgeted::batches_by`] can walk on connection `C` by key `K` (whose Rust value is
+/// `V`), loading rows of type `U`: any Diesel select that can take the keyset predicate and
+/// an `ORDER BY` on the key, and that Diesel could load into `U`. You never implement it; when a
+/// walk does not compile, the cause is usually the row type or a key from another table.
+pub trait Walk<'c, C: BudgetConnection, K, V, U>: Sized {
+    /// The query of one batch (or of the whole stream).
+    type Batch: BudgetQuery<'c, C, U>
+        + LoadQuery<'c, C, U, C::StreamMode>
+        + QueryFragment<C::Backend>
+        + 'c;
+
+    /// This query, filtered to rows after `after` in key order and ordered by the key.
+    #[doc(hidden)]
+    fn batch(&self, key: K, after: Option<V>) -> Self::Batch;
+
+    /// The SQL of the query as given (to find a LIMIT or OFFSET of its own).
+    #[doc(hidden)]
+    fn own_sql(&self) -> Result<String>;
+}
+
+impl<'c, C, Q, K, V, U> Walk<'c, C, K, V, U> for Q
+where
+    C: BudgetConnection,
+    Q: AsQuery + Clone,
+    Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
+    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order>,
+    BatchQuery<Q, K, V>:
+        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
+    K: KeysetAfter<V, C::Backend>,
+{
+    type Batch = BatchQuery<Q, K, V>;
+
+    fn batch(&self, key: K, after: Option<V>) -> Self::Batch {
+        self.clone()
+            .as_query()
+            .filter(After { key, value: after })
+            .order(key.order())
+    }
+
+    fn own_sql(&self) -> Result<String> {
+        render::<C, _>(&self.clone().as_query())
+    }
+}
+
 type RowStream<'c, U> = Box<dyn Iterator<Item = QueryResult<U>> + 'c>;
 
 /// An open single-query stream and what it has delivered. Reports its rows to the ledger and
@@ -404,13 +448,8 @@ impl<C, Q, K, V, U, F, M> Batches<'_, C, Q, K, V, U, F, M> {
 impl<'c, C, Q, K, V, U, F, M> Iterator for Batches<'c, C, Q, K, V, U, F, M>
 where
     C: BudgetConnection,
-    Q: AsQuery + Clone,
-    Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
-    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order>,
-    BatchQuery<Q, K, V>:
-        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
-    C: diesel::connection::LoadConnection<C::StreamMode>,
-    K: KeysetAfter<V, C::Backend>,
+    Q: Walk<'c, C, K, V, U>,
+    K: Keyset,
     V: Clone + Debug,
     F: FnMut(&U) -> V,
     M: Meter<U>,
@@ -477,13 +516,8 @@ impl<C: BudgetConnection, Q, K, V: Debug, U, F, M> Batches<'_, C, Q, K, V, U, F,
 impl<'c, C, Q, K, V, U, F, M> Batches<'c, C, Q, K, V, U, F, M>
 where
     C: BudgetConnection,
-    Q: AsQuery + Clone,
-    Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
-    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order>,
-    BatchQuery<Q, K, V>:
-        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
-    C: diesel::connection::LoadConnection<C::StreamMode>,
-    K: KeysetAfter<V, C::Backend>,
+    Q: Walk<'c, C, K, V, U>,
+    K: Keyset,
     V: Clone + Debug,
     M: Meter<U>,
     U: 'static,
@@ -493,7 +527,7 @@ where
         if std::mem::replace(&mut self.started, true) {
             return Ok(());
         }
-        let sql = render::<C, _>(&self.query.clone().as_query())?;
+        let sql = self.query.own_sql()?;
         if has_top_level_limit(&sql) || has_top_level_offset(&sql) {
             return Err(Error::InvalidArgument {
                 name: "query",
@@ -507,16 +541,8 @@ where
         Ok(())
     }
 
-    fn batch_query(&self) -> BatchQuery<Q, K, V> {
-        let after = After {
-            key: self.key,
-            value: self.last.clone(),
-        };
-        self.query
-            .clone()
-            .as_query()
-            .filter(after)
-            .order(self.key.order())
+    fn batch_query(&self) -> Q::Batch {
+        self.query.batch(self.key, self.last.clone())
     }
 
     fn next_keyset(&mut self) -> Result<Option<Vec<U>>> {
@@ -711,13 +737,8 @@ impl<C, Q, K, V, U, F, M> RowsOf<'_, C, Q, K, V, U, F, M> {
 impl<'c, C, Q, K, V, U, F, M> Iterator for RowsOf<'c, C, Q, K, V, U, F, M>
 where
     C: BudgetConnection,
-    Q: AsQuery + Clone,
-    Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
-    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order>,
-    BatchQuery<Q, K, V>:
-        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
-    C: diesel::connection::LoadConnection<C::StreamMode>,
-    K: KeysetAfter<V, C::Backend>,
+    Q: Walk<'c, C, K, V, U>,
+    K: Keyset,
     V: Clone + Debug,
     F: FnMut(&U) -> V,
     M: Meter<U>,

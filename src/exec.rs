@@ -4,13 +4,14 @@
 //! budget. The server never sends more than `budget + 1` rows: the LIMIT is in the SQL
 //! (see [`crate::query`]).
 
+use std::marker::PhantomData;
 use std::ops::ControlFlow;
 
 use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
 use crate::instrument::{note_result, BudgetScope};
-use crate::query::{BudgetQuery, Budgeted};
+use crate::query::{BudgetQuery, Budgeted, RowSink};
 
 pub(crate) mod sealed {
     /// Gives the executor the Diesel connection behind a handle. Not nameable outside the
@@ -66,10 +67,38 @@ impl<U> Loaded<U> {
     }
 }
 
+/// Collects the rows of one execution, metering them against the budget.
+struct Collector<U, M> {
+    rows: Vec<U>,
+    meter: Meterage,
+    exceeded: Option<Exceeded>,
+    spec: BudgetSpec,
+    _meter: PhantomData<fn() -> M>,
+}
+
+impl<U, M: Meter<U>> RowSink<U> for Collector<U, M> {
+    fn expect(&mut self, rows: usize) {
+        // A buffered result (PostgreSQL's default mode, MySQL) knows its size, bounded by the
+        // LIMIT: reserve it once, as Diesel's `load` does through `collect`.
+        self.rows.reserve_exact(rows);
+    }
+
+    fn push(&mut self, row: U) -> ControlFlow<()> {
+        match self.meter.add(M::size_of(&row), &self.spec) {
+            None => {
+                self.rows.push(row);
+                ControlFlow::Continue(())
+            }
+            Some(e) => {
+                self.exceeded = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
 /// Runs `query` with at most `limit` rows fetched, metering rows against `spec` and bytes with
-/// `M`; stops at the first row past the budget (that row is dropped and counted). The vector
-/// grows as rows arrive, as in Diesel's `load`: reserving a whole batch up front costs page
-/// faults on every batch (glibc maps and unmaps such large blocks).
+/// `M`; stops at the first row past the budget (that row is dropped and counted).
 pub(crate) fn load_metered<'q, C, U, Q, M>(
     query: Q,
     spec: BudgetSpec,
@@ -81,34 +110,27 @@ where
     Q: BudgetQuery<'q, C, U>,
     M: Meter<U>,
 {
-    let mut rows = Vec::new();
-    let mut meter = Meterage::default();
-    let mut exceeded = None;
+    let mut sink = Collector::<U, M> {
+        rows: Vec::new(),
+        meter: Meterage::default(),
+        exceeded: None,
+        spec,
+        _meter: PhantomData,
+    };
     let result = {
         let _scope = BudgetScope::enter(spec);
-        query.run_limited(limit, M::METERS_BYTES, conn, |row| {
-            match meter.add(M::size_of(&row), &spec) {
-                None => {
-                    rows.push(row);
-                    ControlFlow::Continue(())
-                }
-                Some(e) => {
-                    exceeded = Some(e);
-                    ControlFlow::Break(())
-                }
-            }
-        })
+        query.run_limited(limit, M::METERS_BYTES, conn, &mut sink)
     };
     note_result(
         conn.instrumentation(),
-        meter.rows,
-        M::METERS_BYTES.then_some(meter.bytes),
+        sink.meter.rows,
+        M::METERS_BYTES.then_some(sink.meter.bytes),
     );
     Ok(Loaded {
-        rows,
+        rows: sink.rows,
         sql: result?,
-        meter,
-        exceeded,
+        meter: sink.meter,
+        exceeded: sink.exceeded,
     })
 }
 

@@ -105,18 +105,27 @@ where
 
 impl<Q, C> RunQueryDsl<C> for Capped<Q> {}
 
+/// Where the executor hands the rows of one execution.
+#[doc(hidden)]
+pub trait RowSink<U> {
+    /// The result holds `rows` rows (known when the client buffered it); called before any row.
+    fn expect(&mut self, rows: usize);
+    /// One row; `Break` stops loading.
+    fn push(&mut self, row: U) -> ControlFlow<()>;
+}
+
 /// A Diesel query the executor can run on connection `C`, loading rows of type `U`.
 ///
 /// Implemented for every query Diesel itself could `load` into `U` and put a `LIMIT` on; you
 /// never implement it. When a call does not compile, the cause is usually the same as for
 /// Diesel's `load`: the row type does not match the selected columns.
 pub trait BudgetQuery<'q, C: BudgetConnection, U>: Sized {
-    /// Runs the query with at most `limit` rows, handing rows to `f` until it breaks.
+    /// Runs the query with at most `limit` rows, handing rows to `sink` until it breaks.
     /// Returns the SQL that ran. `stream` picks the connection's streaming loading mode.
     #[doc(hidden)]
-    fn run_limited<F>(self, limit: i64, stream: bool, conn: &mut C, f: F) -> Result<String>
+    fn run_limited<S>(self, limit: i64, stream: bool, conn: &mut C, sink: &mut S) -> Result<String>
     where
-        F: FnMut(U) -> ControlFlow<()>;
+        S: RowSink<U>;
 }
 
 impl<'q, C, U, Q> BudgetQuery<'q, C, U> for Q
@@ -131,21 +140,21 @@ where
     C: diesel::connection::LoadConnection<C::StreamMode>,
     U: 'static,
 {
-    fn run_limited<F>(self, limit: i64, stream: bool, conn: &mut C, f: F) -> Result<String>
+    fn run_limited<S>(self, limit: i64, stream: bool, conn: &mut C, sink: &mut S) -> Result<String>
     where
-        F: FnMut(U) -> ControlFlow<()>,
+        S: RowSink<U>,
     {
         let query = self.as_query();
         let own = render::<C, _>(&query)?;
         if has_top_level_limit(&own) {
             let capped = Capped { query, limit };
             let sql = render::<C, _>(&capped)?;
-            drive(capped, stream, conn, f).map_err(|e| Error::query(sql.clone(), e))?;
+            drive(capped, stream, conn, sink).map_err(|e| Error::query(sql.clone(), e))?;
             Ok(sql)
         } else {
             let limited = query.limit(limit);
             let sql = render::<C, _>(&limited)?;
-            drive(limited, stream, conn, f).map_err(|e| Error::query(sql.clone(), e))?;
+            drive(limited, stream, conn, sink).map_err(|e| Error::query(sql.clone(), e))?;
             Ok(sql)
         }
     }
@@ -157,28 +166,31 @@ pub(crate) fn render<C: BudgetConnection, Q: QueryFragment<C::Backend> + ?Sized>
     C::render_sql(query).map_err(|e| Error::query(String::new(), e))
 }
 
-/// Runs `query`, handing each row to `f` until it breaks or the rows end. Breaking drops the
+/// Runs `query`, handing each row to `sink` until it breaks or the rows end. Breaking drops the
 /// iterator: SQLite stops at once, PostgreSQL row-by-row reads (and discards) the rest of a
 /// result the `LIMIT` already bounded, MySQL had it buffered.
-fn drive<'q, C, U, P, F>(query: P, stream: bool, conn: &mut C, mut f: F) -> QueryResult<()>
+fn drive<'q, C, U, P, S>(query: P, stream: bool, conn: &mut C, sink: &mut S) -> QueryResult<()>
 where
     C: BudgetConnection + diesel::connection::LoadConnection<C::StreamMode>,
     P: LoadQuery<'q, C, U> + LoadQuery<'q, C, U, C::StreamMode>,
     U: 'static,
-    F: FnMut(U) -> ControlFlow<()>,
+    S: RowSink<U>,
 {
-    if stream {
-        for row in query.load_iter::<U, C::StreamMode>(conn)? {
-            if f(row?).is_break() {
+    fn pump<U, S: RowSink<U>>(
+        rows: impl Iterator<Item = QueryResult<U>>,
+        sink: &mut S,
+    ) -> QueryResult<()> {
+        sink.expect(rows.size_hint().0);
+        for row in rows {
+            if sink.push(row?).is_break() {
                 break;
             }
         }
-    } else {
-        for row in query.load_iter::<U, DefaultLoadingMode>(conn)? {
-            if f(row?).is_break() {
-                break;
-            }
-        }
+        Ok(())
     }
-    Ok(())
+    if stream {
+        pump(query.load_iter::<U, C::StreamMode>(conn)?, sink)
+    } else {
+        pump(query.load_iter::<U, DefaultLoadingMode>(conn)?, sink)
+    }
 }

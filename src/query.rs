@@ -145,18 +145,26 @@ where
         S: RowSink<U>,
     {
         let query = self.as_query();
-        let own = render::<C, _>(&query)?;
-        if has_top_level_limit(&own) {
-            let capped = Capped { query, limit };
-            let sql = render::<C, _>(&capped)?;
-            drive(capped, stream, conn, sink).map_err(|e| Error::query(sql.clone(), e))?;
-            Ok(sql)
+        if has_top_level_limit(&render::<C, _>(&query)?) {
+            run(Capped { query, limit }, stream, conn, sink)
         } else {
-            let limited = query.limit(limit);
-            let sql = render::<C, _>(&limited)?;
-            drive(limited, stream, conn, sink).map_err(|e| Error::query(sql.clone(), e))?;
-            Ok(sql)
+            run(query.limit(limit), stream, conn, sink)
         }
+    }
+}
+
+/// Renders `query` (for errors and ledgers), then runs it through [`drive`].
+fn run<'q, C, U, P, S>(query: P, stream: bool, conn: &mut C, sink: &mut S) -> Result<String>
+where
+    C: BudgetConnection + diesel::connection::LoadConnection<C::StreamMode>,
+    P: LoadQuery<'q, C, U> + LoadQuery<'q, C, U, C::StreamMode> + QueryFragment<C::Backend>,
+    U: 'static,
+    S: RowSink<U>,
+{
+    let sql = render::<C, _>(&query)?;
+    match drive(query, stream, conn, sink) {
+        Ok(()) => Ok(sql),
+        Err(e) => Err(Error::query(sql, e)),
     }
 }
 

@@ -417,6 +417,31 @@ fn generate(chunk: &mut Vec<Item>, from: i32, to: i32) {
 }
 
 /// Scenarios and seeding for one backend: the same code for each connection type.
+/// Fills ids `1..=rows` with multi-row INSERTs of `$insert` rows, `$tx` rows a transaction
+/// (SQLite and MySQL; PostgreSQL seeds with COPY). A macro: each backend's connection type is
+/// concrete in its module, and Diesel's insert bounds do not generalise cleanly.
+macro_rules! insert_in_chunks {
+    ($conn:expr, $rows:expr, $bar:expr, $insert:expr, $tx:expr) => {{
+        let mut chunk = Vec::with_capacity($insert as usize);
+        let mut from = 1;
+        while from <= $rows {
+            let tx_end = ($rows + 1).min(from + $tx);
+            $conn.transaction::<_, diesel::result::Error, _>(|conn| {
+                while from < tx_end {
+                    let to = tx_end.min(from + $insert);
+                    generate(&mut chunk, from, to);
+                    diesel::insert_into(items::table)
+                        .values(&chunk)
+                        .execute(conn)?;
+                    $bar.inc((to - from) as u64);
+                    from = to;
+                }
+                Ok(())
+            })?;
+        }
+    }};
+}
+
 macro_rules! backend {
     ($feature:literal, $module:ident, $conn:ty, $kind:literal, { $($extra:item)* }) => {
         #[cfg(feature = $feature)]
@@ -656,23 +681,7 @@ backend!(
 
         pub(super) fn fill(conn: &mut RawConn, rows: i32, bar: &ProgressBar) -> BoxResult<()> {
             conn.batch_execute("PRAGMA synchronous = OFF")?;
-            let mut chunk = Vec::with_capacity(INSERT_ROWS as usize);
-            let mut from = 1;
-            while from <= rows {
-                let tx_end = (rows + 1).min(from + TX_ROWS);
-                conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                    while from < tx_end {
-                        let to = tx_end.min(from + INSERT_ROWS);
-                        generate(&mut chunk, from, to);
-                        diesel::insert_into(items::table)
-                            .values(&chunk)
-                            .execute(conn)?;
-                        bar.inc((to - from) as u64);
-                        from = to;
-                    }
-                    Ok(())
-                })?;
-            }
+            insert_in_chunks!(conn, rows, bar, INSERT_ROWS, TX_ROWS);
             conn.batch_execute("PRAGMA synchronous = NORMAL")?;
             Ok(())
         }
@@ -818,23 +827,7 @@ backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
     }
 
     pub(super) fn fill(conn: &mut RawConn, rows: i32, bar: &ProgressBar) -> BoxResult<()> {
-        let mut chunk = Vec::with_capacity(INSERT_ROWS as usize);
-        let mut from = 1;
-        while from <= rows {
-            let tx_end = (rows + 1).min(from + TX_ROWS);
-            conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                while from < tx_end {
-                    let to = tx_end.min(from + INSERT_ROWS);
-                    generate(&mut chunk, from, to);
-                    diesel::insert_into(items::table)
-                        .values(&chunk)
-                        .execute(conn)?;
-                    bar.inc((to - from) as u64);
-                    from = to;
-                }
-                Ok(())
-            })?;
-        }
+        insert_in_chunks!(conn, rows, bar, INSERT_ROWS, TX_ROWS);
         Ok(())
     }
 

@@ -41,6 +41,70 @@ mod sealed {
     pub trait Sealed {}
 }
 
+/// SQLite's journal mode (`PRAGMA journal_mode`), for
+/// [`DbBuilder::journal_mode`](crate::DbBuilder::journal_mode).
+///
+/// The journal mode is stored in the database file for `Wal` (it outlives the pool and applies
+/// to every program that opens the file); the other modes last as long as the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum JournalMode {
+    /// `DELETE`: SQLite's default rollback journal, deleted after each transaction.
+    Delete,
+    /// `TRUNCATE`: a rollback journal truncated instead of deleted.
+    Truncate,
+    /// `PERSIST`: a rollback journal whose header is zeroed instead of deleted.
+    Persist,
+    /// `MEMORY`: the rollback journal is kept in memory.
+    Memory,
+    /// `WAL`: write-ahead log; readers do not block the writer nor the writer the readers.
+    /// Persistent: the file stays in WAL mode for every later user.
+    Wal,
+    /// `OFF`: no journal; a crash mid-transaction can corrupt the database.
+    Off,
+}
+
+impl JournalMode {
+    /// The pragma that selects this mode, as constant text.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    fn pragma(self) -> &'static str {
+        match self {
+            JournalMode::Delete => "PRAGMA journal_mode = DELETE",
+            JournalMode::Truncate => "PRAGMA journal_mode = TRUNCATE",
+            JournalMode::Persist => "PRAGMA journal_mode = PERSIST",
+            JournalMode::Memory => "PRAGMA journal_mode = MEMORY",
+            JournalMode::Wal => "PRAGMA journal_mode = WAL",
+            JournalMode::Off => "PRAGMA journal_mode = OFF",
+        }
+    }
+}
+
+/// The session set-up a pool applies to each new connection before the user's
+/// [`on_connect`](crate::DbBuilder::on_connect) hook. Only SQLite has settings today; the
+/// other backends ignore them (their builders have no setters for them).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `PRAGMA busy_timeout`, in milliseconds; `None` leaves SQLite's default (0: fail at once).
+    pub(crate) busy_timeout_ms: Option<u32>,
+    /// `PRAGMA journal_mode`; `None` leaves the file's mode as it is.
+    pub(crate) journal_mode: Option<JournalMode>,
+    /// `PRAGMA foreign_keys`; `None` leaves SQLite's default (off).
+    pub(crate) foreign_keys: Option<bool>,
+}
+
+impl Default for SessionSettings {
+    /// Wait up to 10 s for a lock; journal mode and foreign keys as the file and SQLite have
+    /// them.
+    fn default() -> Self {
+        SessionSettings {
+            busy_timeout_ms: Some(10_000),
+            journal_mode: None,
+            foreign_keys: None,
+        }
+    }
+}
+
 /// A Diesel connection diesel-budget can run budgeted queries on. Sealed: implemented for
 /// `SqliteConnection`, `PgConnection` and `MysqlConnection`.
 pub trait BudgetConnection:
@@ -69,13 +133,14 @@ pub trait BudgetConnection:
         migrations: diesel_migrations::EmbeddedMigrations,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>>;
 
-    /// Session set-up run on every new pooled connection.
+    /// Applies `settings` to a new pooled connection (the pool's session set-up, before the
+    /// user's hook).
     #[doc(hidden)]
-    const ON_ACQUIRE_SQL: &'static str;
+    fn set_up_session(&mut self, settings: &SessionSettings) -> QueryResult<()>;
 }
 
 macro_rules! impl_budget_connection {
-    ($feature:literal, $conn:ty, $backend:ty, $mode:ty, $kind:expr, $streams:expr, $setup:expr) => {
+    ($feature:literal, $conn:ty, $backend:ty, $mode:ty, $kind:expr, $streams:expr, $setup:path) => {
         #[cfg(feature = $feature)]
         impl sealed::Sealed for $conn {}
 
@@ -84,7 +149,10 @@ macro_rules! impl_budget_connection {
             type StreamMode = $mode;
             const KIND: BackendKind = $kind;
             const STREAMS: bool = $streams;
-            const ON_ACQUIRE_SQL: &'static str = $setup;
+
+            fn set_up_session(&mut self, settings: &SessionSettings) -> QueryResult<()> {
+                $setup(self, settings)
+            }
 
             fn render_sql<Q: QueryFragment<$backend> + ?Sized>(query: &Q) -> QueryResult<String> {
                 use diesel::query_builder::QueryBuilder as _;
@@ -111,8 +179,7 @@ impl_budget_connection!(
     DefaultLoadingMode,
     BackendKind::Sqlite,
     true,
-    // Wait for writers instead of failing with SQLITE_BUSY; WAL lets readers run beside them.
-    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;"
+    sqlite_session
 );
 impl_budget_connection!(
     "postgres",
@@ -121,7 +188,7 @@ impl_budget_connection!(
     diesel::pg::PgRowByRowLoadingMode,
     BackendKind::Postgres,
     true,
-    ""
+    no_session_settings
 );
 impl_budget_connection!(
     "mysql",
@@ -130,8 +197,38 @@ impl_budget_connection!(
     DefaultLoadingMode,
     BackendKind::Mysql,
     false,
-    ""
+    no_session_settings
 );
+
+/// SQLite's session set-up: each pragma that `settings` asks for, and nothing else, so an
+/// existing file keeps its journal mode and foreign-key setting unless the builder says
+/// otherwise. Every statement is constant text but the busy timeout, an integer (pragmas take
+/// no bound parameters).
+#[cfg(feature = "sqlite")]
+fn sqlite_session(
+    conn: &mut diesel::sqlite::SqliteConnection,
+    settings: &SessionSettings,
+) -> QueryResult<()> {
+    use diesel::connection::SimpleConnection as _;
+    if let Some(ms) = settings.busy_timeout_ms {
+        conn.batch_execute(&format!("PRAGMA busy_timeout = {ms}"))?;
+    }
+    if let Some(mode) = settings.journal_mode {
+        conn.batch_execute(mode.pragma())?;
+    }
+    match settings.foreign_keys {
+        Some(true) => conn.batch_execute("PRAGMA foreign_keys = ON")?,
+        Some(false) => conn.batch_execute("PRAGMA foreign_keys = OFF")?,
+        None => {}
+    }
+    Ok(())
+}
+
+/// PostgreSQL and MySQL: no session settings of ours (see [`SessionSettings`]).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn no_session_settings<C>(_: &mut C, _: &SessionSettings) -> QueryResult<()> {
+    Ok(())
+}
 
 /// Whether `sql`, as Diesel renders it, ends in a top-level `LIMIT` with a bound value.
 ///

@@ -355,7 +355,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
         F: FnMut(&U) -> V,
     {
         Batches {
-            conn: Some(conn.connection()),
+            conn: Some(conn.connection(crate::exec::sealed::TOKEN)),
             stream: None,
             pending: None,
             query: self.query,

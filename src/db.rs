@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use diesel::connection::{Connection, TransactionManager};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::QueryResult;
 use diesel_migrations::EmbeddedMigrations;
 
-use crate::backend::{BackendKind, BudgetConnection};
+use crate::backend::{BackendKind, BudgetConnection, SessionSettings};
 use crate::error::{Error, Result};
-use crate::exec::sealed::Access;
+use crate::exec::sealed::{Access, Token};
 use crate::instrument::{BudgetInstrumentation, InternalScope, Stats, StatsCell};
 
 /// A pool of instrumented connections to one database.
@@ -94,7 +95,8 @@ impl<C: BudgetConnection> Db<C> {
             min_idle: None,
             connection_timeout: Duration::from_secs(30),
             migrations: None,
-            _conn: std::marker::PhantomData,
+            session: SessionSettings::default(),
+            on_connect: None,
         }
     }
 
@@ -128,14 +130,21 @@ impl<C: BudgetConnection> Db<C> {
     }
 }
 
+/// A per-connection set-up hook ([`DbBuilder::on_connect`]).
+type Hook<C> = Arc<dyn Fn(&mut C) -> QueryResult<()> + Send + Sync>;
+
 /// Settings for a [`Db`]. Built by [`Db::builder`]; every setter says its default.
+///
+/// Out-of-range settings never reach r2d2 (whose builder panics on them): [`DbBuilder::build`]
+/// refuses them with [`Error::InvalidArgument`] before anything connects.
 pub struct DbBuilder<C> {
     url: String,
     max_size: u32,
     min_idle: Option<u32>,
     connection_timeout: Duration,
     migrations: Option<EmbeddedMigrations>,
-    _conn: std::marker::PhantomData<fn() -> C>,
+    session: SessionSettings,
+    on_connect: Option<Hook<C>>,
 }
 
 impl<C> fmt::Debug for DbBuilder<C> {
@@ -145,26 +154,88 @@ impl<C> fmt::Debug for DbBuilder<C> {
             .field("min_idle", &self.min_idle)
             .field("connection_timeout", &self.connection_timeout)
             .field("migrations", &self.migrations.is_some())
+            .field("session", &self.session)
+            .field("on_connect", &self.on_connect.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl<C: BudgetConnection> DbBuilder<C> {
     /// Most connections the pool holds. Default: 10.
+    ///
+    /// # Errors
+    /// [`build`](Self::build) returns [`Error::InvalidArgument`] (`name: "max_size"`) for 0.
     pub fn max_size(mut self, max_size: u32) -> Self {
         self.max_size = max_size;
         self
     }
 
     /// Idle connections the pool keeps open. Default: `max_size`.
+    ///
+    /// # Errors
+    /// [`build`](Self::build) returns [`Error::InvalidArgument`] (`name: "min_idle"`) when it
+    /// is larger than [`max_size`](Self::max_size).
     pub fn min_idle(mut self, min_idle: u32) -> Self {
         self.min_idle = Some(min_idle);
         self
     }
 
     /// How long [`Db::get`] (and `build`) wait for a connection. Default: 30 s.
+    ///
+    /// # Errors
+    /// [`build`](Self::build) returns [`Error::InvalidArgument`]
+    /// (`name: "connection_timeout"`) for a zero duration.
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
+        self
+    }
+
+    /// A set-up hook run once on every new physical connection, after the pool's own set-up
+    /// (instrumentation, and on SQLite the pragmas of [`busy_timeout`](Self::busy_timeout),
+    /// [`journal_mode`](Self::journal_mode) and [`foreign_keys`](Self::foreign_keys)).
+    /// Default: none.
+    ///
+    /// This is the supported place for session state: time zone, `search_path`, `sql_mode`,
+    /// session variables, pragmas. Whatever a user changes through [`Conn::unbudgeted`] stays
+    /// on that physical connection when it goes back to the pool and the next
+    /// [`Db::get`] may hand it to someone else: the pool does not reset sessions. Set such
+    /// state here, for every connection alike, rather than per checkout. What the hook runs is
+    /// counted as internal in [`Db::stats`], not as unbudgeted. Calling `on_connect` again
+    /// replaces the hook.
+    ///
+    /// # Errors
+    /// When the hook fails on the first connection, [`build`](Self::build) returns
+    /// [`Error::SessionSetup`]; a connection whose hook fails later is not handed out (r2d2
+    /// retries until [`connection_timeout`](Self::connection_timeout), then [`Db::get`]
+    /// returns [`Error::Pool`]).
+    ///
+    /// # Example
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel::connection::SimpleConnection;
+    /// use diesel::prelude::*;
+    /// use diesel::sql_types::BigInt;
+    /// use diesel::SqliteConnection;
+    /// use diesel_budget::prelude::*;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("app.db");
+    /// let db = Db::<SqliteConnection>::builder(path.to_str().ok_or("utf-8 path")?)
+    ///     .on_connect(|conn: &mut SqliteConnection| conn.batch_execute("PRAGMA cache_size = -8000"))
+    ///     .build()?;
+    /// let mut conn = db.get()?;
+    /// let cache_size: i64 = diesel::select(diesel::dsl::sql::<BigInt>(
+    ///     "(SELECT cache_size FROM pragma_cache_size())",
+    /// ))
+    /// .get_result(conn.unbudgeted())?;
+    /// assert_eq!(cache_size, -8000);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut C) -> QueryResult<()> + Send + Sync + 'static,
+    {
+        self.on_connect = Some(Arc::new(hook));
         self
     }
 
@@ -176,21 +247,40 @@ impl<C: BudgetConnection> DbBuilder<C> {
     }
 
     /// Opens the pool (connecting `min_idle` connections) and runs the migrations.
+    ///
+    /// One connection is opened and set up first, outside r2d2, so that a server that cannot
+    /// be reached (or a set-up that fails) is reported at once rather than after
+    /// [`connection_timeout`](Self::connection_timeout) of retries.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] for settings r2d2 would panic on: `max_size` 0, `min_idle`
+    ///   over `max_size`, a zero `connection_timeout`. Nothing connects.
+    /// - [`Error::Connection`] when the first connection cannot be established (server down,
+    ///   wrong credentials, SQLite file in a missing directory).
+    /// - [`Error::SessionSetup`] when the session set-up or the [`on_connect`](Self::on_connect)
+    ///   hook fails on the first connection.
+    /// - [`Error::Pool`] when r2d2 cannot open `min_idle` connections within
+    ///   `connection_timeout` after that; [`Error::Migration`] when a migration fails.
     pub fn build(self) -> Result<Db<C>> {
-        if self.max_size == 0 {
-            return Err(Error::InvalidArgument {
-                name: "max_size",
-                reason: "a pool needs at least one connection".into(),
-            });
-        }
+        self.validate()?;
         let stats = Arc::new(StatsCell::default());
+        let customizer = Instrument {
+            stats: Arc::clone(&stats),
+            session: self.session,
+            on_connect: self.on_connect,
+        };
+        // r2d2's `build` retries a failing connect until `connection_timeout` (30 s by default)
+        // and then reports only the last error: one connection of our own fails fast instead.
+        let mut first = C::establish(&self.url)?;
+        customizer
+            .set_up(&mut first)
+            .map_err(|source| Error::SessionSetup { source })?;
+        drop(first);
         let pool = Pool::builder()
             .max_size(self.max_size)
             .min_idle(self.min_idle)
             .connection_timeout(self.connection_timeout)
-            .connection_customizer(Box::new(Instrument {
-                stats: Arc::clone(&stats),
-            }))
+            .connection_customizer(Box::new(customizer))
             .build(ConnectionManager::<C>::new(self.url))?;
         let db = Db { pool, stats };
         if let Some(migrations) = self.migrations {
@@ -200,22 +290,101 @@ impl<C: BudgetConnection> DbBuilder<C> {
     }
 }
 
-/// The r2d2 customizer: installs [`BudgetInstrumentation`] and runs the backend's session
-/// set-up on every new connection.
-#[derive(Debug)]
-struct Instrument {
-    stats: Arc<StatsCell>,
-}
-
-impl<C: BudgetConnection> CustomizeConnection<C, diesel::r2d2::Error> for Instrument {
-    fn on_acquire(&self, conn: &mut C) -> std::result::Result<(), diesel::r2d2::Error> {
-        conn.set_instrumentation(BudgetInstrumentation::with_stats(Arc::clone(&self.stats)));
-        if !C::ON_ACQUIRE_SQL.is_empty() {
-            let _internal = InternalScope::enter();
-            conn.batch_execute(C::ON_ACQUIRE_SQL)
-                .map_err(diesel::r2d2::Error::QueryError)?;
+impl<C: BudgetConnection> DbBuilder<C> {
+    /// Refuses the settings on which r2d2's builder would panic.
+    fn validate(&self) -> Result<()> {
+        if self.max_size == 0 {
+            return Err(Error::InvalidArgument {
+                name: "max_size",
+                reason: "a pool needs at least one connection".into(),
+            });
+        }
+        if let Some(min_idle) = self.min_idle.filter(|&n| n > self.max_size) {
+            return Err(Error::InvalidArgument {
+                name: "min_idle",
+                reason: format!(
+                    "{min_idle} idle connections do not fit max_size {}",
+                    self.max_size
+                ),
+            });
+        }
+        if self.connection_timeout.is_zero() {
+            return Err(Error::InvalidArgument {
+                name: "connection_timeout",
+                reason: "a checkout needs a positive time to wait".into(),
+            });
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl DbBuilder<diesel::sqlite::SqliteConnection> {
+    /// How long a statement waits for another connection's lock before failing with
+    /// `SQLITE_BUSY` (`PRAGMA busy_timeout`, per connection). Default: 10 s, so the pool's
+    /// connections wait for each other instead of failing. `Duration::ZERO` turns waiting off;
+    /// values are taken in whole milliseconds, at most `i32::MAX`.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        self.session.busy_timeout_ms = Some(ms.min(i32::MAX.unsigned_abs()));
+        self
+    }
+
+    /// Sets the database's journal mode on every new connection (`PRAGMA journal_mode`).
+    /// Default: none, the file keeps the mode it has (a new file: SQLite's `DELETE`).
+    ///
+    /// [`JournalMode::Wal`](crate::backend::JournalMode::Wal) lets readers run while one
+    /// connection writes, which suits a pool of several connections; but it is *stored in the
+    /// file*: it stays after the pool is gone, for every program that opens the file, and does
+    /// not work on network file systems. So the pool never chooses it for you.
+    pub fn journal_mode(mut self, mode: crate::backend::JournalMode) -> Self {
+        self.session.journal_mode = Some(mode);
+        self
+    }
+
+    /// Turns enforcement of foreign keys on or off on every new connection
+    /// (`PRAGMA foreign_keys`, per connection). Default: none, what a plain `SqliteConnection`
+    /// has, which is how SQLite was compiled: on with the bundled SQLite this crate builds
+    /// (`libsqlite3-sys` compiles it with `SQLITE_DEFAULT_FOREIGN_KEYS=1`), off with SQLite's
+    /// stock build.
+    pub fn foreign_keys(mut self, enforce: bool) -> Self {
+        self.session.foreign_keys = Some(enforce);
+        self
+    }
+}
+
+/// The r2d2 customizer: installs [`BudgetInstrumentation`], runs the backend's session set-up
+/// and then the user's hook on every new connection.
+struct Instrument<C> {
+    stats: Arc<StatsCell>,
+    session: SessionSettings,
+    on_connect: Option<Hook<C>>,
+}
+
+impl<C> fmt::Debug for Instrument<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instrument")
+            .field("session", &self.session)
+            .field("on_connect", &self.on_connect.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: BudgetConnection> Instrument<C> {
+    fn set_up(&self, conn: &mut C) -> QueryResult<()> {
+        conn.set_instrumentation(BudgetInstrumentation::with_stats(Arc::clone(&self.stats)));
+        let _internal = InternalScope::enter();
+        conn.set_up_session(&self.session)?;
+        if let Some(hook) = &self.on_connect {
+            hook(conn)?;
+        }
+        Ok(())
+    }
+}
+
+impl<C: BudgetConnection> CustomizeConnection<C, diesel::r2d2::Error> for Instrument<C> {
+    fn on_acquire(&self, conn: &mut C) -> std::result::Result<(), diesel::r2d2::Error> {
+        self.set_up(conn).map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -263,7 +432,7 @@ impl<C: BudgetConnection> Drop for Conn<C> {
 
 impl<C: BudgetConnection> Access for Conn<C> {
     type Connection = C;
-    fn connection(&mut self) -> &mut C {
+    fn connection(&mut self, _: Token) -> &mut C {
         &mut self.inner
     }
 }
@@ -277,7 +446,16 @@ impl<C: BudgetConnection> Conn<C> {
     }
 
     /// Runs `f` in a transaction (a savepoint when nested): committed when `f` returns `Ok`,
-    /// rolled back when it returns `Err`. Same semantics as Diesel's `Connection::transaction`.
+    /// rolled back when it returns `Err`, and rolled back when `f` panics.
+    ///
+    /// The last point is where it differs from Diesel's `Connection::transaction` (and from
+    /// `conn.unbudgeted().transaction(..)`): there, a panic caught while the connection is
+    /// still held leaves the transaction open, the next `transaction` silently becomes a
+    /// savepoint inside it, and its "committed" write is lost when the connection is returned.
+    /// Here the transaction (or savepoint) of a panicking closure is rolled back while the
+    /// panic unwinds, so a later `transaction` commits for real. Should that rollback fail, the
+    /// connection's transaction manager is broken: later transactions on it fail with an
+    /// error, and the pool closes it instead of handing it out again.
     pub fn transaction<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
     where
         F: FnOnce(&mut Self) -> std::result::Result<T, E>,
@@ -285,12 +463,19 @@ impl<C: BudgetConnection> Conn<C> {
     {
         type Tm<C> = <C as Connection>::TransactionManager;
         Tm::<C>::begin_transaction(&mut *self.inner)?;
-        match f(self) {
+        let mut guard = RollbackOnUnwind {
+            conn: self,
+            armed: true,
+        };
+        let result = f(&mut *guard.conn);
+        guard.armed = false;
+        let conn = &mut *guard.conn.inner;
+        match result {
             Ok(value) => {
-                Tm::<C>::commit_transaction(&mut *self.inner)?;
+                Tm::<C>::commit_transaction(conn)?;
                 Ok(value)
             }
-            Err(user_error) => match Tm::<C>::rollback_transaction(&mut *self.inner) {
+            Err(user_error) => match Tm::<C>::rollback_transaction(conn) {
                 Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(user_error),
                 Err(rollback_error) => Err(rollback_error.into()),
             },
@@ -318,5 +503,24 @@ impl<C: BudgetConnection> Conn<C> {
     /// Which backend this connection talks to.
     pub fn backend(&self) -> BackendKind {
         C::KIND
+    }
+}
+
+/// Rolls back the transaction (or savepoint) [`Conn::transaction`] opened when its closure
+/// unwinds instead of returning.
+struct RollbackOnUnwind<'a, C: BudgetConnection> {
+    conn: &'a mut Conn<C>,
+    /// Still set when dropped: the closure panicked.
+    armed: bool,
+}
+
+impl<C: BudgetConnection> Drop for RollbackOnUnwind<'_, C> {
+    fn drop(&mut self) {
+        if self.armed {
+            // A failure leaves the transaction manager broken: later transactions fail and
+            // r2d2 closes the connection when it is returned.
+            let _ =
+                <C as Connection>::TransactionManager::rollback_transaction(&mut *self.conn.inner);
+        }
     }
 }

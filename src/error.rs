@@ -84,6 +84,16 @@ pub enum Error {
     #[error("connection: {0}")]
     Connection(#[from] diesel::ConnectionError),
 
+    /// The set-up of a new pooled connection failed: the pool's session settings (SQLite
+    /// pragmas) or the [`on_connect`](crate::DbBuilder::on_connect) hook. The server's own
+    /// message (which may contain data) is in `source`.
+    #[error("session set-up of a new connection failed")]
+    SessionSetup {
+        /// What the set-up statement or the hook returned.
+        #[source]
+        source: diesel::result::Error,
+    },
+
     /// Running the embedded migrations failed.
     #[error("migrations: {0}")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),

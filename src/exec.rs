@@ -14,11 +14,22 @@ use crate::instrument::{note_result, BudgetScope};
 use crate::query::{BudgetQuery, Budgeted, RowSink};
 
 pub(crate) mod sealed {
-    /// Gives the executor the Diesel connection behind a handle. Not nameable outside the
-    /// crate, so it is no way around the budget.
+    /// Proof that the caller is diesel-budget itself. Its field is private to this module and
+    /// nothing outside the crate can name or build one, so [`Access::connection`] cannot be
+    /// called from outside (not even through an `X: Executor` bound, which makes the method
+    /// visible): the budget has no way around it but the named, recorded
+    /// [`crate::Conn::unbudgeted`].
+    #[derive(Debug, Clone, Copy)]
+    pub struct Token(());
+
+    /// The one [`Token`]: for the crate's executors only.
+    pub(crate) const TOKEN: Token = Token(());
+
+    /// Gives the executor the Diesel connection behind a handle; callable only with a
+    /// [`Token`].
     pub trait Access {
         type Connection: crate::backend::BudgetConnection;
-        fn connection(&mut self) -> &mut Self::Connection;
+        fn connection(&mut self, token: Token) -> &mut Self::Connection;
     }
 }
 
@@ -34,7 +45,7 @@ macro_rules! plain_connection_executor {
         #[cfg(feature = $feature)]
         impl sealed::Access for $conn {
             type Connection = $conn;
-            fn connection(&mut self) -> &mut $conn {
+            fn connection(&mut self, _: sealed::Token) -> &mut $conn {
                 self
             }
         }
@@ -248,7 +259,7 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.internal_load(conn.connection())
+        self.internal_load(conn.connection(sealed::TOKEN))
     }
 
     /// Same as [`load`](Self::load), named as in Diesel.
@@ -259,7 +270,7 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.internal_load(conn.connection())
+        self.internal_load(conn.connection(sealed::TOKEN))
     }
 
     /// The first row of the result, which must fit the budget like [`load`](Self::load)
@@ -270,7 +281,7 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.internal_get_result(conn.connection())
+        self.internal_get_result(conn.connection(sealed::TOKEN))
     }
 
     /// The first row, fetching one (`LIMIT 1`, or your own smaller limit). A row over a byte
@@ -300,7 +311,7 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.internal_first(conn.connection())
+        self.internal_first(conn.connection(sealed::TOKEN))
     }
 }
 

@@ -58,7 +58,7 @@ pub mod instrument;
 pub mod query;
 pub mod testing;
 
-pub use backend::{BackendKind, BudgetConnection};
+pub use backend::{BackendKind, BudgetConnection, JournalMode};
 pub use batch::{BatchMode, Batches, Composite, RowsOf};
 pub use budget::{Budget, BudgetSpec, Exceeded, Truncated};
 pub use db::{instrument, Conn, Db, DbBuilder};

@@ -47,7 +47,7 @@ where
     X: Executor,
     F: FnOnce(&mut X) -> T,
 {
-    let c = conn.connection();
+    let c = conn.connection(crate::exec::sealed::TOKEN);
     if c.instrumentation()
         .downcast_ref::<BudgetInstrumentation>()
         .is_none()

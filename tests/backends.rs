@@ -19,6 +19,8 @@ mod sqlite {
     type C = diesel::sqlite::SqliteConnection;
     include!("backends/suite.rs");
     include!("backends/offset.rs");
+    include!("backends/pool.rs");
+    include!("backends/pool_sqlite.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -27,6 +29,7 @@ mod postgres {
     include!("backends/suite.rs");
     include!("backends/offset.rs");
     include!("backends/killed.rs");
+    include!("backends/pool.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -34,4 +37,5 @@ mod mysql {
     type C = diesel::mysql::MysqlConnection;
     include!("backends/suite.rs");
     include!("backends/killed.rs");
+    include!("backends/pool.rs");
 }

@@ -89,14 +89,35 @@ mod pool_sqlite {
         assert_eq!(pragmas(&mut own).0, "wal");
         drop(own);
 
-        // And back, when asked (leaving WAL needs the only connection to the file).
-        let db = Db::<C>::builder(path)
+
+        // A file already in WAL stays in WAL under the defaults too.
+        let db = Db::<C>::builder(path).max_size(2).build().expect("build");
+        let mut conn = db.get().expect("checkout");
+        assert_eq!(pragmas(conn.unbudgeted()).0, "wal");
+        drop(conn);
+        drop(db);
+
+        // And out of WAL, when asked, with no waiting for locks. (Leaving WAL needs the only
+        // connection to the file, and a dropped pool's connections may still be closing on
+        // r2d2's threads: a file of its own, put in WAL by a plain connection.)
+        let other = dir.path().join("was-wal.db");
+        let other = other.to_str().expect("utf-8 path");
+        {
+            let mut own = C::establish(other).expect("open the second file");
+            own.batch_execute("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)")
+                .expect("WAL");
+            assert_eq!(pragmas(&mut own).0, "wal");
+        }
+        let db = Db::<C>::builder(other)
             .max_size(1)
             .journal_mode(JournalMode::Delete)
             .busy_timeout(std::time::Duration::ZERO)
             .build()
             .expect("build");
         let mut conn = db.get().expect("checkout");
-        assert_eq!(pragmas(conn.unbudgeted()), ("delete".to_owned(), plain_fk, 0));
+        assert_eq!(
+            pragmas(conn.unbudgeted()),
+            ("delete".to_owned(), plain_fk, 0)
+        );
     }
 }

@@ -84,6 +84,7 @@ impl JournalMode {
 /// other backends ignore them (their builders have no setters for them).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub struct SessionSettings {
     /// `PRAGMA busy_timeout`, in milliseconds; `None` leaves SQLite's default (0: fail at once).
     pub(crate) busy_timeout_ms: Option<u32>,

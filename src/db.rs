@@ -401,6 +401,11 @@ pub fn instrument<C: BudgetConnection>(conn: &mut C) {
 /// `items::table.budget(Budget::rows(100)).load(&mut conn)` does. For statements that have no
 /// budget (writes, DDL, `sql_query`), [`Conn::unbudgeted`] is the named escape hatch; what runs
 /// through it is recorded as unbudgeted.
+///
+/// The compile error for `items::table.load(&mut conn)` is Diesel's: "the trait
+/// `LoadConnection` is not implemented for `Conn<..>`". It means: add `.budget(..)`. (Rust's
+/// `#[diagnostic::on_unimplemented]` can only be put on a trait by the crate that defines it,
+/// and `LoadConnection` is Diesel's, so this crate cannot word that message.)
 pub struct Conn<C: BudgetConnection> {
     inner: PooledConnection<ConnectionManager<C>>,
 }
@@ -441,6 +446,11 @@ impl<C: BudgetConnection> Conn<C> {
     /// The Diesel connection, for statements without a budget. Everything run through it is
     /// counted as unbudgeted ([`Stats::unbudgeted`]) and fails
     /// [`no_unbudgeted_queries`](crate::testing::LedgerAssert::no_unbudgeted_queries).
+    ///
+    /// Session state set here (`SET ..`, session variables, pragmas) stays on this physical
+    /// connection after it goes back to the pool, for whoever checks it out next: the pool does
+    /// not reset sessions. Set such state for every connection in
+    /// [`DbBuilder::on_connect`] instead.
     pub fn unbudgeted(&mut self) -> &mut C {
         &mut self.inner
     }

@@ -5,6 +5,10 @@
 //! `ok_*.rs` cases are the same code with the budget (or a row budget only): they compile, so
 //! the failures are about the budget and nothing else.
 //!
+//! The first two also pin the wording: rustc's error names `.budget(..)` (our
+//! `#[diagnostic::on_unimplemented]` on the never-satisfied bound of `Conn`'s Diesel impls),
+//! not Diesel's "`LoadConnection` is not implemented".
+//!
 //! Expected compiler output is in `compile_fail/*.stderr`; after a deliberate change, run
 //! `TRYBUILD=overwrite cargo test --test compile_fail` and review the diff.
 //!

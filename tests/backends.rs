@@ -4,7 +4,9 @@
 //! `backends/suite.rs` holds the tests; it is included once per backend into a module that
 //! names the connection type `C`, so no backend is tested less than another. Tests that kill a
 //! server session (`backends/killed.rs`) run on PostgreSQL and MySQL only: SQLite is embedded,
-//! there is no server connection to kill. See `common/mod.rs` for databases and isolation.
+//! there is no server connection to kill. `backends/pool_sqlite.rs` (the SQLite-only builder
+//! settings: journal mode, foreign keys, busy timeout) runs on SQLite only. See `common/mod.rs`
+//! for databases and isolation.
 
 mod common;
 

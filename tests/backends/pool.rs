@@ -270,20 +270,11 @@ mod pool {
             .min_idle(3)
             .on_connect(move |conn: &mut C| {
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                let sql = match <C as BudgetConnection>::KIND {
-                    BackendKind::Sqlite => format!("PRAGMA cache_size = -{}", 1000 + n),
-                    BackendKind::Postgres => format!("SET diesel_budget.hook = '{}'", 1000 + n),
-                    _ => format!("SET @diesel_budget_hook = {}", 1000 + n),
-                };
-                conn.batch_execute(&sql)
+                conn.batch_execute(&session_value_sql(1000 + n).0)
             })
             .build()
             .expect("build");
-        let read = match <C as BudgetConnection>::KIND {
-            BackendKind::Sqlite => "(SELECT -cache_size FROM pragma_cache_size())",
-            BackendKind::Postgres => "CAST(current_setting('diesel_budget.hook', true) AS BIGINT)",
-            _ => "CAST(@diesel_budget_hook AS SIGNED)",
-        };
+        let read = session_value_sql(0).1;
         // All three connections at once: three physical connections, each set up.
         let mut held: Vec<Conn<C>> = (0..3).map(|_| db.get().expect("checkout")).collect();
         let mut seen: Vec<i64> = held
@@ -305,6 +296,60 @@ mod pool {
         );
         drop(held);
         assert_eq!(db.stats().unbudgeted, 3, "only the 3 reads: {:?}", db.stats());
+    }
+
+    /// The SQL that sets this test's session value to `n` on each backend, and the expression
+    /// that reads it back (NULL when unset).
+    fn session_value_sql(n: u32) -> (String, &'static str) {
+        match <C as BudgetConnection>::KIND {
+            BackendKind::Sqlite => (
+                format!("PRAGMA cache_size = -{n}"),
+                "(SELECT -cache_size FROM pragma_cache_size())",
+            ),
+            BackendKind::Postgres => (
+                format!("SET diesel_budget.hook = '{n}'"),
+                "CAST(current_setting('diesel_budget.hook', true) AS BIGINT)",
+            ),
+            _ => (
+                format!("SET @diesel_budget_hook = {n}"),
+                "CAST(@diesel_budget_hook AS SIGNED)",
+            ),
+        }
+    }
+
+    /// What the docs say plainly: the pool does not reset sessions, so state set through
+    /// `unbudgeted()` is there for the next checkout of the same physical connection (and the
+    /// hook does not run again: it runs per physical connection, not per checkout).
+    #[test]
+    fn session_state_set_through_unbudgeted_survives_a_checkout() {
+        let (url, _dir) = url();
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&calls);
+        let db = Db::<C>::builder(url)
+            .max_size(1)
+            .on_connect(move |conn: &mut C| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                conn.batch_execute(&session_value_sql(1001).0)
+            })
+            .build()
+            .expect("build");
+        let read = |conn: &mut Conn<C>| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Nullable<BigInt>>(
+                session_value_sql(0).1,
+            ))
+            .get_result::<Option<i64>>(conn.unbudgeted())
+            .expect("read the session value")
+        };
+        let mut conn = db.get().expect("checkout");
+        assert_eq!(read(&mut conn), Some(1001));
+        conn.unbudgeted()
+            .batch_execute(&session_value_sql(7).0)
+            .expect("set through the escape hatch");
+        drop(conn);
+        let hooks = calls.load(Ordering::SeqCst);
+        let mut conn = db.get().expect("the same connection again");
+        assert_eq!(read(&mut conn), Some(7), "the pool reset the session");
+        assert_eq!(calls.load(Ordering::SeqCst), hooks, "the hook ran on a checkout");
     }
 
     /// A hook that fails on the first connection fails `build`, at once and with a typed error

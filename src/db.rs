@@ -65,6 +65,9 @@ impl<C: BudgetConnection> fmt::Debug for Db<C> {
 impl Db<diesel::sqlite::SqliteConnection> {
     /// A pool over the SQLite database file at `path` (created if missing), with default
     /// settings and no migrations. Use [`Db::builder`] for more.
+    ///
+    /// # Errors
+    /// As [`DbBuilder::build`].
     pub fn sqlite(path: &str) -> Result<Self> {
         Db::builder(path).build()
     }
@@ -73,6 +76,9 @@ impl Db<diesel::sqlite::SqliteConnection> {
 #[cfg(feature = "postgres")]
 impl Db<diesel::pg::PgConnection> {
     /// A pool over the PostgreSQL database at `url`, with default settings and no migrations.
+    ///
+    /// # Errors
+    /// As [`DbBuilder::build`].
     pub fn postgres(url: &str) -> Result<Self> {
         Db::builder(url).build()
     }
@@ -81,6 +87,9 @@ impl Db<diesel::pg::PgConnection> {
 #[cfg(feature = "mysql")]
 impl Db<diesel::mysql::MysqlConnection> {
     /// A pool over the MySQL/MariaDB database at `url`, with default settings and no migrations.
+    ///
+    /// # Errors
+    /// As [`DbBuilder::build`].
     pub fn mysql(url: &str) -> Result<Self> {
         Db::builder(url).build()
     }
@@ -190,7 +199,8 @@ impl<C: BudgetConnection> DbBuilder<C> {
         self
     }
 
-    /// A set-up hook run once on every new physical connection, after the pool's own set-up
+    /// A set-up hook run once on every new physical connection (including the one
+    /// [`build`](Self::build) opens first to check the server), after the pool's own set-up
     /// (instrumentation, and on SQLite the pragmas of [`busy_timeout`](Self::busy_timeout),
     /// [`journal_mode`](Self::journal_mode) and [`foreign_keys`](Self::foreign_keys)).
     /// Default: none.

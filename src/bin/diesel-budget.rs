@@ -9,13 +9,13 @@
 
 use clap::{CommandFactory, Parser};
 
-/// Memory budgets for Diesel queries: checks for CI.
+/// Memory budgets for Diesel queries, checked in CI: subcommands are coming.
 ///
-/// Subcommands are coming: `check` (compare recorded budget ledgers with their snapshots) and
-/// `explain` (EXPLAIN the budgeted queries, flag full scans). This version prints its usage and
+/// Coming (issue 7): `check` compares recorded budget ledgers with their snapshots; `explain`
+/// runs EXPLAIN on the budgeted queries and flags full scans. This version prints its usage and
 /// version only.
 #[derive(Debug, Parser)]
-#[command(name = "diesel-budget", version, about, long_about)]
+#[command(name = "diesel-budget", version)]
 struct Cli {}
 
 fn main() -> std::io::Result<()> {

@@ -19,6 +19,7 @@ mod sqlite {
     type C = diesel::sqlite::SqliteConnection;
     include!("backends/suite.rs");
     include!("backends/offset.rs");
+    include!("backends/layout.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -27,6 +28,7 @@ mod postgres {
     include!("backends/suite.rs");
     include!("backends/offset.rs");
     include!("backends/killed.rs");
+    include!("backends/layout.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -34,4 +36,5 @@ mod mysql {
     type C = diesel::mysql::MysqlConnection;
     include!("backends/suite.rs");
     include!("backends/killed.rs");
+    include!("backends/layout.rs");
 }

@@ -29,7 +29,7 @@ use diesel::connection::{DefaultLoadingMode, SimpleConnection};
 use diesel::dsl::{count_star, max, min};
 use diesel::prelude::*;
 use diesel_budget::batch::BatchMode;
-use diesel_budget::demo::{items, Item, MIGRATIONS};
+use diesel_budget::demo::{self, items, Item, MIGRATIONS};
 use diesel_budget::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -315,7 +315,7 @@ fn database_url(backend: Backend, rows: u64, url: Option<&str>) -> BoxResult<Str
             "mysql://root@127.0.0.1:3306/diesel_budget_bench",
         ),
     };
-    let (_, db) = split_database(&url)?;
+    let (_, db, _) = demo::split_url(&url)?;
     if db == "test" {
         return Err(format!(
             "{url}: the tests use the `test` database and `seed` truncates `items`; \
@@ -336,21 +336,6 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-/// Splits `scheme://auth@host:port/db?params` into (`scheme://auth@host:port`, `db`).
-fn split_database(url: &str) -> BoxResult<(&str, &str)> {
-    let scheme_end = url.find("://").ok_or("database URL without scheme")? + 3;
-    let path = url[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .ok_or_else(|| format!("{url}: no database name in the URL"))?;
-    let db = &url[path + 1..];
-    let db = db.split('?').next().unwrap_or(db);
-    if db.is_empty() {
-        return Err(format!("{url}: no database name in the URL").into());
-    }
-    Ok((&url[..path], db))
 }
 
 /// How the table stands: (count, min id, max id).
@@ -410,38 +395,8 @@ fn progress(rows: u64) -> ProgressBar {
     bar
 }
 
-/// Generates rows `from..to` into `chunk` (reused).
-fn generate(chunk: &mut Vec<Item>, from: i32, to: i32) {
-    chunk.clear();
-    chunk.extend((from..to).map(Item::generate));
-}
-
-/// Scenarios and seeding for one backend: the same code for each connection type.
-/// Fills ids `1..=rows` with multi-row INSERTs of `$insert` rows, `$tx` rows a transaction
-/// (SQLite and MySQL; PostgreSQL seeds with COPY). A macro: each backend's connection type is
-/// concrete in its module, and Diesel's insert bounds do not generalise cleanly.
-macro_rules! insert_in_chunks {
-    ($conn:expr, $rows:expr, $bar:expr, $insert:expr, $tx:expr) => {{
-        let mut chunk = Vec::with_capacity($insert as usize);
-        let mut from = 1;
-        while from <= $rows {
-            let tx_end = ($rows + 1).min(from + $tx);
-            $conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                while from < tx_end {
-                    let to = tx_end.min(from + $insert);
-                    generate(&mut chunk, from, to);
-                    diesel::insert_into(items::table)
-                        .values(&chunk)
-                        .execute(conn)?;
-                    $bar.inc((to - from) as u64);
-                    from = to;
-                }
-                Ok(())
-            })?;
-        }
-    }};
-}
-
+/// Scenarios and seeding for one backend: the same code for each connection type (concrete in
+/// its module).
 macro_rules! backend {
     ($feature:literal, $module:ident, $conn:ty, $kind:literal, { $($extra:item)* }) => {
         #[cfg(feature = $feature)]
@@ -579,7 +534,7 @@ macro_rules! backend {
             /// Migrates and checks the table; refills it unless it is already right.
             /// Returns how long the fill took, or `None` when nothing was done.
             pub(super) fn seed(url: &str, rows: u64) -> BoxResult<Option<Duration>> {
-                prepare_database(url)?;
+                demo::create_database::<RawConn>(url)?;
                 let db = Db::<RawConn>::builder(url)
                     .migrations(MIGRATIONS)
                     .max_size(1)
@@ -670,10 +625,6 @@ backend!(
             })
         }
 
-        pub(super) fn prepare_database(_url: &str) -> BoxResult<()> {
-            Ok(())
-        }
-
         pub(super) fn clear(conn: &mut RawConn) -> BoxResult<()> {
             diesel::delete(items::table).execute(conn)?;
             Ok(())
@@ -681,7 +632,9 @@ backend!(
 
         pub(super) fn fill(conn: &mut RawConn, rows: i32, bar: &ProgressBar) -> BoxResult<()> {
             conn.batch_execute("PRAGMA synchronous = OFF")?;
-            insert_in_chunks!(conn, rows, bar, INSERT_ROWS, TX_ROWS);
+            demo::insert_generated(conn, 1..rows + 1, INSERT_ROWS, TX_ROWS, |n| {
+                bar.set_position(n)
+            })?;
             conn.batch_execute("PRAGMA synchronous = NORMAL")?;
             Ok(())
         }
@@ -730,20 +683,6 @@ backend!(
                 batch: None,
                 batches: None,
             })
-        }
-
-        /// Creates the database when it does not exist (trust auth: connect to `postgres`).
-        pub(super) fn prepare_database(url: &str) -> BoxResult<()> {
-            if RawConn::establish(url).is_ok() {
-                return Ok(());
-            }
-            let (server, db) = split_database(url)?;
-            let mut admin = RawConn::establish(&format!("{server}/postgres"))?;
-            if !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("refusing to create database {db:?}: not a plain name").into());
-            }
-            admin.batch_execute(&format!("CREATE DATABASE {db}"))?;
-            Ok(())
         }
 
         pub(super) fn clear(conn: &mut RawConn) -> BoxResult<()> {
@@ -807,27 +746,15 @@ backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
         Err(format!("{}: not on MySQL", scenario.name()).into())
     }
 
-    /// Creates the database when it does not exist (root, empty password).
-    pub(super) fn prepare_database(url: &str) -> BoxResult<()> {
-        if RawConn::establish(url).is_ok() {
-            return Ok(());
-        }
-        let (server, db) = split_database(url)?;
-        let mut admin = RawConn::establish(server)?;
-        if !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("refusing to create database {db:?}: not a plain name").into());
-        }
-        admin.batch_execute(&format!("CREATE DATABASE IF NOT EXISTS {db}"))?;
-        Ok(())
-    }
-
     pub(super) fn clear(conn: &mut RawConn) -> BoxResult<()> {
         conn.batch_execute("TRUNCATE TABLE items")?;
         Ok(())
     }
 
     pub(super) fn fill(conn: &mut RawConn, rows: i32, bar: &ProgressBar) -> BoxResult<()> {
-        insert_in_chunks!(conn, rows, bar, INSERT_ROWS, TX_ROWS);
+        demo::insert_generated(conn, 1..rows + 1, INSERT_ROWS, TX_ROWS, |n| {
+            bar.set_position(n)
+        })?;
         Ok(())
     }
 

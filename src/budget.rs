@@ -54,6 +54,16 @@ impl Metering for Bytes {
 
 /// How a row's size is measured: not at all ([`Rows`]) or through [`get_size2::GetSize`]
 /// ([`Bytes`]). Sealed.
+///
+/// A byte budget on a row type without `GetSize` is a compile error that says so (the
+/// `Bytes` impl is marked `do_not_recommend`, so rustc reports this trait's message rather than
+/// a bare "`GetSize` is not implemented").
+#[diagnostic::on_unimplemented(
+    message = "a byte budget needs the row type `{U}` to implement `GetSize`",
+    label = "`{U}` cannot say its size in bytes",
+    note = "derive it on the row type: `#[derive(GetSize)]` (crate get-size2), or meter rows \
+            only: remove `.bytes(..)` from the budget"
+)]
 pub trait Meter<U>: Metering {
     /// Bytes `row` holds in memory (stack size plus owned heap); 0 when bytes are not metered.
     fn size_of(row: &U) -> u64;
@@ -66,6 +76,7 @@ impl<U> Meter<U> for Rows {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: get_size2::GetSize> Meter<U> for Bytes {
     #[inline]
     fn size_of(row: &U) -> u64 {

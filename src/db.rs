@@ -23,13 +23,15 @@ use crate::instrument::{BudgetInstrumentation, InternalScope, Stats, StatsCell};
 ///
 /// # Example
 /// ```
+/// # include!("../tests/doc_setup.rs");
 /// use diesel_budget::prelude::*;
 /// use diesel_budget::demo;
 ///
-/// # fn main() -> Result<(), diesel_budget::Error> {
-/// let dir = tempfile::tempdir().expect("tempdir");
-/// let path = dir.path().join("app.db");
-/// let db = Db::<diesel::SqliteConnection>::builder(path.to_str().expect("utf-8 path"))
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let url = database_url()?;
+/// // `url`: a file path for SQLite, `postgres://..` or `mysql://..` for the servers;
+/// // `DbConnection`: `SqliteConnection`, `PgConnection` or `MysqlConnection`.
+/// let db = Db::<DbConnection>::builder(url)
 ///     .migrations(demo::MIGRATIONS)
 ///     .max_size(4)
 ///     .build()?;

@@ -13,7 +13,8 @@
 //! use diesel_budget::prelude::*;
 //! use diesel_budget::demo::{items, Item};
 //!
-//! // `db` is a `Db<SqliteConnection>`: an r2d2 pool with instrumentation on every connection.
+//! // `db` is a `Db<C>` (C: the connection type of your backend): an r2d2 pool with
+//! // instrumentation on every connection.
 //! let mut conn = db.get()?;
 //!
 //! // 1. Fits: the rows come back.
@@ -47,10 +48,21 @@
 #![warn(unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// TODO(issue 8): moves to src/backend/mod.rs with the backend split (the only place that may
+// name a backend feature flag).
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!(
+    "diesel-budget needs a backend: enable at least one of its features `sqlite` (the default), \
+     `postgres` or `mysql`, e.g. `diesel-budget = { version = \"0.1\", default-features = false, \
+     features = [\"postgres\"] }`"
+);
+
 pub mod backend;
 pub mod batch;
 pub mod budget;
 pub mod db;
+#[cfg(feature = "demo")]
+#[doc(hidden)]
 pub mod demo;
 pub mod error;
 pub mod exec;
@@ -80,3 +92,8 @@ pub mod prelude {
     pub use crate::exec::RunBudgetedDsl;
     pub use crate::query::BudgetDsl;
 }
+
+/// The README's Rust blocks, compiled and run as doctests so the guide cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -23,6 +23,7 @@ mod sqlite {
     include!("backends/offset.rs");
     include!("backends/pool.rs");
     include!("backends/pool_sqlite.rs");
+    include!("backends/layout.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -32,6 +33,7 @@ mod postgres {
     include!("backends/offset.rs");
     include!("backends/killed.rs");
     include!("backends/pool.rs");
+    include!("backends/layout.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -40,4 +42,5 @@ mod mysql {
     include!("backends/suite.rs");
     include!("backends/killed.rs");
     include!("backends/pool.rs");
+    include!("backends/layout.rs");
 }

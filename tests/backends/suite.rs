@@ -8,7 +8,7 @@ use diesel_budget::budget::MAX_ROWS;
 use diesel_budget::demo::{items, Item};
 use diesel_budget::prelude::*;
 use diesel_budget::testing::{self, Ledger, StatementKind};
-use diesel_budget::{BackendKind, BudgetConnection, Error, Exceeded, GetSize, Stats};
+use diesel_budget::{BackendKind, BudgetConnection, Error, Exceeded, GetSize};
 
 use crate::common::{in_range, Backend, Ctx};
 
@@ -1209,20 +1209,6 @@ fn rows_come_one_at_a_time_in_key_order() {
 // ---------------------------------------------------------------------------------------------
 // 7. Instrumentation and ledgers.
 
-/// `after - before`, field by field.
-fn delta(after: Stats, before: Stats) -> Stats {
-    let mut d = after;
-    d.statements -= before.statements;
-    d.budgeted -= before.budgeted;
-    d.unbudgeted -= before.unbudgeted;
-    d.transaction -= before.transaction;
-    d.internal -= before.internal;
-    d.failed -= before.failed;
-    d.rows -= before.rows;
-    d.bytes -= before.bytes;
-    d
-}
-
 #[test]
 fn stats_count_budgeted_unbudgeted_and_transaction_statements() {
     // A pool of its own: the shared pool's counters move with every other test.
@@ -1265,7 +1251,7 @@ fn stats_count_budgeted_unbudgeted_and_transaction_statements() {
         .get_result::<i32>(conn.unbudgeted())
         .expect("SELECT 1");
 
-    let d = delta(conn.stats(), s0);
+    let d = conn.stats().since(&s0);
     assert_eq!(conn.stats(), tdb.db.stats());
     // load: 1; batches of 10 over 30 rows: 3 full + 1 empty.
     assert_eq!(d.budgeted, 1 + 4, "{d:?}");
@@ -1289,7 +1275,7 @@ fn stats_count_budgeted_unbudgeted_and_transaction_statements() {
         7,
     );
     assert_eq!(walked.iter().map(Vec::len).sum::<usize>(), 30);
-    let d4 = delta(conn.stats(), before);
+    let d4 = conn.stats().since(&before);
     assert_eq!(
         d4.budgeted as usize,
         round_trips(BatchMode::Stream, 30, 7),
@@ -1302,14 +1288,14 @@ fn stats_count_budgeted_unbudgeted_and_transaction_statements() {
     let bad =
         diesel::sql_query("SELECT * FROM diesel_budget_no_such_table").execute(conn.unbudgeted());
     assert!(bad.is_err());
-    let d2 = delta(conn.stats(), s0);
+    let d2 = conn.stats().since(&s0);
     assert_eq!(d2.failed, 1, "{d2:?}");
     assert_eq!(d2.unbudgeted, inserts + 2, "{d2:?}");
     // Checkouts are internal (r2d2's liveness check), never unbudgeted.
     drop(conn);
     let before = tdb.db.stats();
     drop(tdb.conn());
-    let d3 = delta(tdb.db.stats(), before);
+    let d3 = tdb.db.stats().since(&before);
     assert_eq!((d3.unbudgeted, d3.budgeted), (0, 0), "{d3:?}");
 }
 

@@ -1,10 +1,11 @@
-//! Shared set-up for the integration tests: one database per backend, id ranges per test, and a
-//! connection guard that never hands an open test transaction back to the pool.
+//! Shared set-up for the integration tests: one database per backend, id ranges per test, and
+//! connections that begin their test transaction or fail the test.
 //!
 //! - PostgreSQL and MySQL/MariaDB: the URL comes from `PG_DATABASE_URL` / `MYSQL_DATABASE_URL`
 //!   (falling back to `DATABASE_URL`, then to a database named `diesel_budget_test` on the local
-//!   server). The database is created when missing, migrated once, and one [`Db`] per backend is
-//!   shared by every test of the process. An unreachable server is a test *failure*, never a skip.
+//!   server: [`demo::url_from_env`]). The database is created when missing
+//!   ([`demo::create_database`]), migrated once, and one [`Db`] per backend is shared by every
+//!   test of the process. An unreachable server is a test *failure*, never a skip.
 //! - SQLite: a fresh temporary file per test, migrated.
 //!
 //! Tests run in parallel threads on the shared pools. Each test takes a connection, opens a test
@@ -15,7 +16,6 @@
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
 use diesel::prelude::*;
 use diesel_budget::demo::{self, items, Item, MIGRATIONS};
 use diesel_budget::{BudgetConnection, Conn, Db};
@@ -63,12 +63,9 @@ impl<C: BudgetConnection> TestDb<C> {
     }
 }
 
-/// A pooled [`Conn`] that rolls back any transaction still open when it is dropped.
-///
-/// Diesel's r2d2 manager treats a connection inside a *test* transaction as healthy and puts it
-/// back in the pool with the transaction open; the next `begin_test_transaction` on it then
-/// panics (and would see the previous test's rows). `Conn` does not guard against that (see the
-/// `dropped_test_transaction_is_not_handed_out_again` test), so the tests do.
+/// A pooled [`Conn`] whose test transaction fails the test when it cannot begin. A transaction
+/// still open when it is dropped is rolled back by `Conn`'s own `Drop` (see the
+/// `dropped_test_transaction_is_not_handed_out_again` test).
 pub struct TestConn<C: BudgetConnection> {
     conn: Conn<C>,
 }
@@ -79,21 +76,6 @@ impl<C: BudgetConnection> TestConn<C> {
         self.conn
             .begin_test_transaction()
             .unwrap_or_else(|e| panic!("begin test transaction on {}: {e}", C::KIND));
-    }
-}
-
-impl<C: BudgetConnection> Drop for TestConn<C> {
-    fn drop(&mut self) {
-        let c = self.conn.unbudgeted();
-        let open = matches!(
-            <C as Connection>::TransactionManager::transaction_manager_status_mut(c),
-            TransactionManagerStatus::Valid(ref s) if s.transaction_depth().is_some()
-        );
-        if open {
-            // A failure here (a killed connection) leaves the transaction manager in error,
-            // which r2d2 treats as broken: the connection is closed, not reused.
-            let _ = <C as Connection>::TransactionManager::rollback_transaction(c);
-        }
     }
 }
 
@@ -195,44 +177,25 @@ fn build<C: BudgetConnection>(url: &str, size: u32, min_idle: u32, timeout: Dura
         })
 }
 
-/// Splits `scheme://auth@host:port/db?params` into (`scheme://auth@host:port`, `db`, `?params`).
-fn split_url(url: &str) -> (&str, &str, &str) {
-    let (main, params) = match url.find('?') {
-        Some(at) => url.split_at(at),
-        None => (url, ""),
-    };
-    let after_scheme = main.find("://").map_or(0, |i| i + 3);
-    let slash = main[after_scheme..]
-        .find('/')
-        .map(|i| i + after_scheme)
-        .unwrap_or_else(|| panic!("database URL without a database name: {url}"));
-    let db = &main[slash + 1..];
-    assert!(
-        !db.is_empty() && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-        "unexpected database name {db:?} in {url}"
-    );
-    (&main[..slash], db, params)
+/// The server URL for `C` from `var` (see [`demo::url_from_env`]), failing the test when it is
+/// unusable.
+fn url_from_env<C: BudgetConnection>(var: &str) -> String {
+    match demo::url_from_env(var, C::KIND, "diesel_budget_test") {
+        Ok(Some(url)) => url,
+        Ok(None) => panic!("{} has no server URL", C::KIND),
+        Err(e) => panic!("{var}: {e}"),
+    }
 }
 
-/// The URL in `var`, else `DATABASE_URL` when it is for this backend (one of `schemes`), else
-/// `default`. Refuses the shared `test` database: other work (benchmarks) fills databases on
-/// these servers, and the tests must not see, or leave, rows there.
-fn url_from_env(var: &str, schemes: &[&str], default: &str) -> String {
-    let url = std::env::var(var)
-        .ok()
-        .or_else(|| {
-            std::env::var("DATABASE_URL")
-                .ok()
-                .filter(|u| schemes.iter().any(|s| u.starts_with(s)))
-        })
-        .unwrap_or_else(|| default.to_owned());
-    let (_, name, _) = split_url(&url);
-    assert_ne!(
-        name, "test",
-        "{var} points at the shared `test` database ({url}); use a database of its own, \
-         e.g. diesel_budget_test"
-    );
-    url
+/// Creates the test database of `url` when it is missing (a concurrent creator, in this
+/// process or another, is fine); `start` says how to start the server.
+fn ensure_database<C: BudgetConnection>(url: &str, start: &str) {
+    demo::create_database::<C>(url).unwrap_or_else(|e| {
+        panic!(
+            "creating the {} test database: {e}\nIs the server up? Start it: {start}",
+            C::KIND
+        )
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,38 +228,7 @@ impl Backend for diesel::sqlite::SqliteConnection {
 
 #[cfg(feature = "postgres")]
 pub fn pg_url() -> String {
-    url_from_env(
-        "PG_DATABASE_URL",
-        &["postgres://", "postgresql://"],
-        "postgres://postgres@127.0.0.1:5432/diesel_budget_test",
-    )
-}
-
-/// Creates the PostgreSQL test database if it is missing (once per process; "already exists"
-/// from a concurrent creator, in this process or another, is fine).
-#[cfg(feature = "postgres")]
-fn ensure_pg_database(url: &str) {
-    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        if diesel::PgConnection::establish(url).is_ok() {
-            return;
-        }
-        let (server, name, params) = split_url(url);
-        let admin = format!("{server}/postgres{params}");
-        let mut conn = diesel::PgConnection::establish(&admin).unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL unreachable at {admin}: {e}\n\
-                 Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-            )
-        });
-        match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn) {
-            Ok(_) => {}
-            // 42P04 duplicate_database, or the unique index when two creators race.
-            Err(e) if e.to_string().contains("already exists") => {}
-            Err(e) if e.to_string().contains("pg_database_datname_index") => {}
-            Err(e) => panic!("CREATE DATABASE {name} on {admin}: {e}"),
-        }
-    });
+    url_from_env::<diesel::pg::PgConnection>("PG_DATABASE_URL")
 }
 
 #[cfg(feature = "postgres")]
@@ -305,7 +237,10 @@ impl Backend for diesel::pg::PgConnection {
         static DB: std::sync::OnceLock<Db<diesel::pg::PgConnection>> = std::sync::OnceLock::new();
         let db = DB.get_or_init(|| {
             let url = pg_url();
-            ensure_pg_database(&url);
+            ensure_database::<Self>(
+                &url,
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            );
             build(&url, SHARED_POOL_SIZE, 2, CHECKOUT_TIMEOUT)
         });
         TestDb {
@@ -330,33 +265,7 @@ impl Backend for diesel::pg::PgConnection {
 
 #[cfg(feature = "mysql")]
 pub fn mysql_url() -> String {
-    url_from_env(
-        "MYSQL_DATABASE_URL",
-        &["mysql://"],
-        "mysql://root@127.0.0.1:3306/diesel_budget_test",
-    )
-}
-
-/// Creates the MySQL test database if it is missing (`IF NOT EXISTS` handles the race).
-#[cfg(feature = "mysql")]
-fn ensure_mysql_database(url: &str) {
-    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        if diesel::MysqlConnection::establish(url).is_ok() {
-            return;
-        }
-        let (server, name, params) = split_url(url);
-        let admin = format!("{server}/information_schema{params}");
-        let mut conn = diesel::MysqlConnection::establish(&admin).unwrap_or_else(|e| {
-            panic!(
-                "MySQL/MariaDB unreachable at {admin}: {e}\n\
-                 Start it: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
-            )
-        });
-        diesel::sql_query(format!("CREATE DATABASE IF NOT EXISTS `{name}`"))
-            .execute(&mut conn)
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {admin}: {e}"));
-    });
+    url_from_env::<diesel::mysql::MysqlConnection>("MYSQL_DATABASE_URL")
 }
 
 #[cfg(feature = "mysql")]
@@ -366,7 +275,10 @@ impl Backend for diesel::mysql::MysqlConnection {
             std::sync::OnceLock::new();
         let db = DB.get_or_init(|| {
             let url = mysql_url();
-            ensure_mysql_database(&url);
+            ensure_database::<Self>(
+                &url,
+                "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+            );
             build(&url, SHARED_POOL_SIZE, 2, CHECKOUT_TIMEOUT)
         });
         TestDb {

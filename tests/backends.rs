@@ -4,7 +4,7 @@
 //! `backends/suite.rs` holds the tests; it is included once per backend into a module that
 //! names the connection type `C`, so no backend is tested less than another. Tests that kill a
 //! server session (`backends/killed.rs`) run on PostgreSQL and MySQL only: SQLite is embedded,
-//! there is no server connection to kill. See `common/mod.rs` for databases and isolation.
+//! there is no server connection to kill (`backends/ledger_killed.rs` likewise). See `common/mod.rs` for databases and isolation.
 
 mod common;
 
@@ -19,6 +19,7 @@ mod sqlite {
     type C = diesel::sqlite::SqliteConnection;
     include!("backends/suite.rs");
     include!("backends/offset.rs");
+    include!("backends/ledger.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -27,6 +28,8 @@ mod postgres {
     include!("backends/suite.rs");
     include!("backends/offset.rs");
     include!("backends/killed.rs");
+    include!("backends/ledger.rs");
+    include!("backends/ledger_killed.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -34,4 +37,6 @@ mod mysql {
     type C = diesel::mysql::MysqlConnection;
     include!("backends/suite.rs");
     include!("backends/killed.rs");
+    include!("backends/ledger.rs");
+    include!("backends/ledger_killed.rs");
 }

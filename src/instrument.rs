@@ -741,7 +741,7 @@ mod tests {
         let debug = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&q);
         let (sql, binds) = split_query(&debug);
         assert!(!sql.contains("alice"), "{sql}");
-        assert!(sql.contains("`email` = ? AND"), "{sql}");
+        assert!(sql.contains("`email` = ?) AND"), "{sql}");
         assert!(sql.ends_with("LIMIT ?"), "{sql}");
         assert_eq!(binds, [format!("{email:?}"), "7".into(), "3".into()]);
 

@@ -2,9 +2,11 @@
 //! real databases (`cargo test --all-features --test backends`).
 //!
 //! `backends/suite.rs` holds the tests; it is included once per backend into a module that
-//! names the connection type `C`, so no backend is tested less than another. Tests that kill a
-//! server session (`backends/killed.rs`) run on PostgreSQL and MySQL only: SQLite is embedded,
-//! there is no server connection to kill (`backends/ledger_killed.rs` likewise). See `common/mod.rs` for databases and isolation.
+//! names the connection type `C`, so no backend is tested less than another. `backends/ledger.rs`
+//! (ledgers, instrumentation, error messages) likewise. Tests that kill a server session
+//! (`backends/killed.rs`, `backends/ledger_killed.rs`) run on PostgreSQL and MySQL only: SQLite
+//! is embedded, there is no server connection to kill. See `common/mod.rs` for databases and
+//! isolation.
 
 mod common;
 

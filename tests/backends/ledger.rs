@@ -247,6 +247,8 @@ mod ledger {
                 .is_none(),
             "the recording left its instrumentation behind"
         );
+        let (_, again) = testing::record(&mut plain, |c| select_one(c));
+        assert_eq!(again.unbudgeted().count(), 1, "a second recording: {again}");
 
         // The user's own: never replaced. Recording it would destroy it, so `record` refuses...
         let mut plain = C::plain();

@@ -229,3 +229,71 @@ impl<T> OptionalExtension<T> for Result<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error as D};
+
+    fn db(kind: DatabaseErrorKind, message: &str) -> D {
+        D::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn connection_loss_is_recognised_in_every_form_diesel_gives() {
+        let lost = [
+            db(DatabaseErrorKind::ClosedConnection, "anything"),
+            db(DatabaseErrorKind::Unknown, "Server has gone away"),
+            db(DatabaseErrorKind::Unknown, "MySQL server has gone away"),
+            db(
+                DatabaseErrorKind::Unknown,
+                "Lost connection to server during query",
+            ),
+            db(DatabaseErrorKind::Unknown, "Connection was killed"),
+            D::RollbackErrorOnCommit {
+                rollback_error: Box::new(db(DatabaseErrorKind::Unknown, "Server has gone away")),
+                commit_error: Box::new(D::NotFound),
+            },
+        ];
+        for e in lost {
+            let shown = format!("{e:?}");
+            let err = Error::query("SELECT 1", e);
+            assert!(err.is_connection_lost(), "{shown}");
+            let walk = Error::Interrupted {
+                rows_done: 3,
+                resume_after: Some("7".into()),
+                source: Box::new(err),
+            };
+            assert!(walk.is_connection_lost(), "{shown}");
+        }
+        for e in [
+            D::NotFound,
+            db(DatabaseErrorKind::UniqueViolation, "lost connection to"),
+            db(DatabaseErrorKind::Unknown, "syntax error"),
+        ] {
+            let shown = format!("{e:?}");
+            assert!(!Error::query("SELECT 1", e).is_connection_lost(), "{shown}");
+        }
+    }
+
+    #[test]
+    fn messages_are_one_layer_without_keys() {
+        let walk = Error::Interrupted {
+            rows_done: 3,
+            resume_after: Some("\"alice@example.com\"".into()),
+            source: Box::new(Error::query("COMMIT", D::NotFound)),
+        };
+        assert_eq!(walk.to_string(), "batched load interrupted after 3 rows");
+        assert_eq!(
+            std::error::Error::source(&walk).map(ToString::to_string),
+            Some("query failed: COMMIT".into())
+        );
+        assert_eq!(walk.sql(), Some("COMMIT"));
+        let plain = Error::from(D::NotFound);
+        assert_eq!(
+            (plain.to_string().as_str(), plain.sql()),
+            ("database error", None)
+        );
+        assert!(plain.is_not_found());
+    }
+}

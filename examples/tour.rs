@@ -378,8 +378,9 @@ where
         s.failed
     );
     println!(
-        "              {} rows received under budgets, {} in statements",
+        "              {} rows received under budgets, {} delivered, {} in statements",
         thousands(s.rows),
+        thousands(s.rows_delivered),
         secs(s.time)
     );
 

@@ -170,11 +170,17 @@ where
         .connection_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| {
-            if server {
-                format!("{e}\n  (the database must exist: createdb / CREATE DATABASE; the tour creates the table)")
-            } else {
-                e.to_string()
+            // Each layer's message once, then its cause's (errors print one layer each).
+            let mut text = e.to_string();
+            let mut cause = StdError::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
             }
+            if server {
+                text.push_str("\n  (the database must exist: createdb / CREATE DATABASE; the tour creates the table)");
+            }
+            text
         })?;
     let mut conn = db.get()?;
     println!(
@@ -372,8 +378,9 @@ where
         s.failed
     );
     println!(
-        "              {} rows received under budgets, {} in statements",
+        "              {} rows received under budgets, {} delivered, {} in statements",
         thousands(s.rows),
+        thousands(s.rows_delivered),
         secs(s.time)
     );
 

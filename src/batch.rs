@@ -13,7 +13,6 @@
 
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
-use std::sync::Arc;
 
 use diesel::backend::Backend;
 use diesel::expression::{AppearsOnTable, Expression, ValidGrouping};
@@ -28,7 +27,7 @@ use crate::backend::{has_top_level_limit, has_top_level_offset, BudgetConnection
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
 use crate::exec::{load_metered, ConnectionOf, Executor};
-use crate::instrument::{note_rows, stats_of, BudgetScope, StatsCell};
+use crate::instrument::{BudgetScope, StatementTag};
 use crate::query::{render, BudgetQuery, Budgeted};
 
 /// How [`Budgeted::batches_by`] reads the rows.
@@ -260,13 +259,16 @@ struct Streamed<'c, U> {
     sql: String,
     meter: Meterage,
     meters_bytes: bool,
-    stats: Option<Arc<StatsCell>>,
+    /// Rows taken off the stream (delivered or not).
+    received: u64,
+    /// The streamed statement, in the ledger and the pool's statistics.
+    tag: StatementTag,
 }
 
 impl<U> Drop for Streamed<'_, U> {
     fn drop(&mut self) {
-        note_rows(
-            self.stats.as_deref(),
+        self.tag.note(
+            self.received,
             self.meter.rows,
             self.meters_bytes.then_some(self.meter.bytes),
         );
@@ -578,7 +580,7 @@ where
             };
             let query = self.batch_query();
             let sql = render::<C, _>(&query)?;
-            let stats = stats_of(conn.instrumentation());
+            let tag = StatementTag::next_on(conn.instrumentation());
             let _scope = BudgetScope::enter(self.spec);
             let rows = query
                 .load_iter::<U, C::StreamMode>(conn)
@@ -588,7 +590,8 @@ where
                 sql,
                 meter: Meterage::default(),
                 meters_bytes: M::METERS_BYTES,
-                stats,
+                received: 0,
+                tag,
             });
         }
         let Some(stream) = self.stream.as_mut() else {
@@ -600,7 +603,10 @@ where
                 Ok(None)
             }
             Some(Err(e)) => Err(Error::query(stream.sql.clone(), e)),
-            Some(Ok(row)) => Ok(Some(row)),
+            Some(Ok(row)) => {
+                stream.received += 1;
+                Ok(Some(row))
+            }
         }
     }
 

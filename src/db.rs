@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::connection::{Connection, TransactionManager};
+use diesel::connection::{Connection, Instrumentation, TransactionManager};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::QueryResult;
 use diesel_migrations::EmbeddedMigrations;
@@ -113,10 +113,23 @@ impl<C: BudgetConnection> Db<C> {
 
     /// Checks a connection out of the pool. r2d2 tests it first (`SELECT 1`, counted as
     /// internal), so a connection that died while idle is replaced, not handed out.
+    ///
+    /// The connection handed out always carries this pool's [`BudgetInstrumentation`]: if a
+    /// previous borrower replaced it (`conn.unbudgeted().set_instrumentation(..)`), it is
+    /// installed again, counting into the same [`Db::stats`].
     pub fn get(&self) -> Result<Conn<C>> {
         let _internal = InternalScope::enter();
+        let mut inner = self.pool.get()?;
+        let ours = inner
+            .instrumentation()
+            .downcast_ref::<BudgetInstrumentation>()
+            .is_some_and(|i| i.counts_into(&self.stats));
+        if !ours {
+            inner.set_instrumentation(BudgetInstrumentation::with_stats(Arc::clone(&self.stats)));
+        }
         Ok(Conn {
-            inner: self.pool.get()?,
+            inner,
+            stats: Arc::clone(&self.stats),
         })
     }
 
@@ -403,6 +416,10 @@ impl<C: BudgetConnection> CustomizeConnection<C, diesel::r2d2::Error> for Instru
 /// Installs [`BudgetInstrumentation`] on a connection you opened yourself, so that what it
 /// runs is counted and can be recorded by [`crate::testing::record`]. Pooled connections from
 /// [`Db`] have it already.
+///
+/// It takes the connection's one instrumentation slot, replacing whatever was there. To keep an
+/// instrumentation of your own, install ours in front of it:
+/// `conn.set_instrumentation(BudgetInstrumentation::default().forward_to(yours))`.
 pub fn instrument<C: BudgetConnection>(conn: &mut C) {
     conn.set_instrumentation(BudgetInstrumentation::default());
 }
@@ -422,6 +439,8 @@ pub fn instrument<C: BudgetConnection>(conn: &mut C) {
 /// impls show in the trait list below; no code can use them.
 pub struct Conn<C: BudgetConnection> {
     inner: PooledConnection<ConnectionManager<C>>,
+    /// The pool's statistics (also behind the connection's instrumentation).
+    stats: Arc<StatsCell>,
 }
 
 impl<C: BudgetConnection> fmt::Debug for Conn<C> {
@@ -437,6 +456,18 @@ impl<C: BudgetConnection> Drop for Conn<C> {
         use diesel::connection::TransactionManagerStatus;
         type Tm<C> = <C as Connection>::TransactionManager;
         let conn: &mut C = &mut self.inner;
+        // The borrower's own instrumentation stays with them: forwarding stops
+        // ([`Conn::set_instrumentation`]), and one that replaced ours gives way to ours again
+        // before the pool's next checkout test runs.
+        match conn
+            .instrumentation()
+            .downcast_mut::<BudgetInstrumentation>()
+        {
+            Some(ours) => ours.stop_forwarding(),
+            None => {
+                conn.set_instrumentation(BudgetInstrumentation::with_stats(Arc::clone(&self.stats)))
+            }
+        }
         while matches!(
             Tm::<C>::transaction_manager_status_mut(conn),
             TransactionManagerStatus::Valid(ref s) if s.transaction_depth().is_some()
@@ -465,8 +496,52 @@ impl<C: BudgetConnection> Conn<C> {
     /// connection after it goes back to the pool, for whoever checks it out next: the pool does
     /// not reset sessions. Set such state for every connection in
     /// [`DbBuilder::on_connect`] instead.
+    ///
+    /// To add an `Instrumentation` of your own, use [`Conn::set_instrumentation`]: Diesel's
+    /// `set_instrumentation` on this connection would replace ours, so nothing would be counted
+    /// or recorded on it until it goes back to the pool ([`Db::get`] puts ours back).
     pub fn unbudgeted(&mut self) -> &mut C {
         &mut self.inner
+    }
+
+    /// Sends every event of this connection to `instrumentation` too, after ours has counted
+    /// it, until the connection goes back to the pool (the next borrower does not inherit it).
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(3)?;
+    /// use diesel::connection::InstrumentationEvent;
+    /// use diesel_budget::prelude::*;
+    /// use diesel_budget::demo::{items, Item};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let started = Arc::new(Mutex::new(0));
+    /// let counter = Arc::clone(&started);
+    /// conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+    ///     if matches!(event, InstrumentationEvent::StartQuery { .. }) {
+    ///         *counter.lock().expect("not poisoned") += 1;
+    ///     }
+    /// });
+    /// let before = db.stats();
+    /// items::table.budget(Budget::rows(3)).load::<Item>(&mut conn)?;
+    /// assert_eq!(*started.lock().expect("not poisoned"), 1); // yours saw it
+    /// assert_eq!(db.stats().since(&before).budgeted, 1); // and so did the pool
+    /// # Ok(()) }
+    /// ```
+    pub fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        let conn: &mut C = &mut self.inner;
+        match conn
+            .instrumentation()
+            .downcast_mut::<BudgetInstrumentation>()
+        {
+            Some(ours) => ours.set_forward(Box::new(instrumentation)),
+            None => conn.set_instrumentation(
+                BudgetInstrumentation::with_stats(Arc::clone(&self.stats))
+                    .forward_to(instrumentation),
+            ),
+        }
     }
 
     /// Runs `f` in a transaction (a savepoint when nested): committed when `f` returns `Ok`,
@@ -480,13 +555,17 @@ impl<C: BudgetConnection> Conn<C> {
     /// panic unwinds, so a later `transaction` commits for real. Should that rollback fail, the
     /// connection's transaction manager is broken: later transactions on it fail with an
     /// error, and the pool closes it instead of handing it out again.
+    ///
+    /// # Errors
+    /// `f`'s error; or [`Error::Query`] whose [`sql`](Error::sql) is `BEGIN`, `COMMIT` or
+    /// `ROLLBACK` (a savepoint's when nested) when that step fails.
     pub fn transaction<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
     where
         F: FnOnce(&mut Self) -> std::result::Result<T, E>,
-        E: From<diesel::result::Error>,
+        E: From<Error>,
     {
         type Tm<C> = <C as Connection>::TransactionManager;
-        Tm::<C>::begin_transaction(&mut *self.inner)?;
+        Tm::<C>::begin_transaction(&mut *self.inner).map_err(|e| Error::query("BEGIN", e))?;
         let mut guard = RollbackOnUnwind {
             conn: self,
             armed: true,
@@ -496,12 +575,12 @@ impl<C: BudgetConnection> Conn<C> {
         let conn = &mut *guard.conn.inner;
         match result {
             Ok(value) => {
-                Tm::<C>::commit_transaction(conn)?;
+                Tm::<C>::commit_transaction(conn).map_err(|e| Error::query("COMMIT", e))?;
                 Ok(value)
             }
             Err(user_error) => match Tm::<C>::rollback_transaction(conn) {
                 Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(user_error),
-                Err(rollback_error) => Err(rollback_error.into()),
+                Err(rollback_error) => Err(Error::query("ROLLBACK", rollback_error).into()),
             },
         }
     }
@@ -517,11 +596,7 @@ impl<C: BudgetConnection> Conn<C> {
 
     /// What this connection's pool has run so far.
     pub fn stats(&mut self) -> Stats {
-        self.inner
-            .instrumentation()
-            .downcast_ref::<BudgetInstrumentation>()
-            .map(BudgetInstrumentation::stats)
-            .unwrap_or_default()
+        self.stats.snapshot()
     }
 
     /// Which backend this connection talks to.

@@ -7,8 +7,27 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong running a budgeted query.
 ///
-/// Each variant carries what a person debugging it needs: the SQL (with placeholders, never the
-/// bound values, so errors can be logged without leaking data), the budget, and what was seen.
+/// Each variant carries what a person debugging it needs: the SQL (with placeholders), the
+/// budget, and what was seen, as typed fields.
+///
+/// # Safe to log
+/// The `Display` of every variant says what went wrong at *this* layer and never contains a bound
+/// value or a key: keys and values stay in typed fields ([`Error::Interrupted::resume_after`]).
+/// The cause is [`std::error::Error::source`], printed once per layer by an error reporter
+/// (`anyhow`'s `{:#}`, or walking `source()`). A cause that comes from the database server (a
+/// Diesel error) carries the server's own message, which may quote data (PostgreSQL's
+/// `Key (email)=(alice@example.com) already exists`): log the source chain only where data may go.
+///
+/// # Example
+/// ```
+/// use diesel_budget::Error;
+///
+/// let err = Error::from(diesel::result::Error::NotFound);
+/// assert_eq!(err.to_string(), "database error");
+/// assert_eq!(err.sql(), None);
+/// let cause = std::error::Error::source(&err).expect("the Diesel error");
+/// assert_eq!(cause.to_string(), "Record not found");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -49,22 +68,24 @@ pub enum Error {
         reason: String,
     },
 
-    /// The database reported an error (including `NotFound` from `first`).
-    #[error("query failed: {source}: {sql}")]
+    /// The database reported an error (including `NotFound` from `first`). Displayed as
+    /// `query failed: <sql>`, or `database error` when no statement is known; Diesel's error is
+    /// the source.
+    #[error("{}", query_message(sql.as_deref()))]
     Query {
-        /// The SQL that failed, with placeholders (empty when the statement could not be rendered).
-        sql: String,
+        /// The statement that failed, with placeholders: the SQL, or for transaction control
+        /// `BEGIN`, `COMMIT` or `ROLLBACK`. `None` when the error came from outside any one
+        /// statement (a Diesel error converted with `?`) or the statement could not be rendered.
+        sql: Option<String>,
         /// Diesel's error.
         #[source]
         source: diesel::result::Error,
     },
 
     /// Batched loading stopped part-way. Rows up to and including `resume_after` were delivered;
-    /// start again after that key to continue without losing or repeating a row.
-    #[error(
-        "batched load interrupted after {rows_done} rows (resume after key {}): {source}",
-        resume_after.as_deref().unwrap_or("<start>")
-    )]
+    /// start again after that key to continue without losing or repeating a row. The key is in
+    /// the field, not in the message (it is data).
+    #[error("batched load interrupted after {rows_done} rows")]
     Interrupted {
         /// Rows delivered before the failure.
         rows_done: u64,
@@ -77,11 +98,11 @@ pub enum Error {
     },
 
     /// No connection could be checked out of the pool (or the pool could not be built).
-    #[error("connection pool: {0}")]
+    #[error("no connection from the pool")]
     Pool(#[from] diesel::r2d2::PoolError),
 
     /// A connection could not be established.
-    #[error("connection: {0}")]
+    #[error("could not connect to the database")]
     Connection(#[from] diesel::ConnectionError),
 
     /// The set-up of a new pooled connection failed: the pool's session settings (SQLite
@@ -95,8 +116,44 @@ pub enum Error {
     },
 
     /// Running the embedded migrations failed.
-    #[error("migrations: {0}")]
+    #[error("running the migrations failed")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn query_message(sql: Option<&str>) -> String {
+    match sql {
+        Some(sql) => format!("query failed: {sql}"),
+        None => "database error".to_owned(),
+    }
+}
+
+/// Server and client messages that mean the session is gone (Diesel reports MySQL/MariaDB's
+/// client errors 2006 and 2013, and MariaDB's 1927, as `DatabaseErrorKind::Unknown` with the
+/// message only; libpq's as `ClosedConnection` or with these texts).
+const CONNECTION_LOST: [&str; 6] = [
+    "server has gone away",                      // MySQL/MariaDB 2006
+    "lost connection to",                        // MySQL/MariaDB 2013, 2055
+    "connection was killed",                     // MariaDB 1927 (KILL CONNECTION)
+    "server closed the connection unexpectedly", // libpq
+    "no connection to the server",               // libpq, after the above
+    "terminating connection",                    // PostgreSQL 57P01 (pg_terminate_backend)
+];
+
+fn connection_lost(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as D};
+    match e {
+        D::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        D::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let message = info.message().to_ascii_lowercase();
+            CONNECTION_LOST.iter().any(|m| message.contains(m))
+        }
+        // A failed COMMIT followed by a failed ROLLBACK (MySQL on a dead session).
+        D::RollbackErrorOnCommit {
+            commit_error,
+            rollback_error,
+        } => connection_lost(commit_error) || connection_lost(rollback_error),
+        _ => false,
+    }
 }
 
 impl Error {
@@ -116,10 +173,27 @@ impl Error {
         matches!(self, Error::BudgetExceeded { .. })
     }
 
-    /// The SQL involved, if any.
+    /// True when the error means the connection to the server is gone (killed, server restarted,
+    /// network lost), so the work can be retried on another connection: PostgreSQL's
+    /// `ClosedConnection`, MySQL/MariaDB's "server has gone away" (2006), "Lost connection to
+    /// server during query" (2013) and "Connection was killed" (1927); also inside
+    /// [`Error::Interrupted`], whose `resume_after` says where to pick the walk up. A pooled
+    /// connection that died is replaced at the next [`crate::Db::get`]. Whether the statement
+    /// took effect before the connection died is unknown: retry writes only when they are
+    /// idempotent or ran in a transaction (which then rolled back).
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Error::Query { source, .. } => connection_lost(source),
+            Error::Interrupted { source, .. } => source.is_connection_lost(),
+            _ => false,
+        }
+    }
+
+    /// The SQL involved, if any (with placeholders).
     pub fn sql(&self) -> Option<&str> {
         match self {
-            Error::BudgetExceeded { sql, .. } | Error::Query { sql, .. } => Some(sql),
+            Error::BudgetExceeded { sql, .. } => Some(sql),
+            Error::Query { sql, .. } => sql.as_deref(),
             Error::Interrupted { source, .. } => source.sql(),
             _ => None,
         }
@@ -127,20 +201,17 @@ impl Error {
 
     pub(crate) fn query(sql: impl Into<String>, source: diesel::result::Error) -> Self {
         Error::Query {
-            sql: sql.into(),
+            sql: Some(sql.into()),
             source,
         }
     }
 }
 
-/// A Diesel error outside any one statement (a transaction's `BEGIN`/`COMMIT`, say), so that
-/// [`crate::Conn::transaction`] closures can use `?` on both kinds.
+/// A Diesel error outside any one statement, so that [`crate::Conn::transaction`] closures can
+/// use `?` on both kinds. Its [`Error::sql`] is `None`.
 impl From<diesel::result::Error> for Error {
     fn from(source: diesel::result::Error) -> Self {
-        Error::Query {
-            sql: String::new(),
-            source,
-        }
+        Error::Query { sql: None, source }
     }
 }
 
@@ -151,10 +222,7 @@ impl From<diesel::result::Error> for Error {
 /// ```
 /// use diesel_budget::{Error, OptionalExtension};
 ///
-/// let missing: Result<i32, Error> = Err(Error::Query {
-///     sql: String::new(),
-///     source: diesel::result::Error::NotFound,
-/// });
+/// let missing: Result<i32, Error> = Err(diesel::result::Error::NotFound.into());
 /// assert_eq!(missing.optional().unwrap(), None);
 /// ```
 pub trait OptionalExtension<T> {
@@ -169,5 +237,73 @@ impl<T> OptionalExtension<T> for Result<T> {
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error as D};
+
+    fn db(kind: DatabaseErrorKind, message: &str) -> D {
+        D::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn connection_loss_is_recognised_in_every_form_diesel_gives() {
+        let lost = [
+            db(DatabaseErrorKind::ClosedConnection, "anything"),
+            db(DatabaseErrorKind::Unknown, "Server has gone away"),
+            db(DatabaseErrorKind::Unknown, "MySQL server has gone away"),
+            db(
+                DatabaseErrorKind::Unknown,
+                "Lost connection to server during query",
+            ),
+            db(DatabaseErrorKind::Unknown, "Connection was killed"),
+            D::RollbackErrorOnCommit {
+                rollback_error: Box::new(db(DatabaseErrorKind::Unknown, "Server has gone away")),
+                commit_error: Box::new(D::NotFound),
+            },
+        ];
+        for e in lost {
+            let shown = format!("{e:?}");
+            let err = Error::query("SELECT 1", e);
+            assert!(err.is_connection_lost(), "{shown}");
+            let walk = Error::Interrupted {
+                rows_done: 3,
+                resume_after: Some("7".into()),
+                source: Box::new(err),
+            };
+            assert!(walk.is_connection_lost(), "{shown}");
+        }
+        for e in [
+            D::NotFound,
+            db(DatabaseErrorKind::UniqueViolation, "lost connection to"),
+            db(DatabaseErrorKind::Unknown, "syntax error"),
+        ] {
+            let shown = format!("{e:?}");
+            assert!(!Error::query("SELECT 1", e).is_connection_lost(), "{shown}");
+        }
+    }
+
+    #[test]
+    fn messages_are_one_layer_without_keys() {
+        let walk = Error::Interrupted {
+            rows_done: 3,
+            resume_after: Some("\"alice@example.com\"".into()),
+            source: Box::new(Error::query("COMMIT", D::NotFound)),
+        };
+        assert_eq!(walk.to_string(), "batched load interrupted after 3 rows");
+        assert_eq!(
+            std::error::Error::source(&walk).map(ToString::to_string),
+            Some("query failed: COMMIT".into())
+        );
+        assert_eq!(walk.sql(), Some("COMMIT"));
+        let plain = Error::from(D::NotFound);
+        assert_eq!(
+            (plain.to_string().as_str(), plain.sql()),
+            ("database error", None)
+        );
+        assert!(plain.is_not_found());
     }
 }

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
-use crate::instrument::{note_result, BudgetScope};
+use crate::instrument::{BudgetScope, StatementTag};
 use crate::query::{BudgetQuery, Budgeted, RowSink};
 
 pub(crate) mod sealed {
@@ -64,10 +64,13 @@ pub(crate) struct Loaded<U> {
     pub(crate) sql: String,
     pub(crate) meter: Meterage,
     pub(crate) exceeded: Option<Exceeded>,
+    /// The statement that loaded them, for the ledger's count of rows delivered.
+    pub(crate) tag: StatementTag,
 }
 
 impl<U> Loaded<U> {
-    pub(crate) fn into_error(self, budget: BudgetSpec, exceeded: Exceeded) -> Error {
+    pub(crate) fn into_error(mut self, budget: BudgetSpec, exceeded: Exceeded) -> Error {
+        self.tag.delivered(0);
         Error::BudgetExceeded {
             sql: self.sql,
             budget,
@@ -81,6 +84,8 @@ impl<U> Loaded<U> {
 /// Collects the rows of one execution, metering them against the budget.
 struct Collector<U, M> {
     rows: Vec<U>,
+    /// Rows the client library holds for this result (buffered results only).
+    buffered: u64,
     meter: Meterage,
     exceeded: Option<Exceeded>,
     spec: BudgetSpec,
@@ -92,6 +97,7 @@ impl<U, M: Meter<U>> RowSink<U> for Collector<U, M> {
         // A buffered result (PostgreSQL's default mode, MySQL) knows its size, bounded by the
         // LIMIT: reserve it once, as Diesel's `load` does through `collect`.
         self.rows.reserve_exact(rows);
+        self.buffered = rows as u64;
     }
 
     fn push(&mut self, row: U) -> ControlFlow<()> {
@@ -123,18 +129,26 @@ where
 {
     let mut sink = Collector::<U, M> {
         rows: Vec::new(),
+        buffered: 0,
         meter: Meterage::default(),
         exceeded: None,
         spec,
         _meter: PhantomData,
     };
+    let mut tag = StatementTag::next_on(conn.instrumentation());
     let result = {
         let _scope = BudgetScope::enter(spec);
         query.run_limited(limit, M::METERS_BYTES, conn, &mut sink)
     };
-    note_result(
-        conn.instrumentation(),
-        sink.meter.rows,
+    // Received: decoded (with the row that stopped loading), or buffered by the client.
+    // Delivered, for now: what was kept, unless the query failed.
+    tag.note(
+        sink.meter.rows.max(sink.buffered),
+        if result.is_ok() {
+            sink.rows.len() as u64
+        } else {
+            0
+        },
         M::METERS_BYTES.then_some(sink.meter.bytes),
     );
     Ok(Loaded {
@@ -142,6 +156,7 @@ where
         sql: result?,
         meter: sink.meter,
         exceeded: sink.exceeded,
+        tag,
     })
 }
 
@@ -317,7 +332,8 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
 
 impl<Q, M: Metering, O: Overflow, X: Executor> RunBudgetedDsl<X> for Budgeted<Q, M, O> {}
 
-fn first_or_not_found<U>(loaded: Loaded<U>) -> Result<U> {
+fn first_or_not_found<U>(mut loaded: Loaded<U>) -> Result<U> {
+    loaded.tag.delivered(u64::from(!loaded.rows.is_empty()));
     match loaded.rows.into_iter().next() {
         Some(row) => Ok(row),
         None => Err(Error::query(loaded.sql, diesel::result::Error::NotFound)),

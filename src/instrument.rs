@@ -1,17 +1,27 @@
 //! Seeing every statement: Diesel's `Instrumentation`, installed on every pooled connection.
 //!
 //! Diesel reports each statement (`StartQuery` / `FinishQuery`) on the thread that runs it, but
-//! not how many rows it returned. The executor knows the rows, so the two meet in thread-local
-//! state: while a budgeted query runs, the executor marks its thread as inside a budget; a
-//! statement that starts outside one is *unbudgeted*. Statements Diesel issues for transactions (`BEGIN`,
+//! not how many rows it returned. The executor knows the rows, so the two meet by statement
+//! identity: every statement gets a [`StatementId`] (which connection, and its place in that
+//! connection's sequence) when it starts; the executor asks for the id its query is about to get
+//! and attaches rows, bytes and timings to *that* statement, however statements on other
+//! connections interleave (a stream open on one connection while lookups run on another).
+//!
+//! While a budgeted query runs, the executor marks its thread as inside a budget; a statement
+//! that starts outside one is *unbudgeted*. Statements Diesel issues for transactions (`BEGIN`,
 //! `COMMIT`, savepoints) and the pool's own liveness checks are classified separately.
+//!
+//! Recordings ([`crate::testing::record`]) are per thread: a recording sees the statements run on
+//! the thread that opened it, on any instrumented connection, and nothing run on other threads.
 
+use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::connection::{DebugQuery, Instrumentation, InstrumentationEvent};
 
 use crate::budget::BudgetSpec;
 
@@ -30,22 +40,57 @@ pub enum StatementKind {
     Internal,
 }
 
+/// Which statement: the instrumented connection it ran on and its place in that connection's
+/// sequence. Connections are numbered in the order their instrumentation was created, from 1,
+/// per process; statements from 0 per connection. Displayed as `c3#17`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatementId {
+    /// The connection (its instrumentation) the statement ran on.
+    pub connection: u64,
+    /// The statement's number on that connection.
+    pub seq: u64,
+}
+
+impl fmt::Display for StatementId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}#{}", self.connection, self.seq)
+    }
+}
+
 /// One statement as the instrumentation and executor saw it.
+///
+/// Rows are counted twice: [`rows`](Self::rows) is what came from the server into this process
+/// (rows the executor decoded, or the client library buffered), [`rows_delivered`](Self::rows_delivered)
+/// what the executor handed to the caller. The difference is work spent on rows nobody got: the
+/// probe row past a budget (`LIMIT budget + 1`), rows of a result that exceeded a strict budget,
+/// rows a byte-limited batch read but left for the next batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Statement {
-    /// The SQL. For budgeted statements: with placeholders; otherwise as Diesel displays it
-    /// (which includes the bound values).
+    /// Which statement this is (connection and sequence number).
+    pub id: StatementId,
+    /// The SQL, with placeholders (`$1`, `?`): never the bound values, which are in
+    /// [`binds`](Self::binds).
     pub sql: String,
+    /// The bound values, in order, each in its `Debug` form. May hold user data: keep it out of
+    /// logs that must not carry data.
+    pub binds: Vec<String>,
     /// How it was classified.
     pub kind: StatementKind,
     /// The budget it ran under, for budgeted statements.
     pub budget: Option<BudgetSpec>,
-    /// Rows the executor received (budgeted statements only; `None` otherwise).
+    /// Rows received from the server (budgeted statements only; `None` otherwise): every row the
+    /// executor decoded, or, where the client library buffers whole results (MySQL, PostgreSQL
+    /// outside row-by-row mode), every row it buffered. On PostgreSQL in row-by-row mode, rows
+    /// libpq reads and discards after a stream stops early are not seen, so not counted.
     pub rows: Option<u64>,
-    /// Bytes of those rows when the budget meters bytes.
+    /// Rows the executor handed to the caller (budgeted statements only).
+    pub rows_delivered: Option<u64>,
+    /// Bytes of the rows decoded, when the budget meters bytes.
     pub bytes: Option<u64>,
-    /// Time from start to finish as seen by the instrumentation.
+    /// Time from start to finish as seen by the instrumentation. A streamed statement finishes
+    /// when its stream ends or is dropped (PostgreSQL row-by-row, SQLite), so its time includes
+    /// the caller's work between rows; on MySQL the result is buffered at once.
     pub elapsed: Duration,
     /// Whether the database reported an error.
     pub failed: bool,
@@ -120,41 +165,83 @@ fn with_recordings(f: impl Fn(&mut Vec<Statement>)) {
     });
 }
 
-/// Called by the executor when a budgeted query is done: attaches rows and bytes to the last
-/// budgeted statement of every open recording, and to the connection's statistics.
-pub(crate) fn note_result(
-    instrumentation: &mut dyn Instrumentation,
-    rows: u64,
-    bytes: Option<u64>,
-) {
-    let stats = instrumentation
-        .downcast_ref::<BudgetInstrumentation>()
-        .map(|ours| &*ours.stats);
-    note_rows(stats, rows, bytes);
-}
-
-/// The statistics behind a connection's instrumentation, if it is ours.
-pub(crate) fn stats_of(instrumentation: &mut dyn Instrumentation) -> Option<Arc<StatsCell>> {
-    instrumentation
-        .downcast_ref::<BudgetInstrumentation>()
-        .map(|ours| Arc::clone(&ours.stats))
-}
-
-/// Like [`note_result`], with the statistics already at hand.
-pub(crate) fn note_rows(stats: Option<&StatsCell>, rows: u64, bytes: Option<u64>) {
+/// Applies `f` to statement `id` in every open recording that has it.
+fn with_statement(id: StatementId, f: impl Fn(&mut Statement)) {
     with_recordings(|rec| {
-        if let Some(st) = rec
-            .iter_mut()
-            .rev()
-            .find(|st| st.kind == StatementKind::Budgeted)
-        {
-            st.rows = Some(rows);
-            st.bytes = bytes;
+        // The statement is almost always among the last few: search from the end.
+        if let Some(st) = rec.iter_mut().rev().find(|st| st.id == id) {
+            f(st);
         }
     });
-    if let Some(stats) = stats {
-        stats.rows.fetch_add(rows, Ordering::Relaxed);
-        stats.bytes.fetch_add(bytes.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// The statement a budgeted query is about to run, so that its results attach to it and to the
+/// pool's statistics. Taken from the connection *before* the query starts
+/// ([`StatementTag::next_on`]): the next statement started on that connection is the query's.
+#[derive(Debug, Default)]
+pub(crate) struct StatementTag {
+    id: Option<StatementId>,
+    stats: Option<Arc<StatsCell>>,
+    /// Rows noted as delivered so far (what the statistics hold for this statement).
+    delivered: u64,
+}
+
+impl StatementTag {
+    /// The tag of the next statement on the connection whose instrumentation this is; an empty
+    /// tag when the instrumentation is not ours.
+    pub(crate) fn next_on(instrumentation: &mut dyn Instrumentation) -> Self {
+        match instrumentation.downcast_ref::<BudgetInstrumentation>() {
+            Some(ours) => StatementTag {
+                id: Some(StatementId {
+                    connection: ours.connection,
+                    seq: ours.next_seq,
+                }),
+                stats: Some(Arc::clone(&ours.stats)),
+                delivered: 0,
+            },
+            None => StatementTag::default(),
+        }
+    }
+
+    /// Attaches what the statement did: rows `received` from the server, rows `delivered` to the
+    /// caller (for now: [`StatementTag::delivered`] corrects it), and bytes when metered.
+    pub(crate) fn note(&mut self, received: u64, delivered: u64, bytes: Option<u64>) {
+        if let Some(id) = self.id {
+            with_statement(id, |st| {
+                st.rows = Some(received);
+                st.rows_delivered = Some(delivered);
+                st.bytes = bytes;
+            });
+        }
+        if let Some(stats) = &self.stats {
+            stats.rows.fetch_add(received, Ordering::Relaxed);
+            stats.rows_delivered.fetch_add(delivered, Ordering::Relaxed);
+            stats.bytes.fetch_add(bytes.unwrap_or(0), Ordering::Relaxed);
+        }
+        self.delivered = delivered;
+    }
+
+    /// Corrects the rows delivered: the caller kept `delivered` of the rows noted (none when a
+    /// strict budget turned them into an error, one for `get_result`).
+    pub(crate) fn delivered(&mut self, delivered: u64) {
+        if delivered == self.delivered {
+            return;
+        }
+        if let Some(id) = self.id {
+            with_statement(id, |st| st.rows_delivered = Some(delivered));
+        }
+        if let Some(stats) = &self.stats {
+            if delivered > self.delivered {
+                stats
+                    .rows_delivered
+                    .fetch_add(delivered - self.delivered, Ordering::Relaxed);
+            } else {
+                stats
+                    .rows_delivered
+                    .fetch_sub(self.delivered - delivered, Ordering::Relaxed);
+            }
+        }
+        self.delivered = delivered;
     }
 }
 
@@ -168,6 +255,7 @@ pub(crate) struct StatsCell {
     internal: AtomicU64,
     failed: AtomicU64,
     rows: AtomicU64,
+    rows_delivered: AtomicU64,
     bytes: AtomicU64,
     nanos: AtomicU64,
 }
@@ -183,6 +271,7 @@ impl StatsCell {
             internal: get(&self.internal),
             failed: get(&self.failed),
             rows: get(&self.rows),
+            rows_delivered: get(&self.rows_delivered),
             bytes: get(&self.bytes),
             time: Duration::from_nanos(get(&self.nanos)),
         }
@@ -205,8 +294,10 @@ pub struct Stats {
     pub internal: u64,
     /// Statements the database rejected.
     pub failed: u64,
-    /// Rows received by budgeted queries.
+    /// Rows budgeted queries received from the server (see [`Statement::rows`]).
     pub rows: u64,
+    /// Rows budgeted queries handed to their callers (see [`Statement::rows_delivered`]).
+    pub rows_delivered: u64,
     /// Bytes received by byte-metered budgeted queries.
     pub bytes: u64,
     /// Time spent in statements, start to finish.
@@ -227,7 +318,14 @@ impl Stats {
     /// let before = db.stats();
     /// let rows = items::table.budget(Budget::rows(10)).load::<Item>(&mut conn)?;
     /// let delta = db.stats().since(&before);
-    /// assert_eq!((delta.budgeted, delta.unbudgeted, delta.rows), (1, 0, 10));
+    /// assert_eq!((delta.budgeted, delta.unbudgeted), (1, 0));
+    /// assert_eq!((delta.rows, delta.rows_delivered), (10, 10));
+    ///
+    /// // Over budget: the probe row (LIMIT 5 + 1) came, nothing was delivered.
+    /// let before = db.stats();
+    /// assert!(items::table.budget(Budget::rows(5)).load::<Item>(&mut conn).is_err());
+    /// let delta = db.stats().since(&before);
+    /// assert_eq!((delta.rows, delta.rows_delivered), (6, 0));
     /// # Ok(()) }
     /// ```
     pub fn since(&self, earlier: &Stats) -> Stats {
@@ -239,30 +337,118 @@ impl Stats {
             internal: self.internal.saturating_sub(earlier.internal),
             failed: self.failed.saturating_sub(earlier.failed),
             rows: self.rows.saturating_sub(earlier.rows),
+            rows_delivered: self.rows_delivered.saturating_sub(earlier.rows_delivered),
             bytes: self.bytes.saturating_sub(earlier.bytes),
             time: self.time.saturating_sub(earlier.time),
         }
     }
 }
 
+/// Numbers instrumented connections, from 1.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A statement started and not yet finished on one connection.
+#[derive(Debug)]
+struct InFlight {
+    id: StatementId,
+    kind: StatementKind,
+    started: Instant,
+}
+
+/// Most statements kept as in flight on one connection (a leaked cursor never finishes).
+const MAX_IN_FLIGHT: usize = 16;
+
 /// The [`Instrumentation`] diesel-budget installs on each pooled connection.
 ///
-/// Install it on a connection of your own with [`crate::instrument()`].
-#[derive(Debug, Default)]
+/// Install it on a connection of your own with [`crate::instrument()`]. It can carry an
+/// instrumentation of yours and forward every event to it ([`BudgetInstrumentation::forward_to`]):
+/// Diesel holds one instrumentation per connection, so this is how both see the statements.
+///
+/// # Example
+/// ```
+/// use diesel::connection::{Connection, InstrumentationEvent};
+/// use diesel::sqlite::SqliteConnection;
+/// use diesel_budget::instrument::BudgetInstrumentation;
+/// use std::sync::{Arc, Mutex};
+///
+/// let seen = Arc::new(Mutex::new(0));
+/// let counter = Arc::clone(&seen);
+/// let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
+/// conn.set_instrumentation(BudgetInstrumentation::default().forward_to(
+///     move |event: InstrumentationEvent<'_>| {
+///         if matches!(event, InstrumentationEvent::StartQuery { .. }) {
+///             *counter.lock().expect("not poisoned") += 1;
+///         }
+///     },
+/// ));
+/// diesel::connection::SimpleConnection::batch_execute(&mut conn, "SELECT 1").expect("runs");
+/// assert_eq!(*seen.lock().expect("not poisoned"), 1);
+/// ```
 pub struct BudgetInstrumentation {
     stats: Arc<StatsCell>,
+    /// This connection's number.
+    connection: u64,
+    /// The number the next statement gets.
+    next_seq: u64,
     /// Set by a transaction event: the next statement is Diesel's `BEGIN`/`COMMIT`/...
     transaction_pending: bool,
-    /// Kind and start of the statement in flight (statements on one connection never overlap).
-    in_flight: Option<(StatementKind, Instant)>,
+    /// Statements started and not finished, innermost last (a statement can start inside
+    /// another: PostgreSQL looks up custom types while preparing).
+    in_flight: Vec<InFlight>,
+    /// The user's own instrumentation, which gets every event after us.
+    forward: Option<Box<dyn Instrumentation>>,
+}
+
+impl fmt::Debug for BudgetInstrumentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BudgetInstrumentation")
+            .field("connection", &self.connection)
+            .field("next_seq", &self.next_seq)
+            .field("stats", &self.stats.snapshot())
+            .field("forwards", &self.forward.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for BudgetInstrumentation {
+    fn default() -> Self {
+        BudgetInstrumentation::with_stats(Arc::default())
+    }
 }
 
 impl BudgetInstrumentation {
     pub(crate) fn with_stats(stats: Arc<StatsCell>) -> Self {
         BudgetInstrumentation {
             stats,
-            ..Default::default()
+            connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+            next_seq: 0,
+            transaction_pending: false,
+            in_flight: Vec::new(),
+            forward: None,
         }
+    }
+
+    /// Forwards every event, after counting it, to `next` (your own logging or tracing
+    /// instrumentation). Default: none.
+    pub fn forward_to(mut self, next: impl Instrumentation) -> Self {
+        self.forward = Some(Box::new(next));
+        self
+    }
+
+    /// Forwards every event to `next` from now on, replacing any earlier one.
+    pub(crate) fn set_forward(&mut self, next: Box<dyn Instrumentation>) {
+        self.forward = Some(next);
+    }
+
+    /// Stops forwarding events (drops the instrumentation given to
+    /// [`forward_to`](Self::forward_to)).
+    pub(crate) fn stop_forwarding(&mut self) {
+        self.forward = None;
+    }
+
+    /// Whether this instrumentation counts into `stats`.
+    pub(crate) fn counts_into(&self, stats: &Arc<StatsCell>) -> bool {
+        Arc::ptr_eq(&self.stats, stats)
     }
 
     /// What this connection (and any sharing its pool) has run.
@@ -284,10 +470,8 @@ impl BudgetInstrumentation {
             }
         })
     }
-}
 
-impl Instrumentation for BudgetInstrumentation {
-    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+    fn on_event(&mut self, event: &InstrumentationEvent<'_>) {
         match event {
             InstrumentationEvent::BeginTransaction { .. }
             | InstrumentationEvent::CommitTransaction { .. }
@@ -304,15 +488,30 @@ impl Instrumentation for BudgetInstrumentation {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 self.stats.statements.fetch_add(1, Ordering::Relaxed);
-                self.in_flight = Some((kind, Instant::now()));
+                let id = StatementId {
+                    connection: self.connection,
+                    seq: self.next_seq,
+                };
+                self.next_seq += 1;
+                if self.in_flight.len() >= MAX_IN_FLIGHT {
+                    self.in_flight.remove(0);
+                }
+                self.in_flight.push(InFlight {
+                    id,
+                    kind,
+                    started: Instant::now(),
+                });
                 if kind != StatementKind::Internal && recording() {
-                    let sql = query.to_string();
+                    let (sql, binds) = split_query(*query);
                     with_recordings(|rec| {
                         rec.push(Statement {
+                            id,
                             sql: sql.clone(),
+                            binds: binds.clone(),
                             kind,
                             budget,
                             rows: None,
+                            rows_delivered: None,
                             bytes: None,
                             elapsed: Duration::ZERO,
                             failed: false,
@@ -321,26 +520,232 @@ impl Instrumentation for BudgetInstrumentation {
                 }
             }
             InstrumentationEvent::FinishQuery { error, .. } => {
-                let Some((kind, started)) = self.in_flight.take() else {
+                let Some(InFlight { id, kind, started }) = self.in_flight.pop() else {
                     return;
                 };
                 let elapsed = started.elapsed();
                 let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
                 self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
-                if error.is_some() {
+                let failed = error.is_some();
+                if failed {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 }
                 if kind != StatementKind::Internal {
-                    let failed = error.is_some();
-                    with_recordings(|rec| {
-                        if let Some(st) = rec.last_mut() {
-                            st.elapsed = elapsed;
-                            st.failed = failed;
-                        }
+                    with_statement(id, |st| {
+                        st.elapsed = elapsed;
+                        st.failed = failed;
                     });
                 }
             }
             _ => {}
         }
+    }
+}
+
+impl Instrumentation for BudgetInstrumentation {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        self.on_event(&event);
+        if let Some(next) = self.forward.as_mut() {
+            next.on_connection_event(event);
+        }
+    }
+}
+
+/// What a connection's instrumentation slot holds, as far as recording is concerned.
+pub(crate) enum Slot {
+    /// Ours.
+    Ours,
+    /// Nothing (Diesel's no-op, or the no-op a recording left behind).
+    Empty,
+    /// Someone else's.
+    Foreign,
+}
+
+/// The no-op a recording puts back on a connection that had no instrumentation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Vacant;
+
+impl Instrumentation for Vacant {
+    fn on_connection_event(&mut self, _: InstrumentationEvent<'_>) {}
+}
+
+/// Classifies a connection's instrumentation.
+pub(crate) fn slot(instrumentation: &mut dyn Instrumentation) -> Slot {
+    if instrumentation.is::<BudgetInstrumentation>() {
+        return Slot::Ours;
+    }
+    let any: &dyn Any = instrumentation;
+    let nothing = {
+        let none = diesel::connection::DynInstrumentation::none();
+        let none: &dyn Instrumentation = &*none;
+        let none: &dyn Any = none;
+        none.type_id()
+    };
+    if any.type_id() == nothing || any.type_id() == TypeId::of::<Vacant>() {
+        Slot::Empty
+    } else {
+        Slot::Foreign
+    }
+}
+
+/// Splits a query as Diesel's instrumentation shows it into the SQL (with placeholders) and the
+/// bound values (each in its `Debug` form).
+///
+/// Diesel's `Debug` form of a statement is `Query { sql: "<sql>", binds: [<b1>, <b2>] }`, and of
+/// raw SQL text (`batch_execute`) the string literal alone. The SQL literal is unescaped; the
+/// bind list is split at its top-level commas. Anything else is kept as SQL up to Diesel's
+/// `-- binds:` comment of the `Display` form, so values never end up in the SQL.
+fn split_query(query: &dyn DebugQuery) -> (String, Vec<String>) {
+    let debug = format!("{query:?}");
+    if let Some(rest) = debug.strip_prefix("Query { sql: ") {
+        if let Some((sql, rest)) = parse_str_literal(rest) {
+            if let Some(list) = rest
+                .strip_prefix(", binds: [")
+                .and_then(|r| r.strip_suffix("] }"))
+            {
+                return (sql, split_list(list));
+            }
+        }
+    } else if let Some((sql, "")) = parse_str_literal(&debug) {
+        return (sql, Vec::new());
+    }
+    let display = query.to_string();
+    let sql = match display.find(" -- binds: ") {
+        Some(at) => display[..at].to_owned(),
+        None => display,
+    };
+    (sql, Vec::new())
+}
+
+/// Parses a Rust string literal as `Debug` writes it (`"..."` with `escape_debug` escapes) at
+/// the start of `s`; returns its value and the rest of `s`.
+fn parse_str_literal(s: &str) -> Option<(String, &str)> {
+    let body = s.strip_prefix('"')?;
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &body[i + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                '0' => out.push('\0'),
+                'u' => {
+                    if chars.next()?.1 != '{' {
+                        return None;
+                    }
+                    let mut code = 0u32;
+                    loop {
+                        let d = chars.next()?.1;
+                        if d == '}' {
+                            break;
+                        }
+                        code = code.checked_mul(16)?.checked_add(d.to_digit(16)?)?;
+                    }
+                    out.push(char::from_u32(code)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// Splits the inside of a `Debug` list (`a, "b, c", [d, e]`) at its top-level commas.
+fn split_list(list: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    if list.is_empty() {
+        return items;
+    }
+    let (mut depth, mut in_str, mut escaped, mut start) = (0usize, false, false, 0usize);
+    for (i, c) in list.char_indices() {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '[' | '(' | '{' => depth += 1,
+            ']' | ')' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                items.push(list[start..i].trim().to_owned());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(list[start..].trim().to_owned());
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_literals_round_trip() {
+        for s in [
+            "plain",
+            "with \"quotes\" and \\ backslash",
+            "new\nline\ttab\r\0",
+            "unicode é ☃ \u{200b} \u{7f}",
+            "", // empty
+        ] {
+            let lit = format!("{s:?}rest");
+            assert_eq!(
+                parse_str_literal(&lit),
+                Some((s.to_owned(), "rest")),
+                "{lit}"
+            );
+        }
+        assert_eq!(parse_str_literal("\"unterminated"), None);
+        assert_eq!(parse_str_literal("no quote"), None);
+    }
+
+    #[test]
+    fn lists_split_at_top_level_commas() {
+        let items: Vec<String> = vec![
+            format!("{:?}", "a, \"b\"], c"),
+            "6".into(),
+            format!("{:?}", Some((1, [2, 3]))),
+            format!("{:?}", vec![1u8, 2]),
+        ];
+        // Diesel's list: each bind's `Debug` form, joined by ", ".
+        let joined = items.join(", ");
+        assert_eq!(split_list(&joined), items);
+        assert!(split_list("").is_empty());
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_query_splits_into_placeholders_and_binds() {
+        use diesel::prelude::*;
+        diesel::table! {
+            people (id) {
+                id -> Integer,
+                email -> Text,
+            }
+        }
+        let email = "alice@example.com\", ] } -- binds: [1]".to_owned();
+        let q = people::table
+            .filter(people::email.eq(&email))
+            .filter(people::id.gt(7))
+            .limit(3);
+        let debug = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&q);
+        let (sql, binds) = split_query(&debug);
+        assert!(!sql.contains("alice"), "{sql}");
+        assert!(sql.contains("`email` = ?) AND"), "{sql}");
+        assert!(sql.ends_with("LIMIT ?"), "{sql}");
+        assert_eq!(binds, [format!("{email:?}"), "7".into(), "3".into()]);
+
+        let raw = diesel::connection::StrQueryHelper::new("SELECT \"x\"\n");
+        assert_eq!(split_query(&raw), ("SELECT \"x\"\n".to_owned(), Vec::new()));
     }
 }

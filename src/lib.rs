@@ -76,7 +76,7 @@ pub use budget::{Budget, BudgetSpec, Exceeded, Truncated};
 pub use db::{instrument, Conn, Db, DbBuilder};
 pub use error::{Error, OptionalExtension, Result};
 pub use exec::{Executor, LoadBudgeted, RunBudgetedDsl};
-pub use instrument::{StatementKind, Stats};
+pub use instrument::{StatementId, StatementKind, Stats};
 pub use query::{BudgetDsl, Budgeted};
 
 /// Re-exported so `#[derive(GetSize)]` and its bounds resolve against the same version.

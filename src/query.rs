@@ -171,7 +171,7 @@ where
 pub(crate) fn render<C: BudgetConnection, Q: QueryFragment<C::Backend> + ?Sized>(
     query: &Q,
 ) -> Result<String> {
-    C::render_sql(query).map_err(|e| Error::query(String::new(), e))
+    C::render_sql(query).map_err(Error::from)
 }
 
 /// Runs `query`, handing each row to `sink` until it breaks or the rows end. Breaking drops the

@@ -1,9 +1,15 @@
 //! Budgets in tests: record every statement a code path runs and hold it to a budget.
 //!
 //! [`record`] runs a closure and returns what it did as a [`Ledger`]: each statement with its
-//! kind (budgeted, unbudgeted, transaction control), rows, bytes and time.
-//! [`Ledger::assert`] checks it and panics with the whole ledger when a check fails, like
-//! `assert!`.
+//! identity (connection and sequence number), kind (budgeted, unbudgeted, transaction control),
+//! SQL with placeholders and its bound values apart, rows received from the server and rows
+//! delivered to the caller, bytes and time. [`Ledger::assert`] checks it and panics with the
+//! whole ledger when a check fails, like `assert!`.
+//!
+//! A recording sees the statements run **on its own thread**, on every instrumented connection
+//! (pooled ones, and plain ones given to [`record`]). Work handed to other threads (a thread pool,
+//! `std::thread::scope`) is not in the ledger: record inside that thread, or check
+//! [`crate::Db::stats`], which counts every thread.
 //!
 //! # Example
 //! ```
@@ -36,24 +42,42 @@ use std::time::Duration;
 use diesel::Connection;
 
 use crate::exec::Executor;
-use crate::instrument::{pop_recording, push_recording, BudgetInstrumentation};
-pub use crate::instrument::{Statement, StatementKind};
+use crate::instrument::{pop_recording, push_recording, slot, BudgetInstrumentation, Slot, Vacant};
+pub use crate::instrument::{Statement, StatementId, StatementKind};
 
 /// Runs `f` and records every statement it runs on this thread, on any instrumented
-/// connection. Installs the instrumentation on `conn` if it does not have it (a plain Diesel
-/// connection). Recordings nest: an inner one's statements are in the outer one too.
+/// connection. Recordings nest: an inner one's statements are in the outer one too.
+///
+/// Pooled connections ([`crate::Conn`]) carry the instrumentation already. A plain Diesel
+/// connection that has no instrumentation gets ours for the recording and none again after it;
+/// one that has ours (installed with [`crate::instrument()`], possibly forwarding to yours) keeps
+/// it.
+///
+/// # Panics
+/// When `conn` carries an `Instrumentation` of someone else's: Diesel holds one per connection
+/// and gives no way to take it out and put it back, so recording would destroy it. Install ours
+/// in front of it instead: `conn.set_instrumentation(BudgetInstrumentation::default().forward_to(yours))`
+/// on a plain connection, [`crate::Conn::set_instrumentation`] on a pooled one.
+#[track_caller]
 pub fn record<X, T, F>(conn: &mut X, f: F) -> (T, Ledger)
 where
     X: Executor,
     F: FnOnce(&mut X) -> T,
 {
     let c = conn.connection(crate::exec::sealed::TOKEN);
-    if c.instrumentation()
-        .downcast_ref::<BudgetInstrumentation>()
-        .is_none()
-    {
-        crate::db::instrument(c);
-    }
+    let installed = match slot(c.instrumentation()) {
+        Slot::Ours => false,
+        Slot::Empty => {
+            c.set_instrumentation(BudgetInstrumentation::default());
+            true
+        }
+        Slot::Foreign => panic!(
+            "testing::record: this connection carries an Instrumentation of its own, which \
+             recording would replace for good; install diesel-budget's in front of it: \
+             `conn.set_instrumentation(BudgetInstrumentation::default().forward_to(yours))`, \
+             or `Conn::set_instrumentation(yours)` on a pooled connection"
+        ),
+    };
     /// Closes the recording if `f` panics, so later recordings stay balanced.
     struct Open(bool);
     impl Drop for Open {
@@ -68,6 +92,10 @@ where
     let value = f(conn);
     open.0 = false;
     let statements = pop_recording();
+    if installed {
+        conn.connection(crate::exec::sealed::TOKEN)
+            .set_instrumentation(Vacant);
+    }
     (value, Ledger { statements })
 }
 
@@ -91,9 +119,20 @@ impl Ledger {
             .count()
     }
 
-    /// Rows received by budgeted statements.
+    /// Rows budgeted statements received from the server ([`Statement::rows`]): with the probe
+    /// row past each budget and rows read but not delivered.
     pub fn rows(&self) -> u64 {
         self.statements.iter().filter_map(|s| s.rows).sum()
+    }
+
+    /// Rows budgeted statements handed to their callers ([`Statement::rows_delivered`]). Less
+    /// than [`rows`](Self::rows) when rows were read for nothing: a budget's probe row, a
+    /// strict budget's overflow, a byte-limited batch's row read again by the next batch.
+    pub fn rows_delivered(&self) -> u64 {
+        self.statements
+            .iter()
+            .filter_map(|s| s.rows_delivered)
+            .sum()
     }
 
     /// Bytes received by byte-metered statements.
@@ -123,10 +162,11 @@ impl fmt::Display for Ledger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} statements, {} round trips, {} rows, {} bytes, {:?}",
+            "{} statements, {} round trips, {} rows received, {} delivered, {} bytes, {:?}",
             self.statements.len(),
             self.round_trips(),
             self.rows(),
+            self.rows_delivered(),
             self.bytes(),
             self.elapsed()
         )?;
@@ -136,12 +176,17 @@ impl fmt::Display for Ledger {
                 .map(|b| format!(" budget[{b}]"))
                 .unwrap_or_default();
             let rows = s.rows.map(|r| format!(" rows={r}")).unwrap_or_default();
+            let delivered = s
+                .rows_delivered
+                .map(|r| format!(" delivered={r}"))
+                .unwrap_or_default();
             let bytes = s.bytes.map(|b| format!(" bytes={b}")).unwrap_or_default();
             let failed = if s.failed { " FAILED" } else { "" };
+            // The SQL with placeholders; bound values stay out of the text (safe to log).
             writeln!(
                 f,
-                "  #{i} {:?}{budget}{rows}{bytes}{failed} {:?}: {}",
-                s.kind, s.elapsed, s.sql
+                "  #{i} {} {:?}{budget}{rows}{delivered}{bytes}{failed} {:?}: {}",
+                s.id, s.kind, s.elapsed, s.sql
             )?;
         }
         Ok(())
@@ -173,7 +218,7 @@ impl LedgerAssert<'_> {
         )
     }
 
-    /// At most `n` rows were received.
+    /// At most `n` rows were received from the server ([`Ledger::rows`]).
     #[track_caller]
     pub fn rows_at_most(self, n: u64) -> Self {
         let got = self.ledger.rows();

@@ -2,11 +2,12 @@
 //! real databases (`cargo test --all-features --test backends`).
 //!
 //! `backends/suite.rs` holds the tests; it is included once per backend into a module that
-//! names the connection type `C`, so no backend is tested less than another. Tests that kill a
-//! server session (`backends/killed.rs`) run on PostgreSQL and MySQL only: SQLite is embedded,
-//! there is no server connection to kill. `backends/pool_sqlite.rs` (the SQLite-only builder
-//! settings: journal mode, foreign keys, busy timeout) runs on SQLite only. See `common/mod.rs`
-//! for databases and isolation.
+//! names the connection type `C`, so no backend is tested less than another; the other files
+//! (`ledger.rs`, `pool.rs`, `layout.rs`, ...) likewise. Tests that kill a server session
+//! (`backends/killed.rs`, `backends/ledger_killed.rs`) run on PostgreSQL and MySQL only: SQLite
+//! is embedded, there is no server connection to kill. `backends/pool_sqlite.rs` (the SQLite-only
+//! builder settings: journal mode, foreign keys, busy timeout) runs on SQLite only. See
+//! `common/mod.rs` for databases and isolation.
 
 mod common;
 
@@ -24,6 +25,7 @@ mod sqlite {
     include!("backends/pool.rs");
     include!("backends/pool_sqlite.rs");
     include!("backends/layout.rs");
+    include!("backends/ledger.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -34,6 +36,8 @@ mod postgres {
     include!("backends/killed.rs");
     include!("backends/pool.rs");
     include!("backends/layout.rs");
+    include!("backends/ledger.rs");
+    include!("backends/ledger_killed.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -43,4 +47,6 @@ mod mysql {
     include!("backends/killed.rs");
     include!("backends/pool.rs");
     include!("backends/layout.rs");
+    include!("backends/ledger.rs");
+    include!("backends/ledger_killed.rs");
 }

@@ -125,6 +125,10 @@ pub trait Backend: BudgetConnection + Sized {
     /// Deletes the rows `from..to` through the escape hatch; returns how many there were.
     fn delete_range(conn: &mut Conn<Self>, from: i32, to: i32) -> usize;
 
+    /// A plain Diesel connection (no pool, no instrumentation) to the test database; SQLite:
+    /// a fresh in-memory database (no tables).
+    fn plain() -> Self;
+
     /// Starts a test: connection, test transaction, id range of test `test_no`.
     fn ctx(test_no: i32) -> Ctx<Self> {
         let tdb = Self::test_db();
@@ -207,6 +211,10 @@ impl Backend for diesel::sqlite::SqliteConnection {
         Self::private_db(2)
     }
 
+    fn plain() -> Self {
+        Self::establish(":memory:").expect("in-memory SQLite")
+    }
+
     fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {
         let dir = tempfile::Builder::new()
             .prefix("diesel-budget-test")
@@ -249,6 +257,11 @@ impl Backend for diesel::pg::PgConnection {
         }
     }
 
+    fn plain() -> Self {
+        let _shared = Self::test_db(); // creates and migrates the database first
+        Self::establish(&pg_url()).expect("plain PostgreSQL connection")
+    }
+
     fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {
         let _shared = Self::test_db(); // creates and migrates the database first
         TestDb {
@@ -285,6 +298,11 @@ impl Backend for diesel::mysql::MysqlConnection {
             db: db.clone(),
             _dir: None,
         }
+    }
+
+    fn plain() -> Self {
+        let _shared = Self::test_db();
+        Self::establish(&mysql_url()).expect("plain MySQL connection")
     }
 
     fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {

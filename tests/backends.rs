@@ -18,6 +18,7 @@ static ALLOC: alloc::Counting = alloc::Counting;
 mod sqlite {
     type C = diesel::sqlite::SqliteConnection;
     include!("backends/suite.rs");
+    include!("backends/walks.rs");
     include!("backends/offset.rs");
 }
 
@@ -25,6 +26,7 @@ mod sqlite {
 mod postgres {
     type C = diesel::pg::PgConnection;
     include!("backends/suite.rs");
+    include!("backends/walks.rs");
     include!("backends/offset.rs");
     include!("backends/killed.rs");
 }
@@ -33,5 +35,6 @@ mod postgres {
 mod mysql {
     type C = diesel::mysql::MysqlConnection;
     include!("backends/suite.rs");
+    include!("backends/walks.rs");
     include!("backends/killed.rs");
 }

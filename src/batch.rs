@@ -1135,3 +1135,36 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{next_limit, strictly_after};
+    use crate::budget::{Budget, Meterage};
+
+    #[test]
+    fn byte_metered_limits_follow_what_fitted() {
+        let spec = Budget::rows(100_000).bytes(1_000).spec();
+        let seen = |rows, bytes| Meterage { rows, bytes };
+        // 10 rows of 100 bytes fit: ask for 10 next, not 100,000.
+        assert_eq!(next_limit(&spec, &seen(10, 1_000)), 10);
+        // Cut at the 11th row (11 rows received, 1,100 bytes): still 10.
+        assert_eq!(next_limit(&spec, &seen(11, 1_100)), 10);
+        // Rows shrank to 10 bytes: grow back.
+        assert_eq!(next_limit(&spec, &seen(10, 100)), 100);
+        // Never past the row budget, never below one row.
+        assert_eq!(next_limit(&spec, &seen(1_000, 1)), 100_000);
+        assert_eq!(next_limit(&spec, &seen(1, 1 << 40)), 1);
+        // Nothing seen, or no byte budget: the row budget.
+        assert_eq!(next_limit(&spec, &seen(0, 0)), 100_000);
+        assert_eq!(next_limit(&Budget::rows(7).spec(), &seen(3, 300)), 7);
+    }
+
+    #[test]
+    fn only_a_strictly_greater_key_is_after() {
+        assert!(strictly_after(&1, &2));
+        assert!(!strictly_after(&2, &2));
+        assert!(!strictly_after(&3, &2));
+        assert!(strictly_after(&(1, 9), &(2, 0)));
+        assert!(!strictly_after(&f64::NAN, &1.0));
+    }
+}

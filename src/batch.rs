@@ -16,7 +16,9 @@
 //! full batch, one more `LIMIT 1` query checks that the last row at or before the last key reads
 //! as such. A non-unique key, a join that repeats rows, a `key_of` that reads another column or
 //! a composite read in the wrong order is [`Error::KeyOrder`], never a wrong result. The check
-//! costs one comparison per row.
+//! costs one comparison per row. It sees the values `key_of` returns: a reader that returns
+//! another value which still grows with the key (say `id * 2`) can send a keyset batch past
+//! rows unnoticed, so read the key column itself.
 //!
 //! The database's order of the key column(s) must agree with Rust's order of the key type:
 //! integers, timestamps, UUIDs and binary-collated text do; text under a case-insensitive or

@@ -57,6 +57,10 @@ enum Scenario {
     /// Ours: `stream_by(items::id, ..)`, rows one at a time (PostgreSQL row-by-row, SQLite's
     /// cursor, keyset batches on MySQL), through `Db`.
     BudgetStream,
+    /// Ours: `batches_by(items::id, ..)` (keyset) under `Budget::rows(100_000).bytes(1 << 20)`:
+    /// what a byte-budgeted walk moves over the wire (`wire_*` fields; `--batch` is ignored).
+    /// Compare `budget-batches --batch 8000` (about the rows 1 MiB holds) in the same run.
+    BudgetBytesWalk,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -168,6 +172,83 @@ struct Outcome {
     batch: Option<u32>,
     /// Batches (or round trips) the scan took, where it has them.
     batches: Option<u64>,
+    /// Rows the executor received (the pool's `Stats::rows`), for our scenarios.
+    rows_received: Option<u64>,
+    /// What the OS counted during the scan, for our scenarios.
+    wire: Option<Wire>,
+}
+
+/// Bytes this process read, as the OS counts them: `rchar` (read-type syscalls on files and
+/// pipes: SQLite's file reads; libpq and the MariaDB client read sockets with `recv`, which
+/// `rchar` does not count) and the bytes received on its open TCP sockets (`TCP_INFO`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Wire {
+    rchar: u64,
+    tcp_received: u64,
+}
+
+impl Wire {
+    fn now() -> Wire {
+        let rchar = std::fs::read_to_string("/proc/self/io")
+            .ok()
+            .and_then(|io| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix("rchar:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        Wire {
+            rchar,
+            tcp_received: tcp_bytes_received(),
+        }
+    }
+
+    fn since(self, before: Wire) -> Wire {
+        Wire {
+            rchar: self.rchar.saturating_sub(before.rchar),
+            tcp_received: self.tcp_received.saturating_sub(before.tcp_received),
+        }
+    }
+}
+
+/// Bytes received so far on every TCP socket this process holds open (`tcpi_bytes_received`).
+fn tcp_bytes_received() -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in fds.flatten() {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|f| f.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: `info` is a plain C struct of integers, zero is a valid value, and `len` tells
+        // the kernel its size; a socket that is not TCP fails the call and is skipped.
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            );
+            if rc == 0 {
+                total += info.tcpi_bytes_received;
+            }
+        }
+    }
+    total
 }
 
 /// CPU time of this process so far (user + system, all threads), from `/proc/self/stat`.
@@ -275,6 +356,15 @@ fn main() -> BoxResult<()> {
         "checksum": outcome.tally.checksum,
         "batch": outcome.batch,
         "batches": outcome.batches,
+        "rows_delivered": outcome.tally.rows,
+        "rows_received": outcome.rows_received,
+        "wire_rchar_bytes": outcome.wire.map(|w| w.rchar),
+        "wire_tcp_bytes": outcome.wire.map(|w| w.tcp_received),
+        "wire_bytes_per_row": outcome.wire.map(|w| {
+            // The OS's count of what came in: TCP for the servers, file reads for SQLite.
+            let bytes = if backend == Backend::Sqlite { w.rchar } else { w.tcp_received };
+            bytes as f64 / outcome.tally.rows.max(1) as f64
+        }),
         "conn": outcome.conn,
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
         "loadavg_1m_before": load_before,
@@ -419,7 +509,7 @@ macro_rules! backend {
                         rows.iter().for_each(|i| tally.add(i));
                         let (wall, cpu) = clock.stop();
                         drop(rows);
-                        Ok(Outcome { tally, wall, cpu, conn: PLAIN, batch: None, batches: None })
+                        Ok(Outcome { tally, wall, cpu, conn: PLAIN, batch: None, batches: None, rows_received: None, wire: None })
                     }
                     Scenario::DieselLoadIter => {
                         let mut conn = RawConn::establish(url)?;
@@ -429,7 +519,7 @@ macro_rules! backend {
                             tally.add(&row?);
                         }
                         let (wall, cpu) = clock.stop();
-                        Ok(Outcome { tally, wall, cpu, conn: PLAIN, batch: None, batches: None })
+                        Ok(Outcome { tally, wall, cpu, conn: PLAIN, batch: None, batches: None, rows_received: None, wire: None })
                     }
                     Scenario::DieselKeyset => {
                         let mut conn = RawConn::establish(url)?;
@@ -461,11 +551,14 @@ macro_rules! backend {
                             conn: PLAIN,
                             batch: Some(batch),
                             batches: Some(batches),
+                            rows_received: None,
+                            wire: None,
                         })
                     }
                     Scenario::BudgetBatches => {
                         let db = Db::<RawConn>::builder(url).max_size(1).build()?;
                         let mut conn = db.get()?;
+                        let (stats, wire) = (conn.stats(), Wire::now());
                         let clock = Clock::start();
                         let mut tally = Tally::default();
                         let mut batches = 0;
@@ -485,6 +578,35 @@ macro_rules! backend {
                             conn: POOLED,
                             batch: Some(batch),
                             batches: Some(batches),
+                            rows_received: Some(conn.stats().rows - stats.rows),
+                            wire: Some(Wire::now().since(wire)),
+                        })
+                    }
+                    Scenario::BudgetBytesWalk => {
+                        let db = Db::<RawConn>::builder(url).max_size(1).build()?;
+                        let mut conn = db.get()?;
+                        let (stats, wire) = (conn.stats(), Wire::now());
+                        let clock = Clock::start();
+                        let mut tally = Tally::default();
+                        let mut batches = 0;
+                        for rows in items::table
+                            .budget(Budget::rows(100_000).bytes(1 << 20))
+                            .batches_by(items::id, |i: &Item| i.id, &mut conn)
+                            .mode(BatchMode::Keyset)
+                        {
+                            batches += 1;
+                            rows?.iter().for_each(|i| tally.add(i));
+                        }
+                        let (wall, cpu) = clock.stop();
+                        Ok(Outcome {
+                            tally,
+                            wall,
+                            cpu,
+                            conn: POOLED,
+                            batch: None,
+                            batches: Some(batches),
+                            rows_received: Some(conn.stats().rows - stats.rows),
+                            wire: Some(Wire::now().since(wire)),
                         })
                     }
                     Scenario::BudgetStream => {
@@ -492,6 +614,7 @@ macro_rules! backend {
                         // cursor; keyset batches of `batch` rows on MySQL.
                         let db = Db::<RawConn>::builder(url).max_size(1).build()?;
                         let mut conn = db.get()?;
+                        let (stats, wire) = (conn.stats(), Wire::now());
                         let clock = Clock::start();
                         let mut tally = Tally::default();
                         for row in items::table
@@ -508,6 +631,8 @@ macro_rules! backend {
                             conn: POOLED,
                             batch: Some(batch),
                             batches: None,
+                            rows_received: Some(conn.stats().rows - stats.rows),
+                            wire: Some(Wire::now().since(wire)),
                         })
                     }
                     Scenario::DieselLoadIterRbr | Scenario::DieselStreamOrdered => {
@@ -622,6 +747,8 @@ backend!(
                 conn: PLAIN,
                 batch: None,
                 batches: None,
+                rows_received: None,
+                wire: None,
             })
         }
 
@@ -682,6 +809,8 @@ backend!(
                 conn: PLAIN,
                 batch: None,
                 batches: None,
+                rows_received: None,
+                wire: None,
             })
         }
 

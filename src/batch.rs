@@ -5,12 +5,43 @@
 //! stays open between batches and the server does the skipping through the key's index (OFFSET
 //! would rescan). In [`BatchMode::Stream`] the whole walk is one query whose rows arrive one at
 //! a time (PostgreSQL's row-by-row mode, SQLite's cursor); MySQL's client buffers whole
-//! results, so there `Stream` runs keyset batches.
+//! results, so there `Stream` runs keyset batches. A query that is not `Clone` (a boxed query
+//! built from run-time filters) is walked from a closure that builds it: [`Budget::walk`].
 //!
+//! # The key, and the order check
 //! The key must be unique and not null: a primary key, or a tuple of columns that is
-//! ([`Composite`]). A failure part-way is [`Error::Interrupted`], which carries the last key
-//! delivered; [`Batches::after`] starts a new walk right after it.
+//! ([`Composite`]); `key_of` must read exactly that key from a row. The walk checks it: every
+//! key delivered must be strictly after the previous one (within and across batches, in every
+//! mode, compared with the key type's `PartialOrd`), and when a keyset walk ends right after a
+//! full batch, one more `LIMIT 1` query checks that the last row at or before the last key reads
+//! as such. A non-unique key, a join that repeats rows, a `key_of` that reads another column or
+//! a composite read in the wrong order is [`Error::KeyOrder`], never a wrong result. The check
+//! costs one comparison per row. It sees the values `key_of` returns: a reader that returns
+//! another value which still grows with the key (say `id * 2`) can send a keyset batch past
+//! rows unnoticed, so read the key column itself.
+//!
+//! The database's order of the key column(s) must agree with Rust's order of the key type:
+//! integers, timestamps, UUIDs and binary-collated text do; text under a case-insensitive or
+//! locale collation (MySQL's default collation is case-insensitive) may not. A disagreement
+//! surfaces as [`Error::KeyOrder`] (when it shows), never as a row lost or repeated silently.
+//!
+//! # Resuming
+//! A failure part-way is [`Error::Interrupted`]; the iterator's `resume_key()` is the key of
+//! the last row handed out (also by [`RowsOf`], row by row), and `.after(key)` starts a new
+//! walk right after it. A PostgreSQL stream whose connection is killed after the server has
+//! already sent every row can still finish normally, with no error: the rows were all
+//! delivered.
+//!
+//! # What bounds memory and the wire
+//! The **row** budget is what bounds wire traffic and client buffering: each statement carries
+//! `LIMIT <rows>`, and up to that many rows cross the wire whatever a byte budget says (MySQL's
+//! client buffers the whole LIMIT before the first row is decoded; PostgreSQL's row-by-row mode
+//! reads and discards the rest of the LIMIT when a cut batch drops its cursor). A byte budget
+//! bounds what is *kept*. Byte-budgeted keyset walks size each next `LIMIT` from the rows that
+//! fitted before (starting at 100 rows), so each row crosses the wire about once; still, give a
+//! byte-budgeted walk a row budget near what you expect to fit.
 
+use std::cmp::Ordering;
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
 
@@ -20,11 +51,11 @@ use diesel::query_builder::{AsQuery, AstPass, QueryFragment, QueryId};
 use diesel::query_dsl::methods::{FilterDsl, OrderDsl};
 use diesel::query_dsl::LoadQuery;
 use diesel::serialize::ToSql;
-use diesel::sql_types::{is_nullable::NotNull, Bool, HasSqlType, SqlType};
+use diesel::sql_types::{is_nullable::NotNull, Bool, HasSqlType, SingleValue, SqlType};
 use diesel::{Column, QueryResult, RunQueryDsl};
 
 use crate::backend::{has_top_level_limit, has_top_level_offset, BudgetConnection};
-use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
+use crate::budget::{Budget, BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow, Rows};
 use crate::error::{Error, Result};
 use crate::exec::{load_metered, ConnectionOf, Executor};
 use crate::instrument::{BudgetScope, StatementTag};
@@ -50,25 +81,46 @@ pub enum BatchMode {
 pub trait Keyset: Copy {
     /// What `ORDER BY` gets: the column, or the tuple of columns.
     type Order: Expression + Copy;
+    /// The descending ordering (for the check at the end of a keyset walk).
+    #[doc(hidden)]
+    type Desc: Expression + Copy;
     /// The ordering expression.
     fn order(&self) -> Self::Order;
+    /// The descending ordering expression.
+    #[doc(hidden)]
+    fn order_desc(&self) -> Self::Desc;
+    /// The key's column names (Diesel's `Column::NAME`), for errors.
+    fn columns(&self) -> Vec<&'static str>;
 }
 
-/// Renders `key > value` for a key and its Rust value `V` on backend `DB`.
+/// Renders `key > value` (and `key <= value`) for a key and its Rust value `V` on backend `DB`.
 pub trait KeysetAfter<V, DB: Backend>: Keyset {
-    /// Pushes the SQL of "strictly after `value` in key order".
+    /// Pushes the SQL of "strictly after `value` in key order", or, with `at_or_before`, of
+    /// "at or before `value`".
     #[doc(hidden)]
-    fn walk_after<'b>(&'b self, value: &'b V, out: AstPass<'_, 'b, DB>) -> QueryResult<()>;
+    fn walk_after<'b>(
+        &'b self,
+        value: &'b V,
+        at_or_before: bool,
+        out: AstPass<'_, 'b, DB>,
+    ) -> QueryResult<()>;
 }
 
 impl<C> Keyset for C
 where
     C: Column + Expression + Copy,
-    C::SqlType: SqlType<IsNull = NotNull>,
+    C::SqlType: SqlType<IsNull = NotNull> + SingleValue,
 {
     type Order = C;
+    type Desc = diesel::dsl::Desc<C>;
     fn order(&self) -> C {
         *self
+    }
+    fn order_desc(&self) -> Self::Desc {
+        diesel::ExpressionMethods::desc(*self)
+    }
+    fn columns(&self) -> Vec<&'static str> {
+        vec![C::NAME]
     }
 }
 
@@ -76,12 +128,17 @@ impl<C, V, DB> KeysetAfter<V, DB> for C
 where
     DB: Backend + HasSqlType<C::SqlType>,
     C: Column + Expression + Copy + QueryFragment<DB>,
-    C::SqlType: SqlType<IsNull = NotNull>,
+    C::SqlType: SqlType<IsNull = NotNull> + SingleValue,
     V: ToSql<C::SqlType, DB>,
 {
-    fn walk_after<'b>(&'b self, value: &'b V, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+    fn walk_after<'b>(
+        &'b self,
+        value: &'b V,
+        at_or_before: bool,
+        mut out: AstPass<'_, 'b, DB>,
+    ) -> QueryResult<()> {
         self.walk_ast(out.reborrow())?;
-        out.push_sql(" > ");
+        out.push_sql(if at_or_before { " <= " } else { " > " });
         out.push_bind_param::<C::SqlType, V>(value)
     }
 }
@@ -117,13 +174,24 @@ impl<A, B> Keyset for Composite<A, B>
 where
     A: Column + Expression + Copy,
     B: Column + Expression + Copy,
-    A::SqlType: SqlType<IsNull = NotNull>,
-    B::SqlType: SqlType<IsNull = NotNull>,
+    A::SqlType: SqlType<IsNull = NotNull> + SingleValue,
+    B::SqlType: SqlType<IsNull = NotNull> + SingleValue,
     (A, B): Expression,
+    (diesel::dsl::Desc<A>, diesel::dsl::Desc<B>): Expression,
 {
     type Order = (A, B);
+    type Desc = (diesel::dsl::Desc<A>, diesel::dsl::Desc<B>);
     fn order(&self) -> (A, B) {
         (self.0, self.1)
+    }
+    fn order_desc(&self) -> Self::Desc {
+        (
+            diesel::ExpressionMethods::desc(self.0),
+            diesel::ExpressionMethods::desc(self.1),
+        )
+    }
+    fn columns(&self) -> Vec<&'static str> {
+        vec![A::NAME, B::NAME]
     }
 }
 
@@ -139,30 +207,39 @@ where
     fn walk_after<'b>(
         &'b self,
         value: &'b (VA, VB),
+        at_or_before: bool,
         mut out: AstPass<'_, 'b, DB>,
     ) -> QueryResult<()> {
+        // After: `a >= x AND (a > x OR b > y)`; at or before: `a <= x AND (a < x OR b <= y)`.
+        let (wide, strict, last) = if at_or_before {
+            (" <= ", " < ", " <= ")
+        } else {
+            (" >= ", " > ", " > ")
+        };
         out.push_sql("(");
         self.0.walk_ast(out.reborrow())?;
-        out.push_sql(" >= ");
+        out.push_sql(wide);
         out.push_bind_param::<A::SqlType, VA>(&value.0)?;
         out.push_sql(" AND (");
         self.0.walk_ast(out.reborrow())?;
-        out.push_sql(" > ");
+        out.push_sql(strict);
         out.push_bind_param::<A::SqlType, VA>(&value.0)?;
         out.push_sql(" OR ");
         self.1.walk_ast(out.reborrow())?;
-        out.push_sql(" > ");
+        out.push_sql(last);
         out.push_bind_param::<B::SqlType, VB>(&value.1)?;
         out.push_sql("))");
         Ok(())
     }
 }
 
-/// The keyset predicate: `key > value`, or `1 = 1` before the first batch.
+/// The keyset predicate: `key > value`, or `1 = 1` before the first batch (or `key <= value`
+/// for the check at the end of a walk).
 #[derive(Debug, Clone)]
 pub struct After<K, V> {
     key: K,
     value: Option<V>,
+    at_or_before: bool,
 }
 
 impl<K, V> Expression for After<K, V> {
@@ -191,7 +268,9 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         match &self.value {
-            Some(value) => self.key.walk_after(value, out.reborrow()),
+            Some(value) => self
+                .key
+                .walk_after(value, self.at_or_before, out.reborrow()),
             None => {
                 out.push_sql("1 = 1");
                 Ok(())
@@ -206,10 +285,19 @@ pub type BatchQuery<Q, K, V> = diesel::dsl::Order<
     <K as Keyset>::Order,
 >;
 
+/// The check at the end of a keyset walk: rows at or before a key, last first.
+#[doc(hidden)]
+pub type ProbeQuery<Q, K, V> = diesel::dsl::Order<
+    diesel::dsl::Filter<<Q as AsQuery>::Query, After<K, V>>,
+    <K as Keyset>::Desc,
+>;
+
 /// A query [`Budgeted::batches_by`] can walk on connection `C` by key `K` (whose Rust value is
 /// `V`), loading rows of type `U`: any Diesel select that can take the keyset predicate and
-/// an `ORDER BY` on the key, and that Diesel could load into `U`. You never implement it; when a
-/// walk does not compile, the cause is usually the row type or a key from another table.
+/// an `ORDER BY` on the key, and that Diesel could load into `U` (or a [`PerBatch`] closure
+/// building one). You never implement it; when a walk does not compile, the cause is usually
+/// the row type, a key from another table, or a query that is not `Clone` (walk it with
+/// [`Budget::walk`]).
 pub trait Walk<'c, C: BudgetConnection, K, V, U>: Sized {
     /// The query of one batch (or of the whole stream).
     type Batch: BudgetQuery<'c, C, U>
@@ -217,13 +305,55 @@ pub trait Walk<'c, C: BudgetConnection, K, V, U>: Sized {
         + QueryFragment<C::Backend>
         + 'c;
 
+    /// The check at the end of a keyset walk: rows at or before a key, last first.
+    #[doc(hidden)]
+    type Probe: BudgetQuery<'c, C, U> + 'c;
+
     /// This query, filtered to rows after `after` in key order and ordered by the key.
     #[doc(hidden)]
     fn batch(&self, key: K, after: Option<V>) -> Self::Batch;
 
+    /// This query, filtered to rows at or before `at`, in descending key order.
+    #[doc(hidden)]
+    fn probe(&self, key: K, at: V) -> Self::Probe;
+
     /// The SQL of the query as given (to find a LIMIT or OFFSET of its own).
     #[doc(hidden)]
     fn own_sql(&self) -> Result<String>;
+}
+
+/// The batch query and the end probe of query `$query` (an expression of type `Q`).
+macro_rules! walk_queries {
+    ($query:expr) => {
+        fn batch(&self, key: K, after: Option<V>) -> Self::Batch {
+            let query: Q = $query(self);
+            query
+                .as_query()
+                .filter(After {
+                    key,
+                    value: after,
+                    at_or_before: false,
+                })
+                .order(key.order())
+        }
+
+        fn probe(&self, key: K, at: V) -> Self::Probe {
+            let query: Q = $query(self);
+            query
+                .as_query()
+                .filter(After {
+                    key,
+                    value: Some(at),
+                    at_or_before: true,
+                })
+                .order(key.order_desc())
+        }
+
+        fn own_sql(&self) -> Result<String> {
+            let query: Q = $query(self);
+            render::<C, _>(&query.as_query())
+        }
+    };
 }
 
 impl<'c, C, Q, K, V, U> Walk<'c, C, K, V, U> for Q
@@ -231,22 +361,88 @@ where
     C: BudgetConnection,
     Q: AsQuery + Clone,
     Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
-    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order>,
+    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order> + OrderDsl<K::Desc>,
     BatchQuery<Q, K, V>:
         BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
+    ProbeQuery<Q, K, V>: BudgetQuery<'c, C, U> + 'c,
     K: KeysetAfter<V, C::Backend>,
 {
     type Batch = BatchQuery<Q, K, V>;
+    type Probe = ProbeQuery<Q, K, V>;
+    walk_queries!(|q: &Q| q.clone());
+}
 
-    fn batch(&self, key: K, after: Option<V>) -> Self::Batch {
-        self.clone()
-            .as_query()
-            .filter(After { key, value: after })
-            .order(key.order())
+/// A query built anew for each statement of a walk, by a closure: how queries that are not
+/// `Clone` (boxed queries, built from run-time filters with `into_boxed()`) are walked. Built by
+/// [`Budget::walk`].
+#[derive(Clone, Copy)]
+pub struct PerBatch<F>(F);
+
+impl<F> Debug for PerBatch<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PerBatch(..)")
     }
+}
 
-    fn own_sql(&self) -> Result<String> {
-        render::<C, _>(&self.clone().as_query())
+impl<'c, C, F, Q, K, V, U> Walk<'c, C, K, V, U> for PerBatch<F>
+where
+    C: BudgetConnection,
+    F: Fn() -> Q,
+    Q: AsQuery,
+    Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
+    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order> + OrderDsl<K::Desc>,
+    BatchQuery<Q, K, V>:
+        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
+    ProbeQuery<Q, K, V>: BudgetQuery<'c, C, U> + 'c,
+    K: KeysetAfter<V, C::Backend>,
+{
+    type Batch = BatchQuery<Q, K, V>;
+    type Probe = ProbeQuery<Q, K, V>;
+    walk_queries!(|w: &PerBatch<F>| (w.0)());
+}
+
+impl<M, O> Budget<M, O> {
+    /// A walk over the query `build` returns, called once per statement: the way to walk a
+    /// query that is not `Clone`, such as a boxed query whose filters are chosen at run time.
+    /// Then [`Budgeted::batches_by`] or [`Budgeted::stream_by`] as usual (the result is not
+    /// loadable otherwise). `build` must return the same query each time.
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(100)?;
+    /// use diesel::prelude::*;
+    /// use diesel::sqlite::Sqlite;
+    /// use diesel_budget::prelude::*;
+    /// use diesel_budget::demo::{items, Item};
+    ///
+    /// let category: Option<i32> = Some(3); // from a request, say
+    /// let query = || {
+    ///     let mut q = items::table.into_boxed::<Sqlite>();
+    ///     if let Some(c) = category {
+    ///         q = q.filter(items::category.eq(c));
+    ///     }
+    ///     q
+    /// };
+    /// let mut ids = Vec::new();
+    /// for batch in Budget::rows(4)
+    ///     .walk(query)
+    ///     .batches_by(items::id, |i: &Item| i.id, &mut conn)
+    /// {
+    ///     ids.extend(batch?.iter().map(|i| i.id));
+    /// }
+    /// assert_eq!(ids, (0..10).map(|n| 3 + 10 * n).collect::<Vec<_>>());
+    /// # Ok(()) }
+    /// ```
+    pub fn walk<F, Q>(self, build: F) -> Budgeted<PerBatch<F>, M, O>
+    where
+        F: Fn() -> Q,
+    {
+        Budgeted {
+            query: PerBatch(build),
+            budget: self,
+        }
     }
 }
 
@@ -286,9 +482,16 @@ pub struct Batches<'c, C, Q, K, V, U, F, M> {
     query: Q,
     key: K,
     key_of: F,
+    /// The key of the last row handed out (or the `after` key): where the next batch starts.
     last: Option<V>,
     spec: BudgetSpec,
     mode: BatchMode,
+    /// The LIMIT of the next keyset batch: the row budget, or, under a byte budget, the rows
+    /// expected to fit (from the sizes seen so far).
+    limit: u64,
+    /// The previous keyset batch delivered rows: an empty batch now ends the walk only after
+    /// the end check ([`Batches::check_end`]).
+    check_at_end: bool,
     rows_done: u64,
     started: bool,
     done: bool,
@@ -303,6 +506,7 @@ impl<C, Q, K: Debug, V: Debug, U, F, M> Debug for Batches<'_, C, Q, K, V, U, F, 
             .field("after", &self.last)
             .field("budget", &self.spec)
             .field("mode", &self.mode)
+            .field("limit", &self.limit)
             .field("rows_done", &self.rows_done)
             .field("done", &self.done)
             .finish_non_exhaustive()
@@ -314,11 +518,18 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// `key`, which must be unique and not null. `key_of` reads the key of a loaded row; it is
     /// where the next batch starts. Any `ORDER BY` on the query is replaced by the key; a query
     /// with its own `LIMIT` or `OFFSET` is rejected ([`Error::InvalidArgument`]), as batches
-    /// cover all rows (an offset would apply to every batch).
+    /// cover all rows (an offset would apply to every batch). A query that is not `Clone` (a
+    /// boxed one) is walked through [`Budget::walk`].
+    ///
+    /// Every key must be strictly after the one before (see [the module docs](crate::batch)):
+    /// a key that is not unique, a join that repeats rows, or a `key_of` that does not read
+    /// exactly the key is [`Error::KeyOrder`] at the first row out of order, and nothing from
+    /// that row on is delivered.
     ///
     /// Memory is bounded by one batch whatever the size of the table. The overflow policy does
     /// not apply: batching *is* the answer to "more rows than the budget". A single row larger
-    /// than a byte budget is [`Error::BudgetExceeded`] (inside [`Error::Interrupted`]).
+    /// than a byte budget is [`Error::BudgetExceeded`] (inside [`Error::Interrupted`]). The row
+    /// budget bounds what crosses the wire per statement; a byte budget bounds what is kept.
     ///
     /// # Example
     /// ```
@@ -356,6 +567,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
         K: Keyset,
         F: FnMut(&U) -> V,
     {
+        let spec = self.budget.spec();
         Batches {
             conn: Some(conn.connection(crate::exec::sealed::TOKEN)),
             stream: None,
@@ -364,8 +576,14 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
             key,
             key_of,
             last: None,
-            spec: self.budget.spec(),
+            spec,
             mode: BatchMode::Keyset,
+            limit: if M::METERS_BYTES {
+                spec.rows.min(FIRST_BYTE_METERED_LIMIT)
+            } else {
+                spec.rows
+            },
+            check_at_end: false,
             rows_done: 0,
             started: false,
             done: false,
@@ -384,7 +602,12 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// holds one row at a time; on MySQL, whose client buffers whole results, rows come out of
     /// keyset batches of the budget's size. A byte budget bounds each row (each batch on
     /// MySQL). Stopping early on PostgreSQL makes libpq read and discard the rest of the
-    /// result; walk with [`BatchMode::Keyset`] if you often stop early.
+    /// result; walk with [`BatchMode::Keyset`] if you often stop early. [`RowsOf::resume_key`]
+    /// is the key of the last row handed out, and [`RowsOf::after`] resumes after it.
+    ///
+    /// On PostgreSQL, a stream whose connection is killed after the server has already sent
+    /// every row (they wait in the socket and libpq's buffer) finishes normally, with no error:
+    /// every row was delivered.
     ///
     /// # Example
     /// ```
@@ -436,7 +659,8 @@ impl<C, Q, K, V, U, F, M> Batches<'_, C, Q, K, V, U, F, M> {
         self
     }
 
-    /// The key of the last row delivered: where a new walk resumes ([`Batches::after`]).
+    /// The key of the last row delivered (of the last batch handed out): where a new walk
+    /// resumes ([`Batches::after`]). Before the first batch, the `after` key, if any.
     pub fn resume_key(&self) -> Option<&V> {
         self.last.as_ref()
     }
@@ -447,12 +671,45 @@ impl<C, Q, K, V, U, F, M> Batches<'_, C, Q, K, V, U, F, M> {
     }
 }
 
+/// The first LIMIT of a byte-metered keyset walk: small, since nothing is known yet of the
+/// rows' sizes; later batches are sized from what fitted.
+const FIRST_BYTE_METERED_LIMIT: u64 = 100;
+
+/// The LIMIT of the next keyset batch under `spec` after a statement that received `seen`: as
+/// many rows as fit the byte budget at the average size seen (so each row crosses the wire
+/// about once, growing back when rows shrink), never more than the row budget nor less than 1.
+fn next_limit(spec: &BudgetSpec, seen: &Meterage) -> u64 {
+    match spec.bytes {
+        Some(bytes) if seen.rows > 0 && seen.bytes > 0 => {
+            let fit = u128::from(bytes) * u128::from(seen.rows) / u128::from(seen.bytes);
+            u64::try_from(fit).unwrap_or(u64::MAX).min(spec.rows).max(1)
+        }
+        _ => spec.rows,
+    }
+}
+
+/// The error for `next` not strictly after `previous` in the walk by `key`.
+fn key_order<K: Keyset, V: Debug>(key: &K, previous: &V, next: &V, rows_done: u64) -> Error {
+    Error::KeyOrder {
+        key: key.columns(),
+        previous: format!("{previous:?}"),
+        next: format!("{next:?}"),
+        rows_done,
+    }
+}
+
+/// Whether `next` is strictly after `previous` (Rust's order of the key type decides).
+#[inline]
+fn strictly_after<V: PartialOrd>(previous: &V, next: &V) -> bool {
+    previous.partial_cmp(next) == Some(Ordering::Less)
+}
+
 impl<'c, C, Q, K, V, U, F, M> Iterator for Batches<'c, C, Q, K, V, U, F, M>
 where
     C: BudgetConnection,
     Q: Walk<'c, C, K, V, U>,
     K: Keyset,
-    V: Clone + Debug,
+    V: Clone + Debug + PartialOrd,
     F: FnMut(&U) -> V,
     M: Meter<U>,
     U: 'static,
@@ -467,18 +724,19 @@ where
             return None;
         }
         let result = self.start().and_then(|()| {
-            if self.streams() {
-                self.next_streamed()
+            let rows = if self.streams() {
+                self.next_streamed()?
             } else {
-                self.next_keyset()
+                self.next_keyset()?
+            };
+            match rows {
+                Some(rows) => self.accept(&rows).map(|()| Some(rows)),
+                None => Ok(None),
             }
         });
         match result {
             Ok(Some(rows)) => {
                 self.rows_done += rows.len() as u64;
-                if let Some(row) = rows.last() {
-                    self.last = Some((self.key_of)(row));
-                }
                 Some(Ok(rows))
             }
             Ok(None) => {
@@ -501,11 +759,14 @@ impl<C: BudgetConnection, Q, K, V: Debug, U, F, M> Batches<'_, C, Q, K, V, U, F,
         self.stream = None;
     }
 
-    /// Ends the walk on `e`; a failure after the start says where to resume.
+    /// Ends the walk on `e`; a failure after the start says where to resume. A key out of
+    /// order is a mistake in the walk itself, not a failure to resume from.
     fn fail(&mut self, e: Error) -> Error {
         self.finish();
         match e {
-            e @ (Error::InvalidArgument { .. } | Error::InvalidBudget { .. }) => e,
+            e @ (Error::InvalidArgument { .. }
+            | Error::InvalidBudget { .. }
+            | Error::KeyOrder { .. }) => e,
             e => Error::Interrupted {
                 rows_done: self.rows_done,
                 resume_after: self.last.as_ref().map(|v| format!("{v:?}")),
@@ -520,10 +781,71 @@ where
     C: BudgetConnection,
     Q: Walk<'c, C, K, V, U>,
     K: Keyset,
-    V: Clone + Debug,
+    V: Clone + Debug + PartialOrd,
+    F: FnMut(&U) -> V,
     M: Meter<U>,
     U: 'static,
 {
+    /// Checks that the keys of `rows` are strictly increasing and strictly after the last key,
+    /// then makes the last of them the last key. On a violation nothing changes.
+    fn accept(&mut self, rows: &[U]) -> Result<()> {
+        let mut last: Option<V> = None;
+        for row in rows {
+            let key = (self.key_of)(row);
+            if let Some(previous) = last.as_ref().or(self.last.as_ref()) {
+                if !strictly_after(previous, &key) {
+                    return Err(key_order(&self.key, previous, &key, self.rows_done));
+                }
+            }
+            last = Some(key);
+        }
+        if last.is_some() {
+            self.last = last;
+        }
+        Ok(())
+    }
+
+    /// [`Batches::accept`] for one row handed out on its own.
+    fn accept_one(&mut self, row: &U) -> Result<()> {
+        let key = (self.key_of)(row);
+        if let Some(previous) = self.last.as_ref() {
+            if !strictly_after(previous, &key) {
+                return Err(key_order(&self.key, previous, &key, self.rows_done));
+            }
+        }
+        self.last = Some(key);
+        self.rows_done += 1;
+        Ok(())
+    }
+
+    /// A keyset walk that got an empty batch right after a full one may have been led astray
+    /// by `key_of` (a composite read in the wrong order sends the next batch past every row):
+    /// the last row at or before the last key, in the database's order, must not read as
+    /// after it. One `LIMIT 1` statement, only at the end of such walks.
+    fn check_end(&mut self) -> Result<()> {
+        let Some(last) = self.last.clone() else {
+            return Ok(());
+        };
+        let query = self.query.probe(self.key, last);
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return Ok(());
+        };
+        // One row, however large, and rows only: this is a check, not a delivery.
+        let spec = BudgetSpec {
+            bytes: None,
+            ..self.spec
+        };
+        let loaded = load_metered::<C, U, _, Rows>(query, spec, 1, conn)?;
+        let (Some(row), Some(last)) = (loaded.rows.first(), self.last.as_ref()) else {
+            return Ok(());
+        };
+        let key = (self.key_of)(row);
+        if strictly_after(last, &key) || last.partial_cmp(&key).is_none() {
+            return Err(key_order(&self.key, last, &key, self.rows_done));
+        }
+        Ok(())
+    }
+
     /// Once, before the first batch: a query with its own LIMIT cannot be walked.
     fn start(&mut self) -> Result<()> {
         if std::mem::replace(&mut self.started, true) {
@@ -552,17 +874,36 @@ where
         let Some(conn) = self.conn.as_deref_mut() else {
             return Ok(None);
         };
-        let limit = i64::try_from(self.spec.rows).unwrap_or(i64::MAX);
-        let loaded = load_metered::<C, U, _, M>(query, self.spec, limit, conn)?;
+        let limit = self.limit;
+        let loaded = load_metered::<C, U, _, M>(
+            query,
+            self.spec,
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            conn,
+        )?;
+        if M::METERS_BYTES {
+            self.limit = next_limit(&self.spec, &loaded.meter);
+        }
         match loaded.exceeded {
             Some(e) if loaded.rows.is_empty() => Err(loaded.into_error(self.spec, e)),
-            // Cut short by bytes: the row that did not fit is read again by the next batch.
-            Some(_) => Ok(Some(loaded.rows)),
-            None if loaded.rows.is_empty() => Ok(None),
+            // Cut short by bytes: the rows that did not fit are read again by the next batch
+            // (a few: the LIMIT was sized to what fits).
+            Some(_) => {
+                self.check_at_end = true;
+                Ok(Some(loaded.rows))
+            }
+            None if loaded.rows.is_empty() => {
+                if std::mem::take(&mut self.check_at_end) {
+                    self.check_end()?;
+                }
+                Ok(None)
+            }
             None => {
                 // A short batch is the last one: no need to ask again.
-                if (loaded.rows.len() as u64) < self.spec.rows {
+                if (loaded.rows.len() as u64) < limit {
                     self.conn = None;
+                } else {
+                    self.check_at_end = true;
                 }
                 Ok(Some(loaded.rows))
             }
@@ -658,37 +999,37 @@ where
         Ok((!rows.is_empty()).then_some(rows))
     }
 
-    /// One row of the walk: straight from the stream, or from the current keyset batch.
-    fn next_row(&mut self, buffer: &mut std::vec::IntoIter<U>) -> Result<Option<U>>
-    where
-        F: FnMut(&U) -> V,
-    {
-        if let Some(row) = buffer.next() {
-            return Ok(Some(row));
-        }
-        self.start()?;
-        if self.streams() {
-            let Some(row) = self.pull()? else {
-                return Ok(None);
-            };
-            let size = M::size_of(&row);
-            if self.spec.bytes.is_some_and(|b| size > b) {
-                return Err(self.row_too_large(Exceeded::Bytes, size));
+    /// One row of the walk: straight from the stream, or from the current keyset batch. Its key
+    /// is checked and becomes the resume key as it is handed out.
+    fn next_row(&mut self, buffer: &mut std::vec::IntoIter<U>) -> Result<Option<U>> {
+        let row = match buffer.next() {
+            Some(row) => row,
+            None => {
+                self.start()?;
+                if self.streams() {
+                    let Some(row) = self.pull()? else {
+                        return Ok(None);
+                    };
+                    let size = M::size_of(&row);
+                    if self.spec.bytes.is_some_and(|b| size > b) {
+                        return Err(self.row_too_large(Exceeded::Bytes, size));
+                    }
+                    self.delivered(size);
+                    row
+                } else {
+                    let Some(rows) = self.next_keyset()? else {
+                        return Ok(None);
+                    };
+                    *buffer = rows.into_iter();
+                    let Some(row) = buffer.next() else {
+                        return Ok(None);
+                    };
+                    row
+                }
             }
-            self.delivered(size);
-            self.rows_done += 1;
-            self.last = Some((self.key_of)(&row));
-            return Ok(Some(row));
-        }
-        let Some(rows) = self.next_keyset()? else {
-            return Ok(None);
         };
-        self.rows_done += rows.len() as u64;
-        if let Some(row) = rows.last() {
-            self.last = Some((self.key_of)(row));
-        }
-        *buffer = rows.into_iter();
-        Ok(buffer.next())
+        self.accept_one(&row)?;
+        Ok(Some(row))
     }
 }
 
@@ -726,17 +1067,46 @@ impl<C, Q, K: Debug, V: Debug, U, F, M> Debug for RowsOf<'_, C, Q, K, V, U, F, M
 }
 
 impl<C, Q, K, V, U, F, M> RowsOf<'_, C, Q, K, V, U, F, M> {
-    /// The key of the last row delivered: where a new walk resumes ([`Batches::after`]).
+    /// Starts right after `key` (exclusive), e.g. the [`RowsOf::resume_key`] of a walk that
+    /// stopped or failed. Default: from the first row. Call before iterating.
     ///
-    /// Exact after an error (rows are fetched only once the previous ones were handed out).
-    /// While iterating over keyset batches it is the last key of the current batch.
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(1_000)?;
+    /// use diesel_budget::prelude::*;
+    /// use diesel_budget::demo::{items, Item};
+    ///
+    /// let mut rows = items::table
+    ///     .budget(Budget::rows(100))
+    ///     .stream_by(items::id, |i: &Item| i.id, &mut conn);
+    /// let first: Vec<i32> = (&mut rows).take(250).map(|r| r.map(|i| i.id)).collect::<Result<_, _>>()?;
+    /// let key = *rows.resume_key().ok_or("no key")?;
+    /// drop(rows);
+    /// assert_eq!(key, 250);
+    /// let rest = items::table
+    ///     .budget(Budget::rows(100))
+    ///     .stream_by(items::id, |i: &Item| i.id, &mut conn)
+    ///     .after(key)
+    ///     .count();
+    /// assert_eq!(first.len() + rest, 1_000);
+    /// # Ok(()) }
+    /// ```
+    pub fn after(mut self, key: V) -> Self {
+        self.batches.last = Some(key);
+        self
+    }
+
+    /// The key of the last row handed out, in every mode: where a new walk resumes
+    /// ([`RowsOf::after`]), with no row lost or repeated.
     pub fn resume_key(&self) -> Option<&V> {
         self.batches.resume_key()
     }
 
-    /// Rows delivered so far.
+    /// Rows handed out so far.
     pub fn rows_done(&self) -> u64 {
-        self.batches.rows_done() - self.buffer.len() as u64
+        self.batches.rows_done()
     }
 }
 
@@ -745,7 +1115,7 @@ where
     C: BudgetConnection,
     Q: Walk<'c, C, K, V, U>,
     K: Keyset,
-    V: Clone + Debug,
+    V: Clone + Debug + PartialOrd,
     F: FnMut(&U) -> V,
     M: Meter<U>,
     U: 'static,
@@ -766,7 +1136,43 @@ where
                 batches.finish();
                 None
             }
-            Err(e) => Some(Err(batches.fail(e))),
+            Err(e) => {
+                self.buffer = Vec::new().into_iter();
+                Some(Err(batches.fail(e)))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{next_limit, strictly_after};
+    use crate::budget::{Budget, Meterage};
+
+    #[test]
+    fn byte_metered_limits_follow_what_fitted() {
+        let spec = Budget::rows(100_000).bytes(1_000).spec();
+        let seen = |rows, bytes| Meterage { rows, bytes };
+        // 10 rows of 100 bytes fit: ask for 10 next, not 100,000.
+        assert_eq!(next_limit(&spec, &seen(10, 1_000)), 10);
+        // Cut at the 11th row (11 rows received, 1,100 bytes): still 10.
+        assert_eq!(next_limit(&spec, &seen(11, 1_100)), 10);
+        // Rows shrank to 10 bytes: grow back.
+        assert_eq!(next_limit(&spec, &seen(10, 100)), 100);
+        // Never past the row budget, never below one row.
+        assert_eq!(next_limit(&spec, &seen(1_000, 1)), 100_000);
+        assert_eq!(next_limit(&spec, &seen(1, 1 << 40)), 1);
+        // Nothing seen, or no byte budget: the row budget.
+        assert_eq!(next_limit(&spec, &seen(0, 0)), 100_000);
+        assert_eq!(next_limit(&Budget::rows(7).spec(), &seen(3, 300)), 7);
+    }
+
+    #[test]
+    fn only_a_strictly_greater_key_is_after() {
+        assert!(strictly_after(&1, &2));
+        assert!(!strictly_after(&2, &2));
+        assert!(!strictly_after(&3, &2));
+        assert!(strictly_after(&(1, 9), &(2, 0)));
+        assert!(!strictly_after(&f64::NAN, &1.0));
     }
 }

@@ -97,6 +97,31 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A keyset walk met a row whose key is not strictly after the previous row's, within a
+    /// batch or across batches (or, at the end of a walk, a row the database orders before the
+    /// last key that `key_of` reads as after it). The key is not unique, a join repeats rows,
+    /// `key_of` does not read exactly the key, or the database orders the key column(s) other
+    /// than Rust orders the key type (a case-insensitive collation, say). Nothing from that row
+    /// on was delivered; resuming would meet it again. The keys are in fields, never in the
+    /// message.
+    #[error(
+        "keyset walk by ({}) out of order after {rows_done} rows: a row's key is not strictly \
+         after the previous row's; the key must be unique and not null, `key_of` must read \
+         exactly that key, and the database must order it as Rust does",
+        key.join(", ")
+    )]
+    KeyOrder {
+        /// The key's column names (Diesel's `Column::NAME`).
+        key: Vec<&'static str>,
+        /// Debug form of the previous key (the last one delivered).
+        previous: String,
+        /// Debug form of the key that is not strictly after it.
+        next: String,
+        /// Rows delivered before the error (whole batches, for batches: the batch holding the
+        /// row out of order is not delivered).
+        rows_done: u64,
+    },
+
     /// No connection could be checked out of the pool (or the pool could not be built).
     #[error("no connection from the pool")]
     Pool(#[from] diesel::r2d2::PoolError),

@@ -21,6 +21,7 @@ static ALLOC: alloc::Counting = alloc::Counting;
 mod sqlite {
     type C = diesel::sqlite::SqliteConnection;
     include!("backends/suite.rs");
+    include!("backends/walks.rs");
     include!("backends/offset.rs");
     include!("backends/pool.rs");
     include!("backends/pool_sqlite.rs");
@@ -32,6 +33,7 @@ mod sqlite {
 mod postgres {
     type C = diesel::pg::PgConnection;
     include!("backends/suite.rs");
+    include!("backends/walks.rs");
     include!("backends/offset.rs");
     include!("backends/killed.rs");
     include!("backends/pool.rs");
@@ -44,6 +46,7 @@ mod postgres {
 mod mysql {
     type C = diesel::mysql::MysqlConnection;
     include!("backends/suite.rs");
+    include!("backends/walks.rs");
     include!("backends/killed.rs");
     include!("backends/pool.rs");
     include!("backends/layout.rs");

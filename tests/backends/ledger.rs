@@ -208,13 +208,24 @@ mod ledger {
                     ledger.rows() > ledger.rows_delivered(),
                     "{mode:?}: re-reading not seen:\n{ledger}"
                 );
-                // Every batch but the last stopped on bytes, reading at least one row more.
+                // The first batch stops on bytes, reading one row more; later batches are sized
+                // from what fitted (each row crosses the wire about once), so re-reading stays
+                // at a row or two for the whole walk.
                 let stopped = ledger
                     .statements()
                     .iter()
                     .filter(|s| s.rows > s.rows_delivered)
                     .count();
-                assert!(stopped >= 6, "{mode:?}: {stopped} batches re-read:\n{ledger}");
+                assert!(stopped >= 1, "{mode:?}: {stopped} batches re-read:\n{ledger}");
+                // (The first batch may receive its whole LIMIT where the client buffers: MySQL.)
+                let later: u64 = ledger.statements()[1..]
+                    .iter()
+                    .map(|s| s.rows.unwrap_or(0) - s.rows_delivered.unwrap_or(0))
+                    .sum();
+                assert!(
+                    later <= 1,
+                    "{mode:?}: later byte-limited batches re-read {later} rows:\n{ledger}"
+                );
             }
             let d = tdb.db.stats().since(&before);
             assert_eq!(

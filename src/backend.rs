@@ -37,6 +37,13 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
 mod sealed {
     pub trait Sealed {}
 }

@@ -11,7 +11,7 @@ use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
 use crate::instrument::{note_result, BudgetScope};
-use crate::query::{BudgetQuery, Budgeted, RowSink};
+use crate::query::{probe_limit, BudgetQuery, Budgeted, Fetch, RowSink};
 
 pub(crate) mod sealed {
     /// Gives the executor the Diesel connection behind a handle. Not nameable outside the
@@ -50,9 +50,13 @@ pub type ConnectionOf<X> = <X as sealed::Access>::Connection;
 /// Rows loaded under a budget, with what was counted.
 pub(crate) struct Loaded<U> {
     pub(crate) rows: Vec<U>,
+    /// The SQL with placeholders; rendered only when the outcome is an error that shows it
+    /// (over budget, or no row where one was asked for), else empty.
     pub(crate) sql: String,
     pub(crate) meter: Meterage,
     pub(crate) exceeded: Option<Exceeded>,
+    /// A locking read fetched at most the budget: a full result may have more rows.
+    pub(crate) lock_cut: bool,
 }
 
 impl<U> Loaded<U> {
@@ -73,6 +77,8 @@ struct Collector<U, M> {
     meter: Meterage,
     exceeded: Option<Exceeded>,
     spec: BudgetSpec,
+    /// `first`/`get_result`: no row is an error that shows the SQL.
+    sql_if_empty: bool,
     _meter: PhantomData<fn() -> M>,
 }
 
@@ -95,6 +101,10 @@ impl<U, M: Meter<U>> RowSink<U> for Collector<U, M> {
             }
         }
     }
+
+    fn needs_sql(&self) -> bool {
+        self.exceeded.is_some() || (self.sql_if_empty && self.rows.is_empty())
+    }
 }
 
 /// Runs `query` with at most `limit` rows fetched, metering rows against `spec` and bytes with
@@ -110,33 +120,53 @@ where
     Q: BudgetQuery<'q, C, U>,
     M: Meter<U>,
 {
+    load::<C, U, Q, M>(query, spec, limit, false, conn)
+}
+
+/// [`load_metered`]; `sql_if_empty`: an empty result is an error that shows the SQL.
+#[inline]
+fn load<'q, C, U, Q, M>(
+    query: Q,
+    spec: BudgetSpec,
+    limit: i64,
+    sql_if_empty: bool,
+    conn: &mut C,
+) -> Result<Loaded<U>>
+where
+    C: BudgetConnection,
+    Q: BudgetQuery<'q, C, U>,
+    M: Meter<U>,
+{
     let mut sink = Collector::<U, M> {
         rows: Vec::new(),
         meter: Meterage::default(),
         exceeded: None,
         spec,
+        sql_if_empty,
         _meter: PhantomData,
+    };
+    let fetch = Fetch {
+        limit,
+        budget_rows: spec.rows,
+        truncate: spec.truncate,
     };
     let result = {
         let _scope = BudgetScope::enter(spec);
-        query.run_limited(limit, M::METERS_BYTES, conn, &mut sink)
+        query.run_limited(fetch, M::METERS_BYTES, conn, &mut sink)
     };
     note_result(
         conn.instrumentation(),
         sink.meter.rows,
         M::METERS_BYTES.then_some(sink.meter.bytes),
     );
+    let ran = result?;
     Ok(Loaded {
         rows: sink.rows,
-        sql: result?,
+        sql: ran.sql.unwrap_or_default(),
         meter: sink.meter,
         exceeded: sink.exceeded,
+        lock_cut: ran.lock_cut,
     })
-}
-
-/// `budget + 1`, the LIMIT that tells "fits" from "too many". The budget is validated first.
-fn probe_limit(spec: &BudgetSpec) -> i64 {
-    i64::try_from(spec.rows.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
 /// A budgeted query that loads rows of type `U` on connection `C`: implemented for every
@@ -170,9 +200,13 @@ where
     fn internal_load(self, conn: &mut C) -> Result<Self::Output> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn)?;
+        let loaded = load::<_, U, Q, M>(self.query, spec, probe_limit(spec.rows), false, conn)?;
         match loaded.exceeded {
-            None => Ok(O::finish(loaded.rows, false)),
+            // A locking read cannot probe: a full result may have more (see `crate::query`).
+            None => {
+                let full = loaded.lock_cut && loaded.rows.len() as u64 >= spec.rows;
+                Ok(O::finish(loaded.rows, full))
+            }
             Some(_) if O::TRUNCATES => Ok(O::finish(loaded.rows, true)),
             Some(e) => Err(loaded.into_error(spec, e)),
         }
@@ -181,7 +215,7 @@ where
     fn internal_get_result(self, conn: &mut C) -> Result<U> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn)?;
+        let loaded = load::<_, U, Q, M>(self.query, spec, probe_limit(spec.rows), true, conn)?;
         match loaded.exceeded {
             // Not even the first row fits: that is an overflow, not a missing row.
             Some(e) if !O::TRUNCATES || loaded.rows.is_empty() => Err(loaded.into_error(spec, e)),
@@ -192,7 +226,7 @@ where
     fn internal_first(self, conn: &mut C) -> Result<U> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(self.query, spec, 1, conn)?;
+        let loaded = load::<_, U, Q, M>(self.query, spec, 1, true, conn)?;
         if let Some(e) = loaded.exceeded {
             return Err(loaded.into_error(spec, e));
         }

@@ -19,6 +19,7 @@ mod sqlite {
     type C = diesel::sqlite::SqliteConnection;
     include!("backends/suite.rs");
     include!("backends/offset.rs");
+    include!("backends/limits.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -27,6 +28,8 @@ mod postgres {
     include!("backends/suite.rs");
     include!("backends/offset.rs");
     include!("backends/killed.rs");
+    include!("backends/limits.rs");
+    row_lock_tests!();
 }
 
 #[cfg(feature = "mysql")]
@@ -34,4 +37,6 @@ mod mysql {
     type C = diesel::mysql::MysqlConnection;
     include!("backends/suite.rs");
     include!("backends/killed.rs");
+    include!("backends/limits.rs");
+    row_lock_tests!();
 }

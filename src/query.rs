@@ -125,30 +125,34 @@ impl<Q, M: crate::budget::Metering, O: crate::budget::Overflow> Budgeted<Q, M, O
     /// use diesel::sqlite::Sqlite;
     ///
     /// # #[cfg(feature = "sqlite")] {
-    /// let q = items::table.filter(items::category.eq(3)).order(items::id.desc());
+    /// let q = items::table
+    ///     .filter(items::category.eq(3))
+    ///     .select((items::id, items::name))
+    ///     .order(items::id.desc());
     /// assert_eq!(
     ///     q.budget(Budget::rows(100)).debug_sql::<Sqlite>()?,
-    ///     "SELECT `items`.`id`, `items`.`category`, `items`.`name`, `items`.`payload` \
-    ///      FROM `items` WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT ?"
+    ///     "SELECT `items`.`id`, `items`.`name` FROM `items` \
+    ///      WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT ?"
     /// );
     /// // The query's own LIMIT and OFFSET are kept (SQLite takes the smaller of the two).
-    /// assert!(q
-    ///     .limit(20)
-    ///     .offset(40)
-    ///     .budget(Budget::rows(100))
-    ///     .debug_sql::<Sqlite>()?
-    ///     .ends_with("ORDER BY `items`.`id` DESC LIMIT min(?, ?) OFFSET ?"));
+    /// assert_eq!(
+    ///     q.limit(20).offset(40).budget(Budget::rows(100)).debug_sql::<Sqlite>()?,
+    ///     "SELECT `items`.`id`, `items`.`name` FROM `items` \
+    ///      WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT min(?, ?) OFFSET ?"
+    /// );
     /// # }
     /// # #[cfg(feature = "postgres")] {
     /// # use diesel::pg::Pg;
-    /// # let q = items::table.filter(items::category.eq(3)).order(items::id.desc());
+    /// # let q = items::table
+    /// #     .filter(items::category.eq(3))
+    /// #     .select((items::id, items::name))
+    /// #     .order(items::id.desc());
     /// // PostgreSQL (and MySQL): the plain `LIMIT $2`, bound to the smaller of the two.
-    /// assert!(q
-    ///     .limit(20)
-    ///     .offset(40)
-    ///     .budget(Budget::rows(100))
-    ///     .debug_sql::<Pg>()?
-    ///     .ends_with("ORDER BY \"items\".\"id\" DESC LIMIT $2 OFFSET $3"));
+    /// assert_eq!(
+    ///     q.limit(20).offset(40).budget(Budget::rows(100)).debug_sql::<Pg>()?,
+    ///     "SELECT \"items\".\"id\", \"items\".\"name\" FROM \"items\" \
+    ///      WHERE (\"items\".\"category\" = $1) ORDER BY \"items\".\"id\" DESC LIMIT $2 OFFSET $3"
+    /// );
     /// # }
     /// # Ok::<(), diesel_budget::Error>(())
     /// ```

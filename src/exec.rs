@@ -11,7 +11,7 @@ use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
 use crate::instrument::{note_result, BudgetScope};
-use crate::query::{probe_limit, BudgetQuery, Budgeted, Fetch, RowSink};
+use crate::query::{probe_limit, BudgetQuery, Budgeted, Fetch, Ran, RowSink};
 
 pub(crate) mod sealed {
     /// Gives the executor the Diesel connection behind a handle. Not nameable outside the
@@ -145,21 +145,9 @@ where
         sql_if_empty,
         _meter: PhantomData,
     };
-    let fetch = Fetch {
-        limit,
-        budget_rows: spec.rows,
-        truncate: spec.truncate,
-    };
-    let result = {
-        let _scope = BudgetScope::enter(spec);
-        query.run_limited(fetch, M::METERS_BYTES, conn, &mut sink)
-    };
-    note_result(
-        conn.instrumentation(),
-        sink.meter.rows,
-        M::METERS_BYTES.then_some(sink.meter.bytes),
-    );
-    let ran = result?;
+    let ran = execute(query, spec, limit, M::METERS_BYTES, conn, &mut sink, |s| {
+        s.meter
+    })?;
     Ok(Loaded {
         rows: sink.rows,
         sql: ran.sql.unwrap_or_default(),
@@ -167,6 +155,66 @@ where
         exceeded: sink.exceeded,
         lock_cut: ran.lock_cut,
     })
+}
+
+/// Runs `query` into `sink` inside the budget's instrumentation scope, then reports what
+/// `meter` read off the sink to the ledger and the pool's statistics.
+#[inline]
+fn execute<'q, C, U, Q, S>(
+    query: Q,
+    spec: BudgetSpec,
+    limit: i64,
+    meters_bytes: bool,
+    conn: &mut C,
+    sink: &mut S,
+    meter: impl Fn(&S) -> Meterage,
+) -> Result<Ran>
+where
+    C: BudgetConnection,
+    Q: BudgetQuery<'q, C, U>,
+    S: RowSink<U>,
+{
+    let fetch = Fetch {
+        limit,
+        budget_rows: spec.rows,
+        truncate: spec.truncate,
+    };
+    let result = {
+        let _scope = BudgetScope::enter(spec);
+        query.run_limited(fetch, meters_bytes, conn, sink)
+    };
+    let seen = meter(sink);
+    note_result(
+        conn.instrumentation(),
+        seen.rows,
+        meters_bytes.then_some(seen.bytes),
+    );
+    result
+}
+
+/// Keeps the one row `first` fetches, without a vector.
+struct FirstRow<U, M> {
+    row: Option<U>,
+    meter: Meterage,
+    exceeded: Option<Exceeded>,
+    spec: BudgetSpec,
+    _meter: PhantomData<fn() -> M>,
+}
+
+impl<U, M: Meter<U>> RowSink<U> for FirstRow<U, M> {
+    fn expect(&mut self, _rows: usize) {}
+
+    fn push(&mut self, row: U) -> ControlFlow<()> {
+        match self.meter.add(M::size_of(&row), &self.spec) {
+            None => self.row = Some(row),
+            Some(e) => self.exceeded = Some(e),
+        }
+        ControlFlow::Break(())
+    }
+
+    fn needs_sql(&self) -> bool {
+        self.exceeded.is_some() || self.row.is_none()
+    }
 }
 
 /// A budgeted query that loads rows of type `U` on connection `C`: implemented for every
@@ -226,11 +274,28 @@ where
     fn internal_first(self, conn: &mut C) -> Result<U> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load::<_, U, Q, M>(self.query, spec, 1, true, conn)?;
-        if let Some(e) = loaded.exceeded {
-            return Err(loaded.into_error(spec, e));
+        let mut sink = FirstRow::<U, M> {
+            row: None,
+            meter: Meterage::default(),
+            exceeded: None,
+            spec,
+            _meter: PhantomData,
+        };
+        let ran = execute(self.query, spec, 1, M::METERS_BYTES, conn, &mut sink, |s| {
+            s.meter
+        })?;
+        let sql = ran.sql.unwrap_or_default();
+        match (sink.row, sink.exceeded) {
+            (_, Some(exceeded)) => Err(Error::BudgetExceeded {
+                sql,
+                budget: spec,
+                exceeded,
+                seen_rows: sink.meter.rows,
+                seen_bytes: sink.meter.bytes,
+            }),
+            (Some(row), None) => Ok(row),
+            (None, None) => Err(Error::query(sql, diesel::result::Error::NotFound)),
         }
-        first_or_not_found(loaded)
     }
 }
 

@@ -310,6 +310,15 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     /// [`Budget::truncate`](crate::Budget::truncate): [`Truncated<U>`](crate::Truncated), the
     /// rows that fit and whether more existed.
     ///
+    /// A locking read (`.for_update()`, `.for_share()`, ..) fetches at most the budget and locks
+    /// exactly the rows it returns: truncating, a full result counts as truncated (more may
+    /// exist); strict, it is refused unless its own `.limit(n)` is within the budget. See
+    /// [locking reads](crate::query#locking-reads).
+    ///
+    /// # Errors
+    /// [`Error::BudgetExceeded`] (strict budget), [`Error::InvalidBudget`],
+    /// [`Error::InvalidArgument`] (a strict locking read), [`Error::Query`] from the database.
+    ///
     /// # Example
     /// ```
     /// # include!("../tests/doc_setup.rs");

@@ -264,7 +264,12 @@ macro_rules! row_lock_tests {
         {
             let tdb = C::test_db();
             let base = crate::common::id_base(test_no);
-            let _rows = crate::common::CommittedRows::insert(&tdb.db, base, base + 10);
+            // Ten queued rows and a sentinel after them that no claim matches. On InnoDB
+            // (REPEATABLE READ) a `SKIP LOCKED` range scan whose rows are all locked runs on
+            // past its range, skipping locked rows, and keeps a lock on the first free row it
+            // reads there until its transaction ends: without the sentinel, a concurrent test's
+            // third worker could hold one of the next test's rows (seen 1 run in 25).
+            let _rows = crate::common::CommittedRows::insert(&tdb.db, base, base + 11);
             let mut a = tdb.conn();
             let mut b = tdb.conn();
             a.begin_test_transaction();

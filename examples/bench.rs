@@ -61,6 +61,19 @@ enum Scenario {
     /// what a byte-budgeted walk moves over the wire (`wire_*` fields; `--batch` is ignored).
     /// Compare `budget-batches --batch 8000` (about the rows 1 MiB holds) in the same run.
     BudgetBytesWalk,
+    /// Per-query overhead, point reads: plain Diesel `items::table.find(id).first` (reported),
+    /// in interleaved, shuffled rounds with the three cells of `budget-point`. Every cell runs
+    /// the same ids, spread over the table.
+    DieselPoint,
+    /// Per-query overhead, point reads: `.find(id).budget(Budget::rows(1)).first` on a plain
+    /// connection (reported), interleaved with plain Diesel and with both through `Db`.
+    BudgetPoint,
+    /// Per-query overhead, a 20-row page: plain Diesel
+    /// `filter(category = c).filter(id > after).order(id).limit(20)`, interleaved as above.
+    DieselPage,
+    /// Per-query overhead, the same page with `.budget(Budget::rows(20))` (the same SQL: the
+    /// page's own limit is the budget).
+    BudgetPage,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -110,6 +123,17 @@ struct Args {
     /// else PG_DATABASE_URL / MYSQL_DATABASE_URL, else a local `diesel_budget_bench` database.
     #[arg(long)]
     url: Option<String>,
+    /// Point/page scenarios: measured rounds (each cell once per round, in shuffled order).
+    #[arg(long, default_value_t = 60)]
+    rounds: u32,
+    /// Point/page scenarios: queries per cell and round.
+    #[arg(long, default_value_t = 300)]
+    per_round: u32,
+    /// Point/page scenarios: run only this cell (0 diesel_plain, 1 budget_plain, 2 diesel_db,
+    /// 3 budget_db), for counting instructions under `valgrind --tool=callgrind`, which the
+    /// machine's noise does not disturb.
+    #[arg(long)]
+    cell: Option<usize>,
     /// `report`: the JSON-lines file to read.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -329,6 +353,22 @@ fn main() -> BoxResult<()> {
     let url = database_url(backend, rows, args.url.as_deref())?;
     if args.scenario == Scenario::Seed {
         return seed(backend, rows, &url);
+    }
+    if let Some(kind) = latency::Kind::of(args.scenario) {
+        let cells = match args.cell {
+            Some(c) if c < 4 => vec![c],
+            Some(c) => return Err(format!("--cell {c}: cells are 0..=3").into()),
+            None => vec![0, 1, 2, 3],
+        };
+        return latency::main(
+            args.scenario,
+            kind,
+            backend,
+            rows,
+            &url,
+            (args.rounds, args.per_round),
+            &cells,
+        );
     }
     let load_before = loadavg();
     let (hwm_before, _) = rss()?;
@@ -638,10 +678,96 @@ macro_rules! backend {
                     Scenario::DieselLoadIterRbr | Scenario::DieselStreamOrdered => {
                         extra(scenario, url)
                     }
-                    Scenario::Seed | Scenario::Report => {
+                    Scenario::Seed
+                    | Scenario::Report
+                    | Scenario::DieselPoint
+                    | Scenario::BudgetPoint
+                    | Scenario::DieselPage
+                    | Scenario::BudgetPage => {
                         Err(format!("{} is not a scan", scenario.name()).into())
                     }
                 }
+            }
+
+            /// One query of `cell` (see [`latency::CELLS`]); returns the ids it read, summed.
+            fn one_query(
+                kind: latency::Kind,
+                cell: usize,
+                id: i32,
+                plain: &mut RawConn,
+                pooled: &mut Conn<RawConn>,
+            ) -> BoxResult<u64> {
+                use latency::Kind::{Page, Point};
+                let page = || {
+                    items::table
+                        .filter(items::category.eq(id % 10))
+                        .filter(items::id.gt(id))
+                        .order(items::id)
+                        .limit(20)
+                };
+                let sum = |rows: &[Item]| rows.iter().map(|i| i.id as u64).sum::<u64>();
+                Ok(match (kind, cell) {
+                    (Point, 0) => items::table.find(id).first::<Item>(plain)?.id as u64,
+                    (Point, 1) => {
+                        items::table.find(id).budget(Budget::rows(1)).first::<Item>(plain)?.id
+                            as u64
+                    }
+                    (Point, 2) => {
+                        items::table.find(id).first::<Item>(pooled.unbudgeted())?.id as u64
+                    }
+                    (Point, _) => {
+                        items::table.find(id).budget(Budget::rows(1)).first::<Item>(pooled)?.id
+                            as u64
+                    }
+                    (Page, 0) => sum(&page().load::<Item>(plain)?),
+                    (Page, 1) => sum(&page().budget(Budget::rows(20)).load::<Item>(plain)?),
+                    (Page, 2) => sum(&page().load::<Item>(pooled.unbudgeted())?),
+                    (Page, _) => sum(&page().budget(Budget::rows(20)).load::<Item>(pooled)?),
+                })
+            }
+
+            /// Interleaved, shuffled rounds of the four cells; ns per query of each round.
+            pub(super) fn latency(
+                kind: latency::Kind,
+                url: &str,
+                rows: u64,
+                (rounds, per_round): (u32, u32),
+                which: &[usize],
+            ) -> BoxResult<latency::Cells> {
+                let mut plain = RawConn::establish(url)?;
+                let db = Db::<RawConn>::builder(url).max_size(1).build()?;
+                let mut pooled = db.get()?;
+                let mut rng = latency::Rng::new(0x5EED_0F_B0D6E7);
+                let mut cells = latency::Cells::default();
+                // Pages need 20 rows of their category after `id`.
+                let span = match kind {
+                    latency::Kind::Point => rows,
+                    latency::Kind::Page => rows.saturating_sub(250).max(1),
+                };
+                // Round 0 warms the statement caches and is not kept.
+                for round in 0..=rounds {
+                    let ids: Vec<i32> = (0..per_round)
+                        .map(|_| 1 + (rng.next() % span) as i32)
+                        .collect();
+                    let mut order = which.to_vec();
+                    rng.shuffle(&mut order);
+                    let mut sums = [0u64; 4];
+                    for &cell in &order {
+                        let start = Instant::now();
+                        for &id in &ids {
+                            sums[cell] = sums[cell]
+                                .wrapping_add(one_query(kind, cell, id, &mut plain, &mut pooled)?);
+                        }
+                        let ns = start.elapsed().as_nanos() as f64 / f64::from(per_round);
+                        if round > 0 {
+                            cells.ns[cell].push(ns);
+                        }
+                    }
+                    if order.iter().any(|&c| sums[c] != sums[order[0]]) {
+                        return Err(format!("cells read different rows: {sums:?}").into());
+                    }
+                }
+                Ok(cells)
             }
 
             /// Whether the table holds exactly ids 1..=rows in the current row format.
@@ -705,6 +831,16 @@ macro_rules! missing_backend {
             }
 
             pub(super) fn seed(_: &str, _: u64) -> BoxResult<Option<Duration>> {
+                Err(missing())
+            }
+
+            pub(super) fn latency(
+                _: latency::Kind,
+                _: &str,
+                _: u64,
+                _: (u32, u32),
+                _: &[usize],
+            ) -> BoxResult<latency::Cells> {
                 Err(missing())
             }
         }
@@ -892,6 +1028,118 @@ backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
         Ok(())
     }
 });
+
+/// Per-query overhead: plain Diesel against the executor, point reads and 20-row pages.
+mod latency {
+    use super::*;
+
+    /// The four cells of every round: plain Diesel and budgeted, on a plain connection and
+    /// through `Db` (plain Diesel there through `Conn::unbudgeted`, so both pay the pool's
+    /// instrumentation).
+    pub(super) const CELLS: [&str; 4] = ["diesel_plain", "budget_plain", "diesel_db", "budget_db"];
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Kind {
+        Point,
+        Page,
+    }
+
+    impl Kind {
+        pub(super) fn of(scenario: Scenario) -> Option<Kind> {
+            match scenario {
+                Scenario::DieselPoint | Scenario::BudgetPoint => Some(Kind::Point),
+                Scenario::DieselPage | Scenario::BudgetPage => Some(Kind::Page),
+                _ => None,
+            }
+        }
+    }
+
+    /// Nanoseconds per query of each round, per cell.
+    #[derive(Debug, Default)]
+    pub(super) struct Cells {
+        pub(super) ns: [Vec<f64>; 4],
+    }
+
+    /// xorshift64*: ids and shuffles, reproducible from the seed.
+    pub(super) struct Rng(u64);
+
+    impl Rng {
+        pub(super) fn new(seed: u64) -> Rng {
+            Rng(seed.max(1))
+        }
+
+        pub(super) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        pub(super) fn shuffle<T>(&mut self, v: &mut [T]) {
+            for i in (1..v.len()).rev() {
+                let j = (self.next() % (i as u64 + 1)) as usize;
+                v.swap(i, j);
+            }
+        }
+    }
+
+    fn median(v: &[f64]) -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    pub(super) fn main(
+        scenario: Scenario,
+        kind: Kind,
+        backend: Backend,
+        rows: u64,
+        url: &str,
+        (rounds, per_round): (u32, u32),
+        which: &[usize],
+    ) -> BoxResult<()> {
+        if rounds == 0 || per_round == 0 {
+            return Err("--rounds and --per-round must be at least 1".into());
+        }
+        let load_before = loadavg();
+        let shape = (rounds, per_round);
+        let cells = match backend {
+            Backend::Sqlite => sqlite::latency(kind, url, rows, shape, which)?,
+            Backend::Postgres => postgres::latency(kind, url, rows, shape, which)?,
+            Backend::Mysql => mysql::latency(kind, url, rows, shape, which)?,
+        };
+        let med: Vec<f64> = cells.ns.iter().map(|v| median(v)).collect();
+        let own = match scenario {
+            Scenario::DieselPoint | Scenario::DieselPage => med[0],
+            _ => med[1],
+        };
+        let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+        let line = json!({
+            "scenario": scenario.name(),
+            "backend": backend.name(),
+            "rows": rows,
+            "ns_per_query": own,
+            "rounds": rounds,
+            "per_round": per_round,
+            "cells_ns_per_query": CELLS.iter().zip(&med).map(|(k, v)| (k.to_string(), json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
+            "ratio_plain": med[1] / med[0],
+            "ratio_db": med[3] / med[2],
+            "cells_run": which,
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "loadavg_1m_before": load_before,
+            "loadavg_1m_after": loadavg(),
+            "run": env("BENCH_RUN"),
+            "commit": env("BENCH_COMMIT"),
+        });
+        println!("{line}");
+        Ok(())
+    }
+}
 
 /// `bench report`: medians of a run's JSON lines as markdown tables.
 mod report {

@@ -3,9 +3,11 @@
 //! [`BudgetConnection`] is sealed and implemented for `SqliteConnection`, `PgConnection` and
 //! `MysqlConnection` (each behind its cargo feature).
 
+use diesel::backend::Backend;
 use diesel::connection::{Connection, DefaultLoadingMode, LoadConnection};
 use diesel::query_builder::QueryFragment;
 use diesel::r2d2::R2D2Connection;
+use diesel::sql_types::{BigInt, HasSqlType};
 use diesel::QueryResult;
 
 /// Which database a connection talks to.
@@ -116,7 +118,12 @@ impl Default for SessionSettings {
 /// A Diesel connection diesel-budget can run budgeted queries on. Sealed: implemented for
 /// `SqliteConnection`, `PgConnection` and `MysqlConnection`.
 pub trait BudgetConnection:
-    Connection + LoadConnection<DefaultLoadingMode> + R2D2Connection + Send + 'static + sealed::Sealed
+    Connection<Backend: BudgetBackend>
+    + LoadConnection<DefaultLoadingMode>
+    + R2D2Connection
+    + Send
+    + 'static
+    + sealed::Sealed
 {
     /// The loading mode that hands rows over one at a time with the least client-side
     /// buffering: `PgRowByRowLoadingMode` on PostgreSQL, the default mode elsewhere.
@@ -236,6 +243,127 @@ fn sqlite_session(
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 fn no_session_settings<C>(_: &mut C, _: &SessionSettings) -> QueryResult<()> {
     Ok(())
+}
+
+/// A Diesel backend diesel-budget shapes SQL for: `Sqlite`, `Pg`, `Mysql` (each behind its cargo
+/// feature). Sealed; what the executor needs to know of the backend's SQL without rendering it.
+pub trait BudgetBackend:
+    Backend<QueryBuilder: Default> + HasSqlType<BigInt> + Default + sealed::Sealed
+{
+    /// The SQL function taking the smaller of two integers, as the `LIMIT` of a query whose own
+    /// limit cannot be read ([`BudgetBackend::limit_value`] is `None`): `min` on SQLite.
+    #[doc(hidden)]
+    const LIMIT_MIN: &'static str;
+
+    /// The value bound by `fragment`, a query's `LIMIT` clause or its expression, read from the
+    /// bind the backend would send (no SQL is rendered). `None` where the backend's binds are
+    /// opaque (SQLite); an error when `fragment` binds anything but one `BIGINT`.
+    #[doc(hidden)]
+    fn limit_value<F: QueryFragment<Self> + ?Sized>(fragment: &F) -> QueryResult<Option<i64>>;
+
+    /// `value` as a `BIGINT` bind of this backend.
+    #[doc(hidden)]
+    fn push_bigint<'b>(
+        out: &mut diesel::query_builder::AstPass<'_, 'b, Self>,
+        value: &'b i64,
+    ) -> QueryResult<()>;
+}
+
+/// The one `BIGINT` of a raw-bytes bind collector, decoded with `decode`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn one_bigint(binds: &[Option<Vec<u8>>], decode: fn([u8; 8]) -> i64) -> QueryResult<Option<i64>> {
+    match binds {
+        [Some(bytes)] => match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(raw) => Ok(Some(decode(raw))),
+            Err(_) => Err(not_a_limit()),
+        },
+        _ => Err(not_a_limit()),
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn not_a_limit() -> diesel::result::Error {
+    diesel::result::Error::QueryBuilderError(
+        "diesel-budget: a LIMIT clause that binds anything but one BIGINT".into(),
+    )
+}
+
+macro_rules! push_bigint_impl {
+    ($backend:ty) => {
+        fn push_bigint<'b>(
+            out: &mut diesel::query_builder::AstPass<'_, 'b, $backend>,
+            value: &'b i64,
+        ) -> QueryResult<()> {
+            out.push_bind_param::<BigInt, i64>(value)
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+impl sealed::Sealed for diesel::sqlite::Sqlite {}
+
+#[cfg(feature = "sqlite")]
+impl BudgetBackend for diesel::sqlite::Sqlite {
+    const LIMIT_MIN: &'static str = "min";
+
+    fn limit_value<F: QueryFragment<Self> + ?Sized>(_: &F) -> QueryResult<Option<i64>> {
+        // `SqliteBindCollector` keeps its values private: SQLite takes `LIMIT min(?, ?)`.
+        Ok(None)
+    }
+
+    push_bigint_impl!(diesel::sqlite::Sqlite);
+}
+
+/// Type lookups are never needed for the `BIGINT` of a `LIMIT` (its OID is static).
+#[cfg(feature = "postgres")]
+struct NoTypeLookup;
+
+#[cfg(feature = "postgres")]
+impl diesel::pg::PgMetadataLookup for NoTypeLookup {
+    fn lookup_type(&mut self, type_name: &str, schema: Option<&str>) -> diesel::pg::PgTypeMetadata {
+        let key = diesel::pg::PgMetadataCacheKey::new(
+            schema.map(|s| std::borrow::Cow::Owned(s.to_owned())),
+            std::borrow::Cow::Owned(type_name.to_owned()),
+        );
+        diesel::pg::PgTypeMetadata::from_result(Err(diesel::pg::FailedToLookupTypeError::new(key)))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl sealed::Sealed for diesel::pg::Pg {}
+
+#[cfg(feature = "postgres")]
+impl BudgetBackend for diesel::pg::Pg {
+    const LIMIT_MIN: &'static str = "LEAST";
+
+    fn limit_value<F: QueryFragment<Self> + ?Sized>(fragment: &F) -> QueryResult<Option<i64>> {
+        let mut out =
+            diesel::query_builder::bind_collector::RawBytesBindCollector::<diesel::pg::Pg>::new();
+        fragment.collect_binds(&mut out, &mut NoTypeLookup, &diesel::pg::Pg)?;
+        // `ToSql<BigInt, Pg> for i64` writes network (big-endian) order.
+        one_bigint(&out.binds, i64::from_be_bytes)
+    }
+
+    push_bigint_impl!(diesel::pg::Pg);
+}
+
+#[cfg(feature = "mysql")]
+impl sealed::Sealed for diesel::mysql::Mysql {}
+
+#[cfg(feature = "mysql")]
+impl BudgetBackend for diesel::mysql::Mysql {
+    const LIMIT_MIN: &'static str = "LEAST";
+
+    fn limit_value<F: QueryFragment<Self> + ?Sized>(fragment: &F) -> QueryResult<Option<i64>> {
+        let mut out = diesel::query_builder::bind_collector::RawBytesBindCollector::<
+            diesel::mysql::Mysql,
+        >::new();
+        fragment.collect_binds(&mut out, &mut (), &diesel::mysql::Mysql)?;
+        // `ToSql<BigInt, Mysql> for i64` writes native byte order.
+        one_bigint(&out.binds, i64::from_ne_bytes)
+    }
+
+    push_bigint_impl!(diesel::mysql::Mysql);
 }
 
 /// Whether `sql`, as Diesel renders it, ends in a top-level `LIMIT` with a bound value.

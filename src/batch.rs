@@ -413,13 +413,12 @@ impl<M, O> Budget<M, O> {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (db, mut conn) = demo_db(100)?;
     /// use diesel::prelude::*;
-    /// use diesel::sqlite::Sqlite;
     /// use diesel_budget::prelude::*;
     /// use diesel_budget::demo::{items, Item};
     ///
     /// let category: Option<i32> = Some(3); // from a request, say
     /// let query = || {
-    ///     let mut q = items::table.into_boxed::<Sqlite>();
+    ///     let mut q = items::table.into_boxed::<DbBackend>();
     ///     if let Some(c) = category {
     ///         q = q.filter(items::category.eq(c));
     ///     }

@@ -236,6 +236,9 @@ impl<C: BudgetConnection> DbBuilder<C> {
     ///
     /// # Example
     /// ```
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// # #[cfg(feature = "sqlite")]
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use diesel::connection::SimpleConnection;
     /// use diesel::prelude::*;

@@ -11,7 +11,7 @@ use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
 use crate::instrument::{BudgetScope, StatementTag};
-use crate::query::{BudgetQuery, Budgeted, RowSink};
+use crate::query::{probe_limit, BudgetQuery, Budgeted, Fetch, Ran, RowSink};
 
 pub(crate) mod sealed {
     /// Proof that the caller is diesel-budget itself. Its field is private to this module and
@@ -61,9 +61,13 @@ pub type ConnectionOf<X> = <X as sealed::Access>::Connection;
 /// Rows loaded under a budget, with what was counted.
 pub(crate) struct Loaded<U> {
     pub(crate) rows: Vec<U>,
+    /// The SQL with placeholders; rendered only when the outcome is an error that shows it
+    /// (over budget, or no row where one was asked for), else empty.
     pub(crate) sql: String,
     pub(crate) meter: Meterage,
     pub(crate) exceeded: Option<Exceeded>,
+    /// A locking read fetched at most the budget: a full result may have more rows.
+    pub(crate) lock_cut: bool,
     /// The statement that loaded them, for the ledger's count of rows delivered.
     pub(crate) tag: StatementTag,
 }
@@ -89,6 +93,8 @@ struct Collector<U, M> {
     meter: Meterage,
     exceeded: Option<Exceeded>,
     spec: BudgetSpec,
+    /// `first`/`get_result`: no row is an error that shows the SQL.
+    sql_if_empty: bool,
     _meter: PhantomData<fn() -> M>,
 }
 
@@ -112,6 +118,10 @@ impl<U, M: Meter<U>> RowSink<U> for Collector<U, M> {
             }
         }
     }
+
+    fn needs_sql(&self) -> bool {
+        self.exceeded.is_some() || (self.sql_if_empty && self.rows.is_empty())
+    }
 }
 
 /// Runs `query` with at most `limit` rows fetched, metering rows against `spec` and bytes with
@@ -127,42 +137,123 @@ where
     Q: BudgetQuery<'q, C, U>,
     M: Meter<U>,
 {
+    load::<C, U, Q, M>(query, spec, limit, false, conn)
+}
+
+/// [`load_metered`]; `sql_if_empty`: an empty result is an error that shows the SQL.
+#[inline]
+fn load<'q, C, U, Q, M>(
+    query: Q,
+    spec: BudgetSpec,
+    limit: i64,
+    sql_if_empty: bool,
+    conn: &mut C,
+) -> Result<Loaded<U>>
+where
+    C: BudgetConnection,
+    Q: BudgetQuery<'q, C, U>,
+    M: Meter<U>,
+{
     let mut sink = Collector::<U, M> {
         rows: Vec::new(),
         buffered: 0,
         meter: Meterage::default(),
         exceeded: None,
         spec,
+        sql_if_empty,
         _meter: PhantomData,
     };
-    let mut tag = StatementTag::next_on(conn.instrumentation());
-    let result = {
-        let _scope = BudgetScope::enter(spec);
-        query.run_limited(limit, M::METERS_BYTES, conn, &mut sink)
-    };
-    // Received: decoded (with the row that stopped loading), or buffered by the client.
-    // Delivered, for now: what was kept, unless the query failed.
-    tag.note(
-        sink.meter.rows.max(sink.buffered),
-        if result.is_ok() {
-            sink.rows.len() as u64
-        } else {
-            0
-        },
-        M::METERS_BYTES.then_some(sink.meter.bytes),
-    );
+    let (ran, tag) = execute(query, spec, limit, M::METERS_BYTES, conn, &mut sink, |s| {
+        Seen {
+            meter: s.meter,
+            buffered: s.buffered,
+            delivered: s.rows.len() as u64,
+        }
+    })?;
     Ok(Loaded {
         rows: sink.rows,
-        sql: result?,
+        sql: ran.sql.unwrap_or_default(),
         meter: sink.meter,
         exceeded: sink.exceeded,
+        lock_cut: ran.lock_cut,
         tag,
     })
 }
 
-/// `budget + 1`, the LIMIT that tells "fits" from "too many". The budget is validated first.
-fn probe_limit(spec: &BudgetSpec) -> i64 {
-    i64::try_from(spec.rows.saturating_add(1)).unwrap_or(i64::MAX)
+/// What a sink saw of one execution, for the ledger.
+struct Seen {
+    meter: Meterage,
+    /// Rows the client library buffered (0 when rows were decoded one at a time).
+    buffered: u64,
+    /// Rows the sink kept for the caller.
+    delivered: u64,
+}
+
+/// Runs `query` into `sink` inside the budget's instrumentation scope, then reports what
+/// `seen` reads off the sink to the ledger and the pool's statistics: rows received (decoded,
+/// with the row that stopped loading, or buffered by the client) and, for now, rows delivered
+/// (what the sink kept, unless the query failed; callers correct it with the returned tag).
+#[inline]
+fn execute<'q, C, U, Q, S>(
+    query: Q,
+    spec: BudgetSpec,
+    limit: i64,
+    meters_bytes: bool,
+    conn: &mut C,
+    sink: &mut S,
+    seen: impl Fn(&S) -> Seen,
+) -> Result<(Ran, StatementTag)>
+where
+    C: BudgetConnection,
+    Q: BudgetQuery<'q, C, U>,
+    S: RowSink<U>,
+{
+    let fetch = Fetch {
+        limit,
+        budget_rows: spec.rows,
+        truncate: spec.truncate,
+    };
+    let mut tag = StatementTag::next_on(conn.instrumentation());
+    let result = {
+        let _scope = BudgetScope::enter(spec);
+        query.run_limited(fetch, meters_bytes, conn, sink)
+    };
+    let seen = seen(sink);
+    tag.note(
+        seen.meter.rows.max(seen.buffered),
+        if result.is_ok() { seen.delivered } else { 0 },
+        meters_bytes.then_some(seen.meter.bytes),
+    );
+    result.map(|ran| (ran, tag))
+}
+
+/// Keeps the one row `first` fetches, without a vector.
+struct FirstRow<U, M> {
+    row: Option<U>,
+    /// Rows the client library holds for this result (buffered results only).
+    buffered: u64,
+    meter: Meterage,
+    exceeded: Option<Exceeded>,
+    spec: BudgetSpec,
+    _meter: PhantomData<fn() -> M>,
+}
+
+impl<U, M: Meter<U>> RowSink<U> for FirstRow<U, M> {
+    fn expect(&mut self, rows: usize) {
+        self.buffered = rows as u64;
+    }
+
+    fn push(&mut self, row: U) -> ControlFlow<()> {
+        match self.meter.add(M::size_of(&row), &self.spec) {
+            None => self.row = Some(row),
+            Some(e) => self.exceeded = Some(e),
+        }
+        ControlFlow::Break(())
+    }
+
+    fn needs_sql(&self) -> bool {
+        self.exceeded.is_some() || self.row.is_none()
+    }
 }
 
 /// A budgeted query that loads rows of type `U` on connection `C`: implemented for every
@@ -196,9 +287,13 @@ where
     fn internal_load(self, conn: &mut C) -> Result<Self::Output> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn)?;
+        let loaded = load::<_, U, Q, M>(self.query, spec, probe_limit(spec.rows), false, conn)?;
         match loaded.exceeded {
-            None => Ok(O::finish(loaded.rows, false)),
+            // A locking read cannot probe: a full result may have more (see `crate::query`).
+            None => {
+                let full = loaded.lock_cut && loaded.rows.len() as u64 >= spec.rows;
+                Ok(O::finish(loaded.rows, full))
+            }
             Some(_) if O::TRUNCATES => Ok(O::finish(loaded.rows, true)),
             Some(e) => Err(loaded.into_error(spec, e)),
         }
@@ -207,7 +302,7 @@ where
     fn internal_get_result(self, conn: &mut C) -> Result<U> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(self.query, spec, probe_limit(&spec), conn)?;
+        let loaded = load::<_, U, Q, M>(self.query, spec, probe_limit(spec.rows), true, conn)?;
         match loaded.exceeded {
             // Not even the first row fits: that is an overflow, not a missing row.
             Some(e) if !O::TRUNCATES || loaded.rows.is_empty() => Err(loaded.into_error(spec, e)),
@@ -218,11 +313,33 @@ where
     fn internal_first(self, conn: &mut C) -> Result<U> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load_metered::<_, U, Q, M>(self.query, spec, 1, conn)?;
-        if let Some(e) = loaded.exceeded {
-            return Err(loaded.into_error(spec, e));
+        let mut sink = FirstRow::<U, M> {
+            row: None,
+            buffered: 0,
+            meter: Meterage::default(),
+            exceeded: None,
+            spec,
+            _meter: PhantomData,
+        };
+        let (ran, _tag) = execute(self.query, spec, 1, M::METERS_BYTES, conn, &mut sink, |s| {
+            Seen {
+                meter: s.meter,
+                buffered: s.buffered,
+                delivered: u64::from(s.row.is_some()),
+            }
+        })?;
+        let sql = ran.sql.unwrap_or_default();
+        match (sink.row, sink.exceeded) {
+            (_, Some(exceeded)) => Err(Error::BudgetExceeded {
+                sql,
+                budget: spec,
+                exceeded,
+                seen_rows: sink.meter.rows,
+                seen_bytes: sink.meter.bytes,
+            }),
+            (Some(row), None) => Ok(row),
+            (None, None) => Err(Error::query(sql, diesel::result::Error::NotFound)),
         }
-        first_or_not_found(loaded)
     }
 }
 
@@ -236,6 +353,15 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     /// rows (or bytes) than the budget; at most `budget + 1` rows are fetched. Under
     /// [`Budget::truncate`](crate::Budget::truncate): [`Truncated<U>`](crate::Truncated), the
     /// rows that fit and whether more existed.
+    ///
+    /// A locking read (`.for_update()`, `.for_share()`, ..) fetches at most the budget and locks
+    /// exactly the rows it returns: truncating, a full result counts as truncated (more may
+    /// exist); strict, it is refused unless its own `.limit(n)` is within the budget. See
+    /// [locking reads](crate::query#locking-reads).
+    ///
+    /// # Errors
+    /// [`Error::BudgetExceeded`] (strict budget), [`Error::InvalidBudget`],
+    /// [`Error::InvalidArgument`] (a strict locking read), [`Error::Query`] from the database.
     ///
     /// # Example
     /// ```

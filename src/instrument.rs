@@ -366,6 +366,10 @@ const MAX_IN_FLIGHT: usize = 16;
 ///
 /// # Example
 /// ```
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// # #[cfg(feature = "sqlite")]
+/// # fn main() {
 /// use diesel::connection::{Connection, InstrumentationEvent};
 /// use diesel::sqlite::SqliteConnection;
 /// use diesel_budget::instrument::BudgetInstrumentation;
@@ -383,6 +387,7 @@ const MAX_IN_FLIGHT: usize = 16;
 /// ));
 /// diesel::connection::SimpleConnection::batch_execute(&mut conn, "SELECT 1").expect("runs");
 /// assert_eq!(*seen.lock().expect("not poisoned"), 1);
+/// # }
 /// ```
 pub struct BudgetInstrumentation {
     stats: Arc<StatsCell>,

@@ -27,6 +27,7 @@ mod sqlite {
     include!("backends/pool_sqlite.rs");
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
+    include!("backends/limits.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -40,6 +41,8 @@ mod postgres {
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
     include!("backends/ledger_killed.rs");
+    include!("backends/limits.rs");
+    row_lock_tests!();
 }
 
 #[cfg(feature = "mysql")]
@@ -52,4 +55,6 @@ mod mysql {
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
     include!("backends/ledger_killed.rs");
+    include!("backends/limits.rs");
+    row_lock_tests!();
 }

@@ -1,7 +1,8 @@
 // Hidden set-up for the doc examples (`# include!("../tests/doc_setup.rs");`), like diesel's
 // doctest_setup.rs: the backend is chosen by feature, SQLite first, then PostgreSQL, then MySQL.
 //
-// - `DbConnection`: the connection type of that backend, for `Db<DbConnection>` in examples.
+// - `DbConnection`: the connection type of that backend, for `Db<DbConnection>` in examples;
+//   `DbBackend`, its Diesel backend.
 // - `database_url()`: SQLite, a file in a fresh temporary directory; PostgreSQL / MySQL, the
 //   database `<name>_doc` next to PG_DATABASE_URL / MYSQL_DATABASE_URL's (else DATABASE_URL's,
 //   else diesel_budget_test's on the local server), created when missing.
@@ -22,6 +23,10 @@ type DbConnection = diesel::pg::PgConnection;
 #[cfg(all(feature = "mysql", not(feature = "sqlite"), not(feature = "postgres")))]
 #[allow(dead_code)]
 type DbConnection = diesel::mysql::MysqlConnection;
+
+/// The Diesel backend of [`DbConnection`], for `into_boxed::<DbBackend>()` in examples.
+#[allow(dead_code)]
+type DbBackend = <DbConnection as diesel::Connection>::Backend;
 
 #[cfg(feature = "sqlite")]
 #[allow(dead_code)]

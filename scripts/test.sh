@@ -157,6 +157,8 @@ tour() {
 
 step "services: packages, PostgreSQL, MariaDB, Redis, databases" services_up
 step "toolchain: rustfmt, clippy" toolchain
+step "layout: no connection type or backend feature outside src/backend/" \
+    backend_knowledge_in_backend
 step "cargo fmt --all -- --check" cargo fmt --all -- --check
 step "cargo clippy --all-targets --all-features -- -D warnings" \
     cargo clippy --all-targets --all-features -- -D warnings
@@ -167,9 +169,5 @@ step "cargo test --all-features (unit, SQLite/PostgreSQL/MariaDB, doc)" cargo te
 step "cargo test --test compile_fail (default features: trybuild)" cargo test --test compile_fail
 step "each backend feature alone: check --all-targets, doctests; none: compile_error!" \
     single_backends
-# TODO(issue 8): enable once src/backend/ exists (the backend split moves the connection types
-# and feature flags of exec.rs, db.rs, lib.rs and backend.rs there); today it reports them.
-# step "layout: no connection type or backend feature outside src/backend/" \
-#     backend_knowledge_in_backend
 step "diesel CLI: migration run/redo on SQLite, PostgreSQL, MariaDB" diesel_cli_migrations
 step "tour --rows 20000 on SQLite, PostgreSQL, MariaDB" tour

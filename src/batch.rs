@@ -54,12 +54,13 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{is_nullable::NotNull, Bool, HasSqlType, SingleValue, SqlType};
 use diesel::{Column, QueryResult, RunQueryDsl};
 
-use crate::backend::{has_top_level_limit, has_top_level_offset, BudgetConnection};
+use crate::backend::BudgetConnection;
 use crate::budget::{Budget, BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow, Rows};
 use crate::error::{Error, Result};
 use crate::exec::{load_metered, ConnectionOf, Executor};
 use crate::instrument::{BudgetScope, StatementTag};
 use crate::query::{render, BudgetQuery, Budgeted};
+use crate::sql::inspect::{has_top_level_limit, has_top_level_offset};
 
 /// How [`Budgeted::batches_by`] reads the rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -63,40 +63,6 @@ impl<C: BudgetConnection> fmt::Debug for Db<C> {
     }
 }
 
-#[cfg(feature = "sqlite")]
-impl Db<diesel::sqlite::SqliteConnection> {
-    /// A pool over the SQLite database file at `path` (created if missing), with default
-    /// settings and no migrations. Use [`Db::builder`] for more.
-    ///
-    /// # Errors
-    /// As [`DbBuilder::build`].
-    pub fn sqlite(path: &str) -> Result<Self> {
-        Db::builder(path).build()
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl Db<diesel::pg::PgConnection> {
-    /// A pool over the PostgreSQL database at `url`, with default settings and no migrations.
-    ///
-    /// # Errors
-    /// As [`DbBuilder::build`].
-    pub fn postgres(url: &str) -> Result<Self> {
-        Db::builder(url).build()
-    }
-}
-
-#[cfg(feature = "mysql")]
-impl Db<diesel::mysql::MysqlConnection> {
-    /// A pool over the MySQL/MariaDB database at `url`, with default settings and no migrations.
-    ///
-    /// # Errors
-    /// As [`DbBuilder::build`].
-    pub fn mysql(url: &str) -> Result<Self> {
-        Db::builder(url).build()
-    }
-}
-
 impl<C: BudgetConnection> Db<C> {
     /// Starts configuring a pool for the database at `url` (a file path for SQLite).
     pub fn builder(url: impl Into<String>) -> DbBuilder<C> {
@@ -167,7 +133,7 @@ pub struct DbBuilder<C> {
     min_idle: Option<u32>,
     connection_timeout: Duration,
     migrations: Option<EmbeddedMigrations>,
-    session: SessionSettings,
+    pub(crate) session: SessionSettings,
     on_connect: Option<Hook<C>>,
 }
 
@@ -343,41 +309,6 @@ impl<C: BudgetConnection> DbBuilder<C> {
             });
         }
         Ok(())
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl DbBuilder<diesel::sqlite::SqliteConnection> {
-    /// How long a statement waits for another connection's lock before failing with
-    /// `SQLITE_BUSY` (`PRAGMA busy_timeout`, per connection). Default: 10 s, so the pool's
-    /// connections wait for each other instead of failing. `Duration::ZERO` turns waiting off;
-    /// values are taken in whole milliseconds, at most `i32::MAX`.
-    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        self.session.busy_timeout_ms = Some(ms.min(i32::MAX.unsigned_abs()));
-        self
-    }
-
-    /// Sets the database's journal mode on every new connection (`PRAGMA journal_mode`).
-    /// Default: none, the file keeps the mode it has (a new file: SQLite's `DELETE`).
-    ///
-    /// [`JournalMode::Wal`](crate::backend::JournalMode::Wal) lets readers run while one
-    /// connection writes, which suits a pool of several connections; but it is *stored in the
-    /// file*: it stays after the pool is gone, for every program that opens the file, and does
-    /// not work on network file systems. So the pool never chooses it for you.
-    pub fn journal_mode(mut self, mode: crate::backend::JournalMode) -> Self {
-        self.session.journal_mode = Some(mode);
-        self
-    }
-
-    /// Turns enforcement of foreign keys on or off on every new connection
-    /// (`PRAGMA foreign_keys`, per connection). Default: none, what a plain `SqliteConnection`
-    /// has, which is how SQLite was compiled: on with the bundled SQLite this crate builds
-    /// (`libsqlite3-sys` compiles it with `SQLITE_DEFAULT_FOREIGN_KEYS=1`), off with SQLite's
-    /// stock build.
-    pub fn foreign_keys(mut self, enforce: bool) -> Self {
-        self.session.foreign_keys = Some(enforce);
-        self
     }
 }
 

@@ -35,25 +35,10 @@ pub(crate) mod sealed {
 
 /// Something budgeted queries run on: a pooled [`crate::Conn`] from [`crate::Db::get`], or a
 /// plain Diesel connection of a supported backend (`SqliteConnection`, `PgConnection`,
-/// `MysqlConnection`). Sealed.
+/// `MysqlConnection`: those impls live in `src/backend/`). Sealed.
 pub trait Executor: sealed::Access {}
 
 impl<T: sealed::Access> Executor for T {}
-
-macro_rules! plain_connection_executor {
-    ($feature:literal, $conn:ty) => {
-        #[cfg(feature = $feature)]
-        impl sealed::Access for $conn {
-            type Connection = $conn;
-            fn connection(&mut self, _: sealed::Token) -> &mut $conn {
-                self
-            }
-        }
-    };
-}
-plain_connection_executor!("sqlite", diesel::sqlite::SqliteConnection);
-plain_connection_executor!("postgres", diesel::pg::PgConnection);
-plain_connection_executor!("mysql", diesel::mysql::MysqlConnection);
 
 /// The Diesel connection type behind an executor.
 pub type ConnectionOf<X> = <X as sealed::Access>::Connection;

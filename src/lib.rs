@@ -48,15 +48,6 @@
 #![warn(unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// TODO(issue 8): moves to src/backend/mod.rs with the backend split (the only place that may
-// name a backend feature flag).
-#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-compile_error!(
-    "diesel-budget needs a backend: enable at least one of its features `sqlite` (the default), \
-     `postgres` or `mysql`, e.g. `diesel-budget = { version = \"0.1\", default-features = false, \
-     features = [\"postgres\"] }`"
-);
-
 pub mod backend;
 pub mod batch;
 pub mod budget;
@@ -68,6 +59,7 @@ pub mod error;
 pub mod exec;
 pub mod instrument;
 pub mod query;
+mod sql;
 pub mod testing;
 
 pub use backend::{BackendKind, BudgetConnection, JournalMode};

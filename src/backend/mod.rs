@@ -1,7 +1,10 @@
-//! What differs between backends: how SQL is rendered, which loading mode streams rows.
-//!
-//! [`BudgetConnection`] is sealed and implemented for `SqliteConnection`, `PgConnection` and
-//! `MysqlConnection` (each behind its cargo feature).
+//! What differs between backends, in one place: the sealed [`BudgetConnection`] and
+//! [`BudgetBackend`] traits with their capability constants (streaming mode, how a `LIMIT` is
+//! read), session set-up, and one module per backend (`sqlite`, `postgres`, `mysql`, each
+//! behind its cargo feature) holding that backend's half of every capability: its trait impls,
+//! the plain-connection executor, `Db::sqlite`/`postgres`/`mysql`, and later its bulk path and
+//! EXPLAIN parser. No file outside `src/backend/` names a connection type or a backend feature
+//! (`scripts/test.sh` checks it).
 
 use diesel::backend::Backend;
 use diesel::connection::{Connection, DefaultLoadingMode, LoadConnection};
@@ -39,14 +42,7 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
-#[cfg(feature = "mysql")]
-mod mysql;
-#[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(feature = "sqlite")]
-mod sqlite;
-
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
@@ -155,21 +151,24 @@ pub trait BudgetConnection:
 }
 
 macro_rules! impl_budget_connection {
-    ($feature:literal, $conn:ty, $backend:ty, $mode:ty, $kind:expr, $streams:expr, $setup:path) => {
-        #[cfg(feature = $feature)]
-        impl sealed::Sealed for $conn {}
+    ($conn:ty, $backend:ty, $mode:ty, $kind:expr, $streams:expr, $setup:path) => {
+        impl $crate::backend::sealed::Sealed for $conn {}
 
-        #[cfg(feature = $feature)]
-        impl BudgetConnection for $conn {
+        impl $crate::backend::BudgetConnection for $conn {
             type StreamMode = $mode;
-            const KIND: BackendKind = $kind;
+            const KIND: $crate::backend::BackendKind = $kind;
             const STREAMS: bool = $streams;
 
-            fn set_up_session(&mut self, settings: &SessionSettings) -> QueryResult<()> {
+            fn set_up_session(
+                &mut self,
+                settings: &$crate::backend::SessionSettings,
+            ) -> diesel::QueryResult<()> {
                 $setup(self, settings)
             }
 
-            fn render_sql<Q: QueryFragment<$backend> + ?Sized>(query: &Q) -> QueryResult<String> {
+            fn render_sql<Q: diesel::query_builder::QueryFragment<$backend> + ?Sized>(
+                query: &Q,
+            ) -> diesel::QueryResult<String> {
                 use diesel::query_builder::QueryBuilder as _;
                 let mut out = <<$backend as diesel::backend::Backend>::QueryBuilder>::default();
                 query.to_sql(&mut out, &<$backend>::default())?;
@@ -185,64 +184,6 @@ macro_rules! impl_budget_connection {
             }
         }
     };
-}
-
-impl_budget_connection!(
-    "sqlite",
-    diesel::sqlite::SqliteConnection,
-    diesel::sqlite::Sqlite,
-    DefaultLoadingMode,
-    BackendKind::Sqlite,
-    true,
-    sqlite_session
-);
-impl_budget_connection!(
-    "postgres",
-    diesel::pg::PgConnection,
-    diesel::pg::Pg,
-    diesel::pg::PgRowByRowLoadingMode,
-    BackendKind::Postgres,
-    true,
-    no_session_settings
-);
-impl_budget_connection!(
-    "mysql",
-    diesel::mysql::MysqlConnection,
-    diesel::mysql::Mysql,
-    DefaultLoadingMode,
-    BackendKind::Mysql,
-    false,
-    no_session_settings
-);
-
-/// SQLite's session set-up: each pragma that `settings` asks for, and nothing else, so an
-/// existing file keeps its journal mode and foreign-key setting unless the builder says
-/// otherwise. Every statement is constant text but the busy timeout, an integer (pragmas take
-/// no bound parameters).
-#[cfg(feature = "sqlite")]
-fn sqlite_session(
-    conn: &mut diesel::sqlite::SqliteConnection,
-    settings: &SessionSettings,
-) -> QueryResult<()> {
-    use diesel::connection::SimpleConnection as _;
-    if let Some(ms) = settings.busy_timeout_ms {
-        conn.batch_execute(&format!("PRAGMA busy_timeout = {ms}"))?;
-    }
-    if let Some(mode) = settings.journal_mode {
-        conn.batch_execute(mode.pragma())?;
-    }
-    match settings.foreign_keys {
-        Some(true) => conn.batch_execute("PRAGMA foreign_keys = ON")?,
-        Some(false) => conn.batch_execute("PRAGMA foreign_keys = OFF")?,
-        None => {}
-    }
-    Ok(())
-}
-
-/// PostgreSQL and MySQL: no session settings of ours (see [`SessionSettings`]).
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn no_session_settings<C>(_: &mut C, _: &SessionSettings) -> QueryResult<()> {
-    Ok(())
 }
 
 /// A Diesel backend diesel-budget shapes SQL for: `Sqlite`, `Pg`, `Mysql` (each behind its cargo
@@ -271,7 +212,10 @@ pub trait BudgetBackend:
 
 /// The one `BIGINT` of a raw-bytes bind collector, decoded with `decode`.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-fn one_bigint(binds: &[Option<Vec<u8>>], decode: fn([u8; 8]) -> i64) -> QueryResult<Option<i64>> {
+pub(crate) fn one_bigint(
+    binds: &[Option<Vec<u8>>],
+    decode: fn([u8; 8]) -> i64,
+) -> QueryResult<Option<i64>> {
     match binds {
         [Some(bytes)] => match <[u8; 8]>::try_from(bytes.as_slice()) {
             Ok(raw) => Ok(Some(decode(raw))),
@@ -282,7 +226,7 @@ fn one_bigint(binds: &[Option<Vec<u8>>], decode: fn([u8; 8]) -> i64) -> QueryRes
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-fn not_a_limit() -> diesel::result::Error {
+pub(crate) fn not_a_limit() -> diesel::result::Error {
     diesel::result::Error::QueryBuilderError(
         "diesel-budget: a LIMIT clause that binds anything but one BIGINT".into(),
     )
@@ -293,125 +237,44 @@ macro_rules! push_bigint_impl {
         fn push_bigint<'b>(
             out: &mut diesel::query_builder::AstPass<'_, 'b, $backend>,
             value: &'b i64,
-        ) -> QueryResult<()> {
-            out.push_bind_param::<BigInt, i64>(value)
+        ) -> diesel::QueryResult<()> {
+            out.push_bind_param::<diesel::sql_types::BigInt, i64>(value)
         }
     };
 }
 
-#[cfg(feature = "sqlite")]
-impl sealed::Sealed for diesel::sqlite::Sqlite {}
-
-#[cfg(feature = "sqlite")]
-impl BudgetBackend for diesel::sqlite::Sqlite {
-    const LIMIT_MIN: &'static str = "min";
-
-    fn limit_value<F: QueryFragment<Self> + ?Sized>(_: &F) -> QueryResult<Option<i64>> {
-        // `SqliteBindCollector` keeps its values private: SQLite takes `LIMIT min(?, ?)`.
-        Ok(None)
-    }
-
-    push_bigint_impl!(diesel::sqlite::Sqlite);
+/// PostgreSQL and MySQL: no session settings of ours (see [`SessionSettings`]).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn no_session_settings<C>(_: &mut C, _: &SessionSettings) -> QueryResult<()> {
+    Ok(())
 }
 
-/// Type lookups are never needed for the `BIGINT` of a `LIMIT` (its OID is static).
-#[cfg(feature = "postgres")]
-struct NoTypeLookup;
+/// The backend unit tests render SQL for: the first enabled one.
+#[cfg(all(test, feature = "sqlite"))]
+pub(crate) type TestBackend = diesel::sqlite::Sqlite;
+/// The backend unit tests render SQL for: the first enabled one.
+#[cfg(all(test, feature = "postgres", not(feature = "sqlite")))]
+pub(crate) type TestBackend = diesel::pg::Pg;
+/// The backend unit tests render SQL for: the first enabled one.
+#[cfg(all(
+    test,
+    feature = "mysql",
+    not(feature = "sqlite"),
+    not(feature = "postgres")
+))]
+pub(crate) type TestBackend = diesel::mysql::Mysql;
 
-#[cfg(feature = "postgres")]
-impl diesel::pg::PgMetadataLookup for NoTypeLookup {
-    fn lookup_type(&mut self, type_name: &str, schema: Option<&str>) -> diesel::pg::PgTypeMetadata {
-        let key = diesel::pg::PgMetadataCacheKey::new(
-            schema.map(|s| std::borrow::Cow::Owned(s.to_owned())),
-            std::borrow::Cow::Owned(type_name.to_owned()),
-        );
-        diesel::pg::PgTypeMetadata::from_result(Err(diesel::pg::FailedToLookupTypeError::new(key)))
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl sealed::Sealed for diesel::pg::Pg {}
-
-#[cfg(feature = "postgres")]
-impl BudgetBackend for diesel::pg::Pg {
-    const LIMIT_MIN: &'static str = "LEAST";
-
-    fn limit_value<F: QueryFragment<Self> + ?Sized>(fragment: &F) -> QueryResult<Option<i64>> {
-        let mut out =
-            diesel::query_builder::bind_collector::RawBytesBindCollector::<diesel::pg::Pg>::new();
-        fragment.collect_binds(&mut out, &mut NoTypeLookup, &diesel::pg::Pg)?;
-        // `ToSql<BigInt, Pg> for i64` writes network (big-endian) order.
-        one_bigint(&out.binds, i64::from_be_bytes)
-    }
-
-    push_bigint_impl!(diesel::pg::Pg);
-}
-
+// The backends, each behind its feature; the macros above are in scope in them.
 #[cfg(feature = "mysql")]
-impl sealed::Sealed for diesel::mysql::Mysql {}
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
-#[cfg(feature = "mysql")]
-impl BudgetBackend for diesel::mysql::Mysql {
-    const LIMIT_MIN: &'static str = "LEAST";
-
-    fn limit_value<F: QueryFragment<Self> + ?Sized>(fragment: &F) -> QueryResult<Option<i64>> {
-        let mut out = diesel::query_builder::bind_collector::RawBytesBindCollector::<
-            diesel::mysql::Mysql,
-        >::new();
-        fragment.collect_binds(&mut out, &mut (), &diesel::mysql::Mysql)?;
-        // `ToSql<BigInt, Mysql> for i64` writes native byte order.
-        one_bigint(&out.binds, i64::from_ne_bytes)
-    }
-
-    push_bigint_impl!(diesel::mysql::Mysql);
-}
-
-/// Whether `sql`, as Diesel renders it, ends in a top-level `LIMIT` with a bound value.
-///
-/// Diesel renders a select's limit clause last (before any locking clause) as ` LIMIT ` and a
-/// placeholder (`$n` or `?`); bind values are never inlined, so the user's data cannot fake it.
-/// An offset without a limit renders as `LIMIT -1` (SQLite) or `LIMIT 18446744073709551615`
-/// (MySQL), which does not count. A `LIMIT` inside a subquery is followed by a `)`.
-pub(crate) fn has_top_level_limit(sql: &str) -> bool {
-    has_top_level_bound_clause(sql, " LIMIT ")
-}
-
-/// Whether `sql` has a top-level `OFFSET` with a bound value (see [`has_top_level_limit`]).
-pub(crate) fn has_top_level_offset(sql: &str) -> bool {
-    has_top_level_bound_clause(sql, " OFFSET ")
-}
-
-/// The last `keyword` in `sql` is followed by a placeholder and is not inside parentheses.
-fn has_top_level_bound_clause(sql: &str, keyword: &str) -> bool {
-    let Some(at) = sql.rfind(keyword) else {
-        return false;
-    };
-    let rest = &sql[at + keyword.len()..];
-    (rest.starts_with('?') || rest.starts_with('$')) && !rest.contains(')')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{has_top_level_limit, has_top_level_offset};
-
-    #[test]
-    fn detects_only_a_top_level_bound_limit() {
-        assert!(has_top_level_limit("SELECT a FROM t LIMIT ?"));
-        assert!(has_top_level_limit("SELECT a FROM t LIMIT $1 OFFSET $2"));
-        assert!(has_top_level_limit("SELECT a FROM t LIMIT $3 FOR UPDATE"));
-        assert!(!has_top_level_limit("SELECT a FROM t"));
-        assert!(!has_top_level_limit("SELECT a FROM t LIMIT -1 OFFSET ?"));
-        assert!(!has_top_level_limit(
-            "SELECT a FROM t LIMIT 18446744073709551615 OFFSET ?"
-        ));
-        assert!(!has_top_level_limit(
-            "SELECT a FROM t WHERE a IN (SELECT b FROM u LIMIT ?)"
-        ));
-        assert!(has_top_level_offset("SELECT a FROM t LIMIT -1 OFFSET ?"));
-        assert!(has_top_level_offset("SELECT a FROM t OFFSET $1"));
-        assert!(!has_top_level_offset("SELECT a FROM t LIMIT ?"));
-        assert!(!has_top_level_offset(
-            "SELECT a FROM t WHERE EXISTS (SELECT b FROM u OFFSET ?)"
-        ));
-    }
-}
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!(
+    "diesel-budget needs a backend: enable at least one of its features `sqlite` (the default), \
+     `postgres` or `mysql`, e.g. `diesel-budget = { version = \"0.1\", default-features = false, \
+     features = [\"postgres\"] }`"
+);

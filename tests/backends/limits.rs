@@ -2,7 +2,7 @@
 // derived table), duplicate column names work everywhere, `debug_sql` shows what runs, and
 // locking reads lock exactly the rows they return.
 //
-// Included after `suite.rs` into each backend module (its helpers and imports are in scope).
+// Included after `helpers.rs` into each backend module (its helpers and imports are in scope).
 // The row-lock tests at the end are a macro that the PostgreSQL and MySQL modules invoke:
 // SQLite has no row locks (Diesel offers no `FOR UPDATE` there; a writer locks the whole
 // database), so there is nothing to test on it.

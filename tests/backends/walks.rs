@@ -1,6 +1,6 @@
 // Keyset walks that cannot lose rows: the order check, exact resume keys, boxed queries walked
 // from a closure, and byte-budgeted walks that read each row about once. Included once per
-// backend (same module as suite.rs, whose helpers it uses); test numbers 91..=99.
+// backend (same module as helpers.rs, whose helpers it uses); test numbers 91..=99.
 
 use diesel_budget::batch::RowsOf;
 

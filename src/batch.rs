@@ -471,6 +471,37 @@ impl<U> Drop for Streamed<'_, U> {
     }
 }
 
+/// How a walk reads the key of a row, as a plain function pointer: the nameable form of the
+/// `key_of` closure, for [`BatchesBy`] and [`RowsBy`].
+pub type KeyOf<U, V> = fn(&U) -> V;
+
+/// [`Batches`] in its common shape, for a walk kept in a struct or returned from a function:
+/// row budget only (bytes not metered) and a [`KeyOf`] function pointer as the key reader.
+/// `C` is the Diesel connection type ([`ConnectionOf`] of the executor), `Q` the query, `K` the
+/// key column(s), `U` the row type and `V` the key's Rust value.
+///
+/// # Example
+/// ```
+/// # include!("../tests/doc_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (db, mut conn) = demo_db(30)?;
+/// use diesel_budget::batch::{BatchesBy, KeyOf};
+/// use diesel_budget::demo::{items, Item};
+/// use diesel_budget::prelude::*;
+///
+/// fn all_items(conn: &mut Conn<DbConnection>) -> BatchesBy<'_, DbConnection, items::table, items::id, Item, i32> {
+///     let key_of: KeyOf<Item, i32> = |i| i.id;
+///     items::table.budget(Budget::rows(10)).batches_by(items::id, key_of, conn)
+/// }
+/// assert_eq!(all_items(&mut conn).count(), 3);
+/// # Ok(()) }
+/// ```
+pub type BatchesBy<'c, C, Q, K, U, V> =
+    Batches<'c, C, Q, K, V, U, KeyOf<U, V>, crate::budget::Rows>;
+
+/// [`RowsOf`] in its common shape (see [`BatchesBy`]).
+pub type RowsBy<'c, C, Q, K, U, V> = RowsOf<'c, C, Q, K, V, U, KeyOf<U, V>, crate::budget::Rows>;
+
 /// Iterator over the batches of a query: `Result<Vec<U>>`, each at most the budget's rows (and
 /// bytes). Built by [`Budgeted::batches_by`]. Ends after the first error.
 #[must_use = "batches are loaded only when iterated"]

@@ -2,3 +2,4 @@
 //! and the few places where rendered SQL is read.
 
 pub(crate) mod inspect;
+pub(crate) mod keyset;

@@ -6,7 +6,7 @@
 //! would rescan). In [`BatchMode::Stream`] the whole walk is one query whose rows arrive one at
 //! a time (PostgreSQL's row-by-row mode, SQLite's cursor); MySQL's client buffers whole
 //! results, so there `Stream` runs keyset batches. A query that is not `Clone` (a boxed query
-//! built from run-time filters) is walked from a closure that builds it: [`Budget::walk`].
+//! built from run-time filters) is walked from a closure that builds it: [`Budget::walk`](crate::Budget::walk).
 //!
 //! # The key, and the order check
 //! The key must be unique and not null: a primary key, or a tuple of columns that is
@@ -45,22 +45,22 @@ use std::cmp::Ordering;
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
 
-use diesel::backend::Backend;
-use diesel::expression::{AppearsOnTable, Expression, ValidGrouping};
-use diesel::query_builder::{AsQuery, AstPass, QueryFragment, QueryId};
-use diesel::query_dsl::methods::{FilterDsl, OrderDsl};
-use diesel::query_dsl::LoadQuery;
-use diesel::serialize::ToSql;
-use diesel::sql_types::{is_nullable::NotNull, Bool, HasSqlType, SingleValue, SqlType};
-use diesel::{Column, QueryResult, RunQueryDsl};
+use diesel::{QueryResult, RunQueryDsl};
 
 use crate::backend::BudgetConnection;
-use crate::budget::{Budget, BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow, Rows};
+use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow, Rows};
 use crate::error::{Error, Result};
 use crate::exec::{load_metered, ConnectionOf, Executor};
 use crate::instrument::{BudgetScope, StatementTag};
-use crate::query::{render, BudgetQuery, Budgeted};
+use crate::query::{render, Budgeted};
 use crate::sql::inspect::{has_top_level_limit, has_top_level_offset};
+
+mod rows;
+mod walk;
+
+pub use crate::sql::keyset::{After, Composite, Keyset, KeysetAfter};
+pub use rows::RowsOf;
+pub use walk::{BatchQuery, PerBatch, ProbeQuery, Walk};
 
 /// How [`Budgeted::batches_by`] reads the rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -75,375 +75,6 @@ pub enum BatchMode {
     /// PostgreSQL stopping early makes libpq read (and discard) the rest of the result. On MySQL
     /// this runs keyset batches, as MySQL's client buffers whole results.
     Stream,
-}
-
-/// A unique, non-null key to walk a query by: a column (`items::id`), or a [`Composite`] of
-/// columns. Implemented for every non-nullable Diesel column; you do not implement it.
-pub trait Keyset: Copy {
-    /// What `ORDER BY` gets: the column, or the tuple of columns.
-    type Order: Expression + Copy;
-    /// The descending ordering (for the check at the end of a keyset walk).
-    #[doc(hidden)]
-    type Desc: Expression + Copy;
-    /// The ordering expression.
-    fn order(&self) -> Self::Order;
-    /// The descending ordering expression.
-    #[doc(hidden)]
-    fn order_desc(&self) -> Self::Desc;
-    /// The key's column names (Diesel's `Column::NAME`), for errors.
-    fn columns(&self) -> Vec<&'static str>;
-}
-
-/// Renders `key > value` (and `key <= value`) for a key and its Rust value `V` on backend `DB`.
-pub trait KeysetAfter<V, DB: Backend>: Keyset {
-    /// Pushes the SQL of "strictly after `value` in key order", or, with `at_or_before`, of
-    /// "at or before `value`".
-    #[doc(hidden)]
-    fn walk_after<'b>(
-        &'b self,
-        value: &'b V,
-        at_or_before: bool,
-        out: AstPass<'_, 'b, DB>,
-    ) -> QueryResult<()>;
-}
-
-impl<C> Keyset for C
-where
-    C: Column + Expression + Copy,
-    C::SqlType: SqlType<IsNull = NotNull> + SingleValue,
-{
-    type Order = C;
-    type Desc = diesel::dsl::Desc<C>;
-    fn order(&self) -> C {
-        *self
-    }
-    fn order_desc(&self) -> Self::Desc {
-        diesel::ExpressionMethods::desc(*self)
-    }
-    fn columns(&self) -> Vec<&'static str> {
-        vec![C::NAME]
-    }
-}
-
-impl<C, V, DB> KeysetAfter<V, DB> for C
-where
-    DB: Backend + HasSqlType<C::SqlType>,
-    C: Column + Expression + Copy + QueryFragment<DB>,
-    C::SqlType: SqlType<IsNull = NotNull> + SingleValue,
-    V: ToSql<C::SqlType, DB>,
-{
-    fn walk_after<'b>(
-        &'b self,
-        value: &'b V,
-        at_or_before: bool,
-        mut out: AstPass<'_, 'b, DB>,
-    ) -> QueryResult<()> {
-        self.walk_ast(out.reborrow())?;
-        out.push_sql(if at_or_before { " <= " } else { " > " });
-        out.push_bind_param::<C::SqlType, V>(value)
-    }
-}
-
-/// A key of two columns, compared as a tuple: `(a, b) > (x, y)`, written as
-/// `a >= x AND (a > x OR b > y)` so every backend uses an index on `(a, b)`.
-///
-/// # Example
-/// ```
-/// # include!("../tests/doc_setup.rs");
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let (db, mut conn) = demo_db(100)?;
-/// use diesel_budget::prelude::*;
-/// use diesel_budget::demo::{items, Item};
-///
-/// let mut last = None;
-/// for batch in items::table.budget(Budget::rows(7)).batches_by(
-///     Composite(items::category, items::id),
-///     |i: &Item| (i.category, i.id),
-///     &mut conn,
-/// ) {
-///     for item in batch? {
-///         assert!(last < Some((item.category, item.id)));
-///         last = Some((item.category, item.id));
-///     }
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Composite<A, B>(pub A, pub B);
-
-impl<A, B> Keyset for Composite<A, B>
-where
-    A: Column + Expression + Copy,
-    B: Column + Expression + Copy,
-    A::SqlType: SqlType<IsNull = NotNull> + SingleValue,
-    B::SqlType: SqlType<IsNull = NotNull> + SingleValue,
-    (A, B): Expression,
-    (diesel::dsl::Desc<A>, diesel::dsl::Desc<B>): Expression,
-{
-    type Order = (A, B);
-    type Desc = (diesel::dsl::Desc<A>, diesel::dsl::Desc<B>);
-    fn order(&self) -> (A, B) {
-        (self.0, self.1)
-    }
-    fn order_desc(&self) -> Self::Desc {
-        (
-            diesel::ExpressionMethods::desc(self.0),
-            diesel::ExpressionMethods::desc(self.1),
-        )
-    }
-    fn columns(&self) -> Vec<&'static str> {
-        vec![A::NAME, B::NAME]
-    }
-}
-
-impl<A, B, VA, VB, DB> KeysetAfter<(VA, VB), DB> for Composite<A, B>
-where
-    Self: Keyset,
-    DB: Backend + HasSqlType<A::SqlType> + HasSqlType<B::SqlType>,
-    A: Column + Expression + Copy + QueryFragment<DB>,
-    B: Column + Expression + Copy + QueryFragment<DB>,
-    VA: ToSql<A::SqlType, DB>,
-    VB: ToSql<B::SqlType, DB>,
-{
-    fn walk_after<'b>(
-        &'b self,
-        value: &'b (VA, VB),
-        at_or_before: bool,
-        mut out: AstPass<'_, 'b, DB>,
-    ) -> QueryResult<()> {
-        // After: `a >= x AND (a > x OR b > y)`; at or before: `a <= x AND (a < x OR b <= y)`.
-        let (wide, strict, last) = if at_or_before {
-            (" <= ", " < ", " <= ")
-        } else {
-            (" >= ", " > ", " > ")
-        };
-        out.push_sql("(");
-        self.0.walk_ast(out.reborrow())?;
-        out.push_sql(wide);
-        out.push_bind_param::<A::SqlType, VA>(&value.0)?;
-        out.push_sql(" AND (");
-        self.0.walk_ast(out.reborrow())?;
-        out.push_sql(strict);
-        out.push_bind_param::<A::SqlType, VA>(&value.0)?;
-        out.push_sql(" OR ");
-        self.1.walk_ast(out.reborrow())?;
-        out.push_sql(last);
-        out.push_bind_param::<B::SqlType, VB>(&value.1)?;
-        out.push_sql("))");
-        Ok(())
-    }
-}
-
-/// The keyset predicate: `key > value`, or `1 = 1` before the first batch (or `key <= value`
-/// for the check at the end of a walk).
-#[derive(Debug, Clone)]
-pub struct After<K, V> {
-    key: K,
-    value: Option<V>,
-    at_or_before: bool,
-}
-
-impl<K, V> Expression for After<K, V> {
-    type SqlType = Bool;
-}
-
-impl<K: Keyset, V, QS> AppearsOnTable<QS> for After<K, V> where K::Order: AppearsOnTable<QS> {}
-
-impl<K: Keyset, V, GB> ValidGrouping<GB> for After<K, V>
-where
-    K::Order: ValidGrouping<GB>,
-{
-    type IsAggregate = <K::Order as ValidGrouping<GB>>::IsAggregate;
-}
-
-impl<K, V> QueryId for After<K, V> {
-    type QueryId = ();
-    // The SQL differs with and without a value: let Diesel key its statement cache by SQL.
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<K, V, DB> QueryFragment<DB> for After<K, V>
-where
-    DB: Backend,
-    K: KeysetAfter<V, DB>,
-{
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        match &self.value {
-            Some(value) => self
-                .key
-                .walk_after(value, self.at_or_before, out.reborrow()),
-            None => {
-                out.push_sql("1 = 1");
-                Ok(())
-            }
-        }
-    }
-}
-
-/// The query of one batch (or of the whole stream).
-pub type BatchQuery<Q, K, V> = diesel::dsl::Order<
-    diesel::dsl::Filter<<Q as AsQuery>::Query, After<K, V>>,
-    <K as Keyset>::Order,
->;
-
-/// The check at the end of a keyset walk: rows at or before a key, last first.
-#[doc(hidden)]
-pub type ProbeQuery<Q, K, V> = diesel::dsl::Order<
-    diesel::dsl::Filter<<Q as AsQuery>::Query, After<K, V>>,
-    <K as Keyset>::Desc,
->;
-
-/// A query [`Budgeted::batches_by`] can walk on connection `C` by key `K` (whose Rust value is
-/// `V`), loading rows of type `U`: any Diesel select that can take the keyset predicate and
-/// an `ORDER BY` on the key, and that Diesel could load into `U` (or a [`PerBatch`] closure
-/// building one). You never implement it; when a walk does not compile, the cause is usually
-/// the row type, a key from another table, or a query that is not `Clone` (walk it with
-/// [`Budget::walk`]).
-pub trait Walk<'c, C: BudgetConnection, K, V, U>: Sized {
-    /// The query of one batch (or of the whole stream).
-    type Batch: BudgetQuery<'c, C, U>
-        + LoadQuery<'c, C, U, C::StreamMode>
-        + QueryFragment<C::Backend>
-        + 'c;
-
-    /// The check at the end of a keyset walk: rows at or before a key, last first.
-    #[doc(hidden)]
-    type Probe: BudgetQuery<'c, C, U> + 'c;
-
-    /// This query, filtered to rows after `after` in key order and ordered by the key.
-    #[doc(hidden)]
-    fn batch(&self, key: K, after: Option<V>) -> Self::Batch;
-
-    /// This query, filtered to rows at or before `at`, in descending key order.
-    #[doc(hidden)]
-    fn probe(&self, key: K, at: V) -> Self::Probe;
-
-    /// The SQL of the query as given (to find a LIMIT or OFFSET of its own).
-    #[doc(hidden)]
-    fn own_sql(&self) -> Result<String>;
-}
-
-/// The batch query and the end probe of query `$query` (an expression of type `Q`).
-macro_rules! walk_queries {
-    ($query:expr) => {
-        fn batch(&self, key: K, after: Option<V>) -> Self::Batch {
-            let query: Q = $query(self);
-            query
-                .as_query()
-                .filter(After {
-                    key,
-                    value: after,
-                    at_or_before: false,
-                })
-                .order(key.order())
-        }
-
-        fn probe(&self, key: K, at: V) -> Self::Probe {
-            let query: Q = $query(self);
-            query
-                .as_query()
-                .filter(After {
-                    key,
-                    value: Some(at),
-                    at_or_before: true,
-                })
-                .order(key.order_desc())
-        }
-
-        fn own_sql(&self) -> Result<String> {
-            let query: Q = $query(self);
-            render::<C, _>(&query.as_query())
-        }
-    };
-}
-
-impl<'c, C, Q, K, V, U> Walk<'c, C, K, V, U> for Q
-where
-    C: BudgetConnection,
-    Q: AsQuery + Clone,
-    Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
-    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order> + OrderDsl<K::Desc>,
-    BatchQuery<Q, K, V>:
-        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
-    ProbeQuery<Q, K, V>: BudgetQuery<'c, C, U> + 'c,
-    K: KeysetAfter<V, C::Backend>,
-{
-    type Batch = BatchQuery<Q, K, V>;
-    type Probe = ProbeQuery<Q, K, V>;
-    walk_queries!(|q: &Q| q.clone());
-}
-
-/// A query built anew for each statement of a walk, by a closure: how queries that are not
-/// `Clone` (boxed queries, built from run-time filters with `into_boxed()`) are walked. Built by
-/// [`Budget::walk`].
-#[derive(Clone, Copy)]
-pub struct PerBatch<F>(F);
-
-impl<F> Debug for PerBatch<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PerBatch(..)")
-    }
-}
-
-impl<'c, C, F, Q, K, V, U> Walk<'c, C, K, V, U> for PerBatch<F>
-where
-    C: BudgetConnection,
-    F: Fn() -> Q,
-    Q: AsQuery,
-    Q::Query: FilterDsl<After<K, V>> + QueryFragment<C::Backend>,
-    diesel::dsl::Filter<Q::Query, After<K, V>>: OrderDsl<K::Order> + OrderDsl<K::Desc>,
-    BatchQuery<Q, K, V>:
-        BudgetQuery<'c, C, U> + LoadQuery<'c, C, U, C::StreamMode> + QueryFragment<C::Backend> + 'c,
-    ProbeQuery<Q, K, V>: BudgetQuery<'c, C, U> + 'c,
-    K: KeysetAfter<V, C::Backend>,
-{
-    type Batch = BatchQuery<Q, K, V>;
-    type Probe = ProbeQuery<Q, K, V>;
-    walk_queries!(|w: &PerBatch<F>| (w.0)());
-}
-
-impl<M, O> Budget<M, O> {
-    /// A walk over the query `build` returns, called once per statement: the way to walk a
-    /// query that is not `Clone`, such as a boxed query whose filters are chosen at run time.
-    /// Then [`Budgeted::batches_by`] or [`Budgeted::stream_by`] as usual (the result is not
-    /// loadable otherwise). `build` must return the same query each time.
-    ///
-    /// # Example
-    /// ```
-    /// # include!("../tests/doc_setup.rs");
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let (db, mut conn) = demo_db(100)?;
-    /// use diesel::prelude::*;
-    /// use diesel_budget::prelude::*;
-    /// use diesel_budget::demo::{items, Item};
-    ///
-    /// let category: Option<i32> = Some(3); // from a request, say
-    /// let query = || {
-    ///     let mut q = items::table.into_boxed::<DbBackend>();
-    ///     if let Some(c) = category {
-    ///         q = q.filter(items::category.eq(c));
-    ///     }
-    ///     q
-    /// };
-    /// let mut ids = Vec::new();
-    /// for batch in Budget::rows(4)
-    ///     .walk(query)
-    ///     .batches_by(items::id, |i: &Item| i.id, &mut conn)
-    /// {
-    ///     ids.extend(batch?.iter().map(|i| i.id));
-    /// }
-    /// assert_eq!(ids, (0..10).map(|n| 3 + 10 * n).collect::<Vec<_>>());
-    /// # Ok(()) }
-    /// ```
-    pub fn walk<F, Q>(self, build: F) -> Budgeted<PerBatch<F>, M, O>
-    where
-        F: Fn() -> Q,
-    {
-        Budgeted {
-            query: PerBatch(build),
-            budget: self,
-        }
-    }
 }
 
 type RowStream<'c, U> = Box<dyn Iterator<Item = QueryResult<U>> + 'c>;
@@ -482,7 +113,7 @@ pub type KeyOf<U, V> = fn(&U) -> V;
 ///
 /// # Example
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../../tests/doc_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let (db, mut conn) = demo_db(30)?;
 /// use diesel_budget::batch::{BatchesBy, KeyOf};
@@ -550,7 +181,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// where the next batch starts. Any `ORDER BY` on the query is replaced by the key; a query
     /// with its own `LIMIT` or `OFFSET` is rejected ([`Error::InvalidArgument`]), as batches
     /// cover all rows (an offset would apply to every batch). A query that is not `Clone` (a
-    /// boxed one) is walked through [`Budget::walk`].
+    /// boxed one) is walked through [`Budget::walk`](crate::Budget::walk).
     ///
     /// Every key must be strictly after the one before (see [the module docs](crate::batch)):
     /// a key that is not unique, a join that repeats rows, or a `key_of` that does not read
@@ -564,7 +195,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     ///
     /// # Example
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../../tests/doc_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (db, mut conn) = demo_db(1_000)?;
     /// use diesel::prelude::*;
@@ -642,7 +273,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     ///
     /// # Example
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../../tests/doc_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (db, mut conn) = demo_db(1_000)?;
     /// use diesel_budget::prelude::*;
@@ -1061,117 +692,6 @@ where
         };
         self.accept_one(&row)?;
         Ok(Some(row))
-    }
-}
-
-impl<'c, C, Q, K, V, U, F, M> Batches<'c, C, Q, K, V, U, F, M> {
-    /// The same walk, one row at a time: `Result<U>`.
-    ///
-    /// In [`BatchMode::Stream`] on PostgreSQL and SQLite each row comes straight off the
-    /// streamed query, with no batch vector in between, so the client holds one row (plus
-    /// libpq's buffer) whatever the budget; a byte budget then bounds each row. Elsewhere rows
-    /// are handed out of keyset batches of the budget's size. [`Budgeted::stream_by`] is the
-    /// short form.
-    pub fn rows(self) -> RowsOf<'c, C, Q, K, V, U, F, M> {
-        RowsOf {
-            batches: self,
-            buffer: Vec::new().into_iter(),
-        }
-    }
-}
-
-/// The rows of a walk one at a time; built by [`Batches::rows`] or [`Budgeted::stream_by`].
-/// Ends after the first error, which is [`Error::Interrupted`] once rows were delivered.
-#[must_use = "rows are loaded only when iterated"]
-pub struct RowsOf<'c, C, Q, K, V, U, F, M> {
-    batches: Batches<'c, C, Q, K, V, U, F, M>,
-    buffer: std::vec::IntoIter<U>,
-}
-
-impl<C, Q, K: Debug, V: Debug, U, F, M> Debug for RowsOf<'_, C, Q, K, V, U, F, M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RowsOf")
-            .field("batches", &self.batches)
-            .field("buffered", &self.buffer.len())
-            .finish()
-    }
-}
-
-impl<C, Q, K, V, U, F, M> RowsOf<'_, C, Q, K, V, U, F, M> {
-    /// Starts right after `key` (exclusive), e.g. the [`RowsOf::resume_key`] of a walk that
-    /// stopped or failed. Default: from the first row. Call before iterating.
-    ///
-    /// # Example
-    /// ```
-    /// # include!("../tests/doc_setup.rs");
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let (db, mut conn) = demo_db(1_000)?;
-    /// use diesel_budget::prelude::*;
-    /// use diesel_budget::demo::{items, Item};
-    ///
-    /// let mut rows = items::table
-    ///     .budget(Budget::rows(100))
-    ///     .stream_by(items::id, |i: &Item| i.id, &mut conn);
-    /// let first: Vec<i32> = (&mut rows).take(250).map(|r| r.map(|i| i.id)).collect::<Result<_, _>>()?;
-    /// let key = *rows.resume_key().ok_or("no key")?;
-    /// drop(rows);
-    /// assert_eq!(key, 250);
-    /// let rest = items::table
-    ///     .budget(Budget::rows(100))
-    ///     .stream_by(items::id, |i: &Item| i.id, &mut conn)
-    ///     .after(key)
-    ///     .count();
-    /// assert_eq!(first.len() + rest, 1_000);
-    /// # Ok(()) }
-    /// ```
-    pub fn after(mut self, key: V) -> Self {
-        self.batches.last = Some(key);
-        self
-    }
-
-    /// The key of the last row handed out, in every mode: where a new walk resumes
-    /// ([`RowsOf::after`]), with no row lost or repeated.
-    pub fn resume_key(&self) -> Option<&V> {
-        self.batches.resume_key()
-    }
-
-    /// Rows handed out so far.
-    pub fn rows_done(&self) -> u64 {
-        self.batches.rows_done()
-    }
-}
-
-impl<'c, C, Q, K, V, U, F, M> Iterator for RowsOf<'c, C, Q, K, V, U, F, M>
-where
-    C: BudgetConnection,
-    Q: Walk<'c, C, K, V, U>,
-    K: Keyset,
-    V: Clone + Debug + PartialOrd,
-    F: FnMut(&U) -> V,
-    M: Meter<U>,
-    U: 'static,
-{
-    type Item = Result<U>;
-
-    fn next(&mut self) -> Option<Result<U>> {
-        let batches = &mut self.batches;
-        if let Some(e) = batches.deferred.take() {
-            return Some(Err(batches.fail(e)));
-        }
-        if batches.done && self.buffer.len() == 0 {
-            return None;
-        }
-        match batches.next_row(&mut self.buffer) {
-            Ok(Some(row)) => Some(Ok(row)),
-            Ok(None) => {
-                batches.finish();
-                None
-            }
-            Err(e) => {
-                self.buffer = Vec::new().into_iter();
-                Some(Err(batches.fail(e)))
-            }
-        }
     }
 }
 

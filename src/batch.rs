@@ -58,7 +58,7 @@ use crate::backend::{has_top_level_limit, has_top_level_offset, BudgetConnection
 use crate::budget::{Budget, BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow, Rows};
 use crate::error::{Error, Result};
 use crate::exec::{load_metered, ConnectionOf, Executor};
-use crate::instrument::{BudgetScope, StatementTag};
+use crate::instrument::{BudgetScope, CallSite, StatementTag};
 use crate::query::{render, BudgetQuery, Budgeted};
 
 /// How [`Budgeted::batches_by`] reads the rows.
@@ -496,6 +496,8 @@ pub struct Batches<'c, C, Q, K, V, U, F, M> {
     started: bool,
     done: bool,
     deferred: Option<Error>,
+    /// Where `batches_by` (or `stream_by`) was called: the call site of every statement.
+    site: &'static std::panic::Location<'static>,
     _meter: PhantomData<fn() -> M>,
 }
 
@@ -556,6 +558,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// assert_eq!(batches.resume_key(), Some(&992));
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn batches_by<'c, K, V, U, F, X>(
         self,
         key: K,
@@ -588,6 +591,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
             started: false,
             done: false,
             deferred: self.budget.validate().err(),
+            site: std::panic::Location::caller(),
             _meter: PhantomData,
         }
     }
@@ -628,6 +632,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// assert_eq!(rows.rows_done(), 1_000);
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn stream_by<'c, K, V, U, F, X>(
         self,
         key: K,
@@ -717,6 +722,7 @@ where
     type Item = Result<Vec<U>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let _site = CallSite::enter(self.site);
         if let Some(e) = self.deferred.take() {
             return Some(Err(self.fail(e)));
         }
@@ -1124,6 +1130,7 @@ where
 
     fn next(&mut self) -> Option<Result<U>> {
         let batches = &mut self.batches;
+        let _site = CallSite::enter(batches.site);
         if let Some(e) = batches.deferred.take() {
             return Some(Err(batches.fail(e)));
         }

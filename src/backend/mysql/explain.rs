@@ -23,14 +23,19 @@ impl ExplainConnection for MysqlConnection {
             ExplainQuery::<Q, Text>::new("EXPLAIN FORMAT=JSON ", query).get_result(self)?;
         let mut plan = parse(&json)?;
         if index_usable {
-            for node in &mut plan.nodes {
-                if node.access == Access::FullScan && !node.possible_indexes.is_empty() {
-                    node.access = Access::Index;
-                    node.index = node.possible_indexes.first().cloned();
-                }
-            }
+            served_by_possible_keys(&mut plan);
         }
         Ok(plan)
+    }
+}
+
+/// Counts a table read in full that has `possible_keys` as served by the first of them.
+fn served_by_possible_keys(plan: &mut Plan) {
+    for node in &mut plan.nodes {
+        if node.access == Access::FullScan && !node.possible_indexes.is_empty() {
+            node.access = Access::Index;
+            node.index = node.possible_indexes.first().cloned();
+        }
     }
 }
 
@@ -117,5 +122,11 @@ mod tests {
         assert_eq!(plan.nodes[2].possible_indexes, ["small_a"]);
         assert_eq!(plan.nodes[1].access, Access::Index);
         assert_eq!(plan.estimated_rows, Some(3000));
+
+        // Asked whether an index is usable: `small` has one, `items` none.
+        let mut usable = plan.clone();
+        super::served_by_possible_keys(&mut usable);
+        assert_eq!(usable.full_scans(), ["items"]);
+        assert_eq!(usable.indexes(), ["tags_item", "small_a"]);
     }
 }

@@ -61,6 +61,9 @@ enum Scenario {
     /// what a byte-budgeted walk moves over the wire (`wire_*` fields; `--batch` is ignored).
     /// Compare `budget-batches --batch 8000` (about the rows 1 MiB holds) in the same run.
     BudgetBytesWalk,
+    /// Budgets in CI: instrumentation and recording overhead on point reads and a batched scan,
+    /// against a plain connection, in one process (examples/bench/ci.rs).
+    CiOverhead,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -329,6 +332,9 @@ fn main() -> BoxResult<()> {
     let url = database_url(backend, rows, args.url.as_deref())?;
     if args.scenario == Scenario::Seed {
         return seed(backend, rows, &url);
+    }
+    if args.scenario == Scenario::CiOverhead {
+        return ci::run(backend, rows, &url, args.batch);
     }
     let load_before = loadavg();
     let (hwm_before, _) = rss()?;
@@ -638,7 +644,7 @@ macro_rules! backend {
                     Scenario::DieselLoadIterRbr | Scenario::DieselStreamOrdered => {
                         extra(scenario, url)
                     }
-                    Scenario::Seed | Scenario::Report => {
+                    Scenario::Seed | Scenario::Report | Scenario::CiOverhead => {
                         Err(format!("{} is not a scan", scenario.name()).into())
                     }
                 }
@@ -894,6 +900,9 @@ backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
 });
 
 /// `bench report`: medians of a run's JSON lines as markdown tables.
+#[path = "bench/ci.rs"]
+mod ci;
+
 mod report {
     use super::*;
     use std::collections::BTreeMap;

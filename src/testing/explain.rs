@@ -228,7 +228,7 @@ where
 ///
 /// # Example
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../../tests/doc_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let (db, mut conn) = demo_db(10)?;
 /// use diesel::prelude::*;

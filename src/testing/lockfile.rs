@@ -440,7 +440,7 @@ pub fn run_dir() -> PathBuf {
 ///
 /// # Example
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../../tests/doc_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let (db, mut conn) = demo_db(10)?;
 /// # let dir = tempfile::tempdir()?;
@@ -450,16 +450,17 @@ pub fn run_dir() -> PathBuf {
 /// use diesel_budget::demo::{items, Item};
 /// use diesel_budget::testing::{self, Lockfile};
 ///
-/// let (_, ledger) = testing::record(&mut conn, |conn| {
+/// let list = |conn: &mut Conn<DbConnection>| {
 ///     items::table.budget(Budget::rows(20)).load::<Item>(conn)
-/// });
+/// };
+/// let (_, ledger) = testing::record(&mut conn, |conn| list(conn));
 /// // The first run writes <dir>/doc_example.json (`check_lockfile`: tests/budgets/), unless
 /// // under CI.
 /// testing::check_lockfile_in(dir, &Lockfile::from_ledger("doc_example", &ledger), false, false)?;
 /// // A later run that reads more rows fails.
 /// let (_, more) = testing::record(&mut conn, |conn| {
-///     items::table.budget(Budget::rows(20)).load::<Item>(conn)?;
-///     items::table.budget(Budget::rows(20)).load::<Item>(conn)
+///     list(conn)?;
+///     list(conn)
 /// });
 /// let err = testing::check_lockfile_in(dir, &Lockfile::from_ledger("doc_example", &more), false, false)
 ///     .unwrap_err();

@@ -13,7 +13,7 @@
 //!
 //! # Example
 //! ```
-//! # include!("../tests/doc_setup.rs");
+//! # include!("../../tests/doc_setup.rs");
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let (db, mut conn) = demo_db(100)?;
 //! use diesel::prelude::*;
@@ -184,7 +184,7 @@ impl Ledger {
     ///
     /// # Example
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../../tests/doc_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (db, mut conn) = demo_db(30)?;
     /// use diesel::prelude::*;

@@ -19,7 +19,7 @@ use crate::instrument::AllowUnbudgeted;
 ///
 /// # Example
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../../tests/doc_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let (db, mut conn) = demo_db(50)?;
 /// use diesel::prelude::*;
@@ -34,7 +34,8 @@ use crate::instrument::AllowUnbudgeted;
 ///     }
 /// });
 /// let err = per_item.check_constant().unwrap_err();
-/// assert_eq!((err.from_round_trips, err.to_round_trips), (1, 50));
+/// // The first scale past the limit: 10 round trips at scale 10.
+/// assert_eq!((err.from_round_trips, err.to_round_trips, err.to_scale), (1, 10, 10));
 /// assert!(err.to_string().contains("grew"));
 ///
 /// // The batched rewrite: one query whatever n.

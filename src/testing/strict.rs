@@ -14,7 +14,7 @@ use crate::instrument::{set_strict_process, AllowUnbudgeted};
 ///
 /// # Example
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../../tests/doc_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let (db, mut conn) = demo_db(3)?;
 /// use diesel::prelude::*;

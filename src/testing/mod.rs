@@ -11,6 +11,18 @@
 //! `std::thread::scope`) is not in the ledger: record inside that thread, or check
 //! [`crate::Db::stats`], which counts every thread.
 //!
+//! # Budgets in CI
+//! - [`Ledger::check`]: the checks of [`Ledger::assert`] returning a [`CheckError`] (query
+//!   shape, call site of the executor entry point, observed vs allowed) instead of panicking;
+//!   [`Ledger::shapes`] and [`Ledger::repeated_shapes`] group statements by [`fingerprint`].
+//! - [`scaling`]: N+1 detection by running a code path at several data scales.
+//! - `lockfile` (feature `ci`): committed budget files under `tests/budgets/`, compared on
+//!   every run; the `diesel-budget check` command (feature `cli`) prints the differences.
+//! - `explain` (feature `ci`): full scans, indexes and estimates from each
+//!   backend's `EXPLAIN`; `assert_index_usable` asks whether an index can serve.
+//! - [`strict`], [`crate::Db::set_strict`], `DIESEL_BUDGET_STRICT=1`: statements without a budget
+//!   fail the test that ran them, unless [`allow_unbudgeted`] names them.
+//!
 //! # Example
 //! ```
 //! # include!("../../tests/doc_setup.rs");

@@ -5,11 +5,14 @@
 mod ci {
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
+    #[cfg(feature = "ci")]
     use diesel::connection::SimpleConnection;
     use diesel::prelude::*;
     use diesel_budget::demo::{items, Item};
     use diesel_budget::prelude::*;
-    use diesel_budget::testing::{self, Lockfile, Verdict};
+    use diesel_budget::testing;
+    #[cfg(feature = "ci")]
+    use diesel_budget::testing::{Lockfile, Verdict};
     use diesel_budget::{BudgetConnection, Conn};
 
     use super::C;
@@ -244,8 +247,9 @@ mod ci {
     }
 
     // -----------------------------------------------------------------------------------------
-    // 3. Budget lockfiles.
+    // 3. Budget lockfiles (feature `ci`).
 
+    #[cfg(feature = "ci")]
     fn load_range(conn: &mut Conn<C>, from: i32, n: i32) -> usize {
         items::table
             .filter(in_range(from, n))
@@ -255,6 +259,7 @@ mod ci {
             .len()
     }
 
+    #[cfg(feature = "ci")]
     #[test]
     fn lockfiles_pass_as_committed_fail_on_more_and_note_less() {
         let mut ctx = C::seeded(34, 20);
@@ -326,6 +331,7 @@ mod ci {
         testing::check_lockfile_in(dir, &more, false, true).expect("as updated");
     }
 
+    #[cfg(feature = "ci")]
     /// This crate's own committed lockfile (tests/budgets/suite_<backend>.json), checked by CI:
     /// a point read, a budgeted list and a walk, with the point read's plan.
     #[test]
@@ -357,8 +363,9 @@ mod ci {
     }
 
     // -----------------------------------------------------------------------------------------
-    // 4. Plan checks.
+    // 4. Plan checks (feature `ci`).
 
+    #[cfg(feature = "ci")]
     diesel::table! {
         diesel_budget_ci_plan (id) {
             id -> Integer,
@@ -367,14 +374,17 @@ mod ci {
         }
     }
 
+    #[cfg(feature = "ci")]
     /// Drops the table when the test ends, also when it panics.
     struct DropTable<'a>(&'a mut C);
+    #[cfg(feature = "ci")]
     impl Drop for DropTable<'_> {
         fn drop(&mut self) {
             let _ = self.0.batch_execute("DROP TABLE IF EXISTS diesel_budget_ci_plan");
         }
     }
 
+    #[cfg(feature = "ci")]
     #[test]
     fn plan_checks_flag_an_unindexed_column_until_it_is_indexed() {
         // A plain connection and a table of its own (MySQL commits DDL at once).

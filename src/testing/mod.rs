@@ -77,7 +77,7 @@ pub use lockfile::{
     Lockfile, Verdict,
 };
 pub use scaling::{scaling, Growth, Scaling, ScalingError};
-pub use strict::{allow_unbudgeted, strict};
+pub use strict::{allow_unbudgeted, allow_unbudgeted_scope, strict, Allowed};
 
 /// Runs `f` and records every statement it runs on this thread, on any instrumented
 /// connection. Recordings nest: an inner one's statements are in the outer one too.

@@ -51,3 +51,41 @@ pub fn allow_unbudgeted<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
     let _allowed = AllowUnbudgeted::enter(name);
     f()
 }
+
+/// The scope form of [`allow_unbudgeted`]: unbudgeted statements are allowed on this thread
+/// until the returned guard is dropped. Not `Send`: it belongs to the thread that made it.
+///
+/// # Example
+/// ```
+/// # include!("../../tests/doc_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (db, mut conn) = demo_db(3)?;
+/// use diesel::prelude::*;
+/// use diesel_budget::demo::items;
+/// use diesel_budget::testing;
+///
+/// db.set_strict(true);
+/// let _fixture = testing::allow_unbudgeted_scope("fixture: count");
+/// assert_eq!(items::table.count().get_result::<i64>(conn.unbudgeted())?, 3);
+/// # Ok(()) }
+/// ```
+pub fn allow_unbudgeted_scope(name: &'static str) -> Allowed {
+    Allowed {
+        _allowed: AllowUnbudgeted::enter(name),
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// Unbudgeted statements are allowed on this thread while it lives
+/// ([`allow_unbudgeted_scope`]).
+#[must_use = "the allowance ends when the guard is dropped"]
+pub struct Allowed {
+    _allowed: AllowUnbudgeted,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for Allowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Allowed")
+    }
+}

@@ -20,7 +20,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use diesel::backend::Backend;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_builder::{AsQuery, AstPass, Query, QueryFragment, QueryId};
 use diesel::QueryResult;
 
 use crate::backend::{BackendKind, BudgetConnection};
@@ -221,7 +221,8 @@ where
         .map_err(|e| crate::Error::query(sql, e))
 }
 
-/// The plan of `query` (a Diesel query: for a budgeted one, the query inside it) on `conn`.
+/// The plan of `query` (any Diesel query, a bare table too; for a budgeted one, the query
+/// inside it: [`crate::Budgeted::into_inner`]) on `conn`.
 ///
 /// # Errors
 /// When the database rejects the `EXPLAIN`, or its output cannot be read.
@@ -247,9 +248,10 @@ pub fn explain<X, Q>(query: &Q, conn: &mut X) -> Result<Plan>
 where
     X: Executor,
     ConnectionOf<X>: ExplainConnection,
-    Q: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
+    Q: AsQuery + Clone,
+    Q::Query: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
 {
-    run(query, conn, false)
+    run(&query.clone().as_query(), conn, false)
 }
 
 fn verdict<C: BudgetConnection, Q>(
@@ -284,10 +286,12 @@ pub fn check_no_full_scan<X, Q>(
 where
     X: Executor,
     ConnectionOf<X>: ExplainConnection,
-    Q: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
+    Q: AsQuery + Clone,
+    Q::Query: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
 {
-    let plan = run(query, conn, false)?;
-    Ok(verdict::<ConnectionOf<X>, Q>(query, plan, false))
+    let query = query.clone().as_query();
+    let plan = run(&query, conn, false)?;
+    Ok(verdict::<ConnectionOf<X>, _>(&query, plan, false))
 }
 
 /// Whether an index can serve `query` without reading a table in full, however small the
@@ -304,10 +308,12 @@ pub fn check_index_usable<X, Q>(
 where
     X: Executor,
     ConnectionOf<X>: ExplainConnection,
-    Q: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
+    Q: AsQuery + Clone,
+    Q::Query: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
 {
-    let plan = run(query, conn, true)?;
-    Ok(verdict::<ConnectionOf<X>, Q>(query, plan, true))
+    let query = query.clone().as_query();
+    let plan = run(&query, conn, true)?;
+    Ok(verdict::<ConnectionOf<X>, _>(&query, plan, true))
 }
 
 /// [`check_no_full_scan`], panicking with the message of [`PlanError`] (or of the `EXPLAIN`
@@ -317,7 +323,8 @@ pub fn assert_no_full_scan<X, Q>(query: &Q, conn: &mut X) -> Plan
 where
     X: Executor,
     ConnectionOf<X>: ExplainConnection,
-    Q: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
+    Q: AsQuery + Clone,
+    Q::Query: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
 {
     match check_no_full_scan(query, conn) {
         Ok(Ok(plan)) => plan,
@@ -333,11 +340,77 @@ pub fn assert_index_usable<X, Q>(query: &Q, conn: &mut X) -> Plan
 where
     X: Executor,
     ConnectionOf<X>: ExplainConnection,
-    Q: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
+    Q: AsQuery + Clone,
+    Q::Query: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
 {
     match check_index_usable(query, conn) {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => panic!("{e}"),
         Err(e) => panic!("EXPLAIN failed: {e}"),
+    }
+}
+
+/// A pre-flight check refused a query: the planner expects more rows than its budget allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PreflightError {
+    /// The query's SQL shape (placeholders only).
+    pub fingerprint: String,
+    /// The planner's estimate of the rows the query returns.
+    pub estimated_rows: u64,
+    /// The row budget.
+    pub budget_rows: u64,
+    /// The plan.
+    pub plan: Box<Plan>,
+}
+
+impl fmt::Display for PreflightError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pre-flight check failed on {}: the planner expects {} rows, the budget allows {} \
+             (plan: {}) in: {}",
+            self.plan.backend,
+            self.estimated_rows,
+            self.budget_rows,
+            self.plan.shape(),
+            self.fingerprint
+        )
+    }
+}
+
+impl std::error::Error for PreflightError {}
+
+/// Pre-flight: plans the query inside `budgeted` (without the budget's `LIMIT`) and refuses it,
+/// before it runs, when the planner expects more rows than the row budget. Estimates come from
+/// the server's statistics (PostgreSQL, MySQL/MariaDB: keep them fresh with `ANALYZE`); SQLite's
+/// `EXPLAIN QUERY PLAN` gives none, so there it never refuses.
+///
+/// # Errors
+/// [`PreflightError`] inside `Ok(Err(..))` when the estimate exceeds the budget; the outer
+/// error when `EXPLAIN` fails.
+pub fn preflight<X, Q, M, O>(
+    budgeted: &crate::Budgeted<Q, M, O>,
+    conn: &mut X,
+) -> Result<std::result::Result<Plan, PreflightError>>
+where
+    X: Executor,
+    ConnectionOf<X>: ExplainConnection,
+    Q: AsQuery + Clone,
+    Q::Query: QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend> + QueryId,
+    M: crate::budget::Metering,
+    O: crate::budget::Overflow,
+{
+    let budget_rows = budgeted.budget_spec().rows;
+    let query = budgeted.query.clone().as_query();
+    let plan = run(&query, conn, false)?;
+    match plan.estimated_rows {
+        Some(estimated_rows) if estimated_rows > budget_rows => Ok(Err(PreflightError {
+            fingerprint: fingerprint(&ConnectionOf::<X>::render_sql(&query).unwrap_or_default()),
+            estimated_rows,
+            budget_rows,
+            plan: Box::new(plan),
+        })),
+        _ => Ok(Ok(plan)),
     }
 }

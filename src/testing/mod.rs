@@ -69,7 +69,7 @@ pub use checks::{CheckError, LedgerAssert, LedgerCheck, Shape};
 #[cfg(feature = "ci")]
 pub use explain::{
     assert_index_usable, assert_no_full_scan, check_index_usable, check_no_full_scan, explain,
-    Access, ExplainConnection, Plan, PlanError, PlanNode,
+    preflight, Access, ExplainConnection, Plan, PlanError, PlanNode, PreflightError,
 };
 #[cfg(feature = "ci")]
 pub use lockfile::{

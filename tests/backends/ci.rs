@@ -444,6 +444,22 @@ mod ci {
                 assert_eq!(chosen.full_scans(), ["diesel_budget_ci_plan"], "{chosen:?}");
             }
         }
+        // Pre-flight: the planner's estimate of the whole table (4 rows, analysed) against the
+        // budget. SQLite gives no estimate, so it never refuses there.
+        let all = diesel_budget_ci_plan::table;
+        let fits = testing::preflight(&all.budget(Budget::rows(10)), &mut *conn.0).expect("explain");
+        assert!(fits.is_ok(), "{fits:?}");
+        let refused = testing::preflight(&all.budget(Budget::rows(2)), &mut *conn.0).expect("explain");
+        if C::KIND == diesel_budget::BackendKind::Sqlite {
+            assert_eq!(refused.expect("no estimate").estimated_rows, None);
+        } else {
+            let err = refused.expect_err("4 rows expected, 2 allowed");
+            assert_eq!((err.estimated_rows, err.budget_rows), (4, 2), "{err}");
+            assert!(
+                err.to_string().contains("the planner expects 4 rows, the budget allows 2"),
+                "{err}"
+            );
+        }
         let plan = testing::assert_index_usable(&by_tag, &mut *conn.0);
         assert!(plan.indexes().contains(&"diesel_budget_ci_plan_tag"), "{plan:?}");
         assert!(plan.full_scans().is_empty(), "{plan:?}");

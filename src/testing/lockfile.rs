@@ -525,3 +525,65 @@ pub fn assert_lockfile(name: &str, ledger: &Ledger) -> LockReport {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{LockEntry, Lockfile, Verdict};
+
+    fn entry(site: &str, round_trips: u64, plan: Option<&str>) -> LockEntry {
+        LockEntry {
+            query: "SELECT a FROM t WHERE (b = ?) LIMIT ?".into(),
+            call_site: site.into(),
+            budget_rows: Some(10),
+            budget_bytes: None,
+            round_trips,
+            max_rows: 3,
+            max_bytes: 0,
+            rows_received: 3 * round_trips,
+            plan: plan.map(str::to_owned),
+        }
+    }
+
+    fn file(entries: Vec<LockEntry>) -> Lockfile {
+        Lockfile {
+            name: "t".into(),
+            queries: entries,
+        }
+    }
+
+    #[test]
+    fn a_new_full_scan_regresses_and_a_moved_line_still_matches() {
+        let before = file(vec![entry("src/a.rs:10:5", 1, Some("index t_b on t"))]);
+        // The call moved down 3 lines: matched by shape and file, as committed.
+        let moved = before.compare(&file(vec![entry(
+            "src/a.rs:13:5",
+            1,
+            Some("index t_b on t"),
+        )]));
+        assert_eq!(moved.changes.len(), 1);
+        assert_eq!(moved.changes[0].verdict, Verdict::Same);
+        // The index went away: a new full scan.
+        let scan = before.compare(&file(vec![entry("src/a.rs:10:5", 1, Some("full scan t"))]));
+        assert!(scan.regressed());
+        assert_eq!(scan.changes[0].what, "new full scan");
+        // Not run any more: the file could be tightened, no regression.
+        let gone = before.compare(&file(vec![]));
+        assert!(!gone.regressed() && gone.could_tighten());
+        assert_eq!(gone.changes[0].verdict, Verdict::Gone);
+        // From another file: a new query (and the old one gone).
+        let other = before.compare(&file(vec![entry(
+            "src/b.rs:10:5",
+            1,
+            Some("index t_b on t"),
+        )]));
+        assert!(other.regressed());
+        assert_eq!(other.changes.len(), 2);
+        // JSON round trip, stable.
+        let json = before.to_json();
+        assert_eq!(
+            serde_json::from_str::<Lockfile>(&json).expect("json"),
+            before
+        );
+        assert!(json.ends_with("}\n"));
+    }
+}

@@ -74,6 +74,9 @@ enum Scenario {
     /// Per-query overhead, the same page with `.budget(Budget::rows(20))` (the same SQL: the
     /// page's own limit is the budget).
     BudgetPage,
+    /// Budgets in CI: instrumentation and recording overhead on point reads and a batched scan,
+    /// against a plain connection, in one process (examples/bench/ci.rs).
+    CiOverhead,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -353,6 +356,9 @@ fn main() -> BoxResult<()> {
     let url = database_url(backend, rows, args.url.as_deref())?;
     if args.scenario == Scenario::Seed {
         return seed(backend, rows, &url);
+    }
+    if args.scenario == Scenario::CiOverhead {
+        return ci::run(backend, rows, &url, args.batch);
     }
     if let Some(kind) = latency::Kind::of(args.scenario) {
         let cells = match args.cell {
@@ -680,6 +686,7 @@ macro_rules! backend {
                     }
                     Scenario::Seed
                     | Scenario::Report
+                    | Scenario::CiOverhead
                     | Scenario::DieselPoint
                     | Scenario::BudgetPoint
                     | Scenario::DieselPage
@@ -1142,6 +1149,9 @@ mod latency {
 }
 
 /// `bench report`: medians of a run's JSON lines as markdown tables.
+#[path = "bench/ci.rs"]
+mod ci;
+
 mod report {
     use super::*;
     use std::collections::BTreeMap;

@@ -165,6 +165,10 @@ step "cargo clippy --all-targets --all-features -- -D warnings" \
 step "cargo doc --no-deps --all-features (RUSTDOCFLAGS=-D warnings)" \
     env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 step "cargo test --all-features (unit, SQLite/PostgreSQL/MariaDB, doc)" cargo test --all-features
+# Budget lockfiles (issue 7): under CI=true a missing tests/budgets/<name>.json fails; then the
+# command compares what the run wrote (target/diesel-budget/) with the committed files.
+step "budget lockfiles: CI=true suite lockfile test, then diesel-budget check" \
+    env CI=true sh -c 'cargo test --all-features --test backends ci::suite && cargo run --all-features --bin diesel-budget -- check'
 # trybuild's expected messages list the connection types of one feature set: the default one.
 step "cargo test --test compile_fail (default features: trybuild)" cargo test --test compile_fail
 step "each backend feature alone: check --all-targets, doctests; none: compile_error!" \

@@ -109,6 +109,40 @@ impl<C: BudgetConnection> Db<C> {
         C::KIND
     }
 
+    /// Strict mode for this pool (default: off): a statement that starts without a budget on
+    /// any of its connections (through [`Conn::unbudgeted`] or code that bypasses the
+    /// executor) panics before it reaches the server, failing the test that ran it, unless it
+    /// runs inside [`crate::testing::allow_unbudgeted`]. Transaction control and the library's
+    /// own statements are not affected. [`crate::testing::strict`] does the same for every
+    /// instrumented connection of the process.
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(3)?;
+    /// use diesel::prelude::*;
+    /// use diesel_budget::demo::items;
+    /// use diesel_budget::testing;
+    ///
+    /// db.set_strict(true);
+    /// let n = testing::allow_unbudgeted("count for the example", || {
+    ///     items::table.count().get_result::<i64>(conn.unbudgeted())
+    /// })?;
+    /// assert_eq!(n, 3);
+    /// let unallowed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    ///     items::table.count().get_result::<i64>(conn.unbudgeted())
+    /// }));
+    /// assert!(unallowed.is_err());
+    /// # db.set_strict(false);
+    /// # Ok(()) }
+    /// ```
+    pub fn set_strict(&self, on: bool) {
+        self.stats
+            .strict
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Runs the pending migrations of `migrations` (from `diesel_migrations::embed_migrations!`)
     /// on one connection; returns how many ran.
     pub fn run_migrations(&self, migrations: EmbeddedMigrations) -> Result<usize> {

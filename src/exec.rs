@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
 use crate::error::{Error, Result};
-use crate::instrument::{BudgetScope, StatementTag};
+use crate::instrument::{BudgetScope, CallSite, StatementTag};
 use crate::query::{probe_limit, BudgetQuery, Budgeted, Fetch, Ran, RowSink};
 
 pub(crate) mod sealed {
@@ -378,6 +378,7 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     /// assert!(some.is_truncated());
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     fn load<'q, U>(
         self,
         conn: &mut X,
@@ -385,10 +386,12 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
+        let _site = CallSite::enter(std::panic::Location::caller());
         self.internal_load(conn.connection(sealed::TOKEN))
     }
 
     /// Same as [`load`](Self::load), named as in Diesel.
+    #[track_caller]
     fn get_results<'q, U>(
         self,
         conn: &mut X,
@@ -396,6 +399,7 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
+        let _site = CallSite::enter(std::panic::Location::caller());
         self.internal_load(conn.connection(sealed::TOKEN))
     }
 
@@ -403,10 +407,12 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     /// (a truncating budget keeps the first row of what fits; when not even that row fits the
     /// byte budget, it is [`Error::BudgetExceeded`]). No row: an error for which
     /// [`Error::is_not_found`] is true; use [`OptionalExtension::optional`](crate::OptionalExtension).
+    #[track_caller]
     fn get_result<'q, U>(self, conn: &mut X) -> Result<U>
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
+        let _site = CallSite::enter(std::panic::Location::caller());
         self.internal_get_result(conn.connection(sealed::TOKEN))
     }
 
@@ -433,10 +439,12 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     /// assert!(none.is_none());
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     fn first<'q, U>(self, conn: &mut X) -> Result<U>
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
+        let _site = CallSite::enter(std::panic::Location::caller());
         self.internal_first(conn.connection(sealed::TOKEN))
     }
 }

@@ -17,7 +17,8 @@
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,53 @@ pub struct Statement {
     pub elapsed: Duration,
     /// Whether the database reported an error.
     pub failed: bool,
+    /// Where the executor was called from (`load`, `first`, `get_result`, `batches_by`, ...):
+    /// the caller's file, line and column, for budgeted statements. `None` for statements that
+    /// did not go through the executor.
+    pub location: Option<&'static Location<'static>>,
+}
+
+impl Statement {
+    /// The statement's SQL shape ([`crate::testing::fingerprint`]): placeholders only, lists of
+    /// placeholders collapsed, whitespace normalised. Statements that differ only in bound
+    /// values (or in the length of an `IN` list) share it.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.sql)
+    }
+}
+
+/// The SQL shape of `sql` (placeholders only, never values): whitespace runs become one space,
+/// PostgreSQL's numbered placeholders (`$3`) become `?`, a list of placeholders (`?, ?, ?`)
+/// becomes one `?`, and repeated rows of a multi-row `VALUES` (`(?), (?)`) become one.
+pub fn fingerprint(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut space = false;
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    while out.contains("?, ?") {
+        out = out.replace("?, ?", "?");
+    }
+    while out.contains("(?), (?)") {
+        out = out.replace("(?), (?)", "(?)");
+    }
+    out
 }
 
 #[derive(Default)]
@@ -104,6 +152,11 @@ struct ThreadState {
     internal: Cell<u32>,
     /// Open recordings (see `crate::testing::record`), innermost last.
     recordings: RefCell<Vec<Vec<Statement>>>,
+    /// Where the executor entry point running on this thread was called from.
+    site: Cell<Option<&'static Location<'static>>>,
+    /// Depth of `crate::testing::allow_unbudgeted` scopes (strict mode lets their statements
+    /// through).
+    allowed: RefCell<Vec<&'static str>>,
 }
 
 thread_local! {
@@ -126,6 +179,69 @@ impl Drop for BudgetScope {
     fn drop(&mut self) {
         STATE.with(|s| s.budget.set(self.previous));
     }
+}
+
+/// Marks the executor work of one call of a public entry point (`load`, `batches_by`'s
+/// iterator, ...) with the caller's location. Dropping it restores the previous one.
+pub(crate) struct CallSite {
+    previous: Option<&'static Location<'static>>,
+}
+
+impl CallSite {
+    pub(crate) fn enter(site: &'static Location<'static>) -> Self {
+        let previous = STATE.with(|s| s.site.replace(Some(site)));
+        CallSite { previous }
+    }
+}
+
+impl Drop for CallSite {
+    fn drop(&mut self) {
+        STATE.with(|s| s.site.set(self.previous));
+    }
+}
+
+/// Strict mode for every instrumented connection of the process (see
+/// [`crate::testing::strict`]).
+static STRICT_PROCESS: AtomicBool = AtomicBool::new(false);
+
+/// Turns strict mode on or off for the whole process.
+pub(crate) fn set_strict_process(on: bool) {
+    STRICT_PROCESS.store(on, Ordering::SeqCst);
+}
+
+/// Turns strict mode on for the process when `DIESEL_BUDGET_STRICT` is `1` or `true` (read
+/// once, when the first instrumentation is created).
+fn strict_from_env() {
+    static READ: std::sync::Once = std::sync::Once::new();
+    READ.call_once(|| {
+        if std::env::var("DIESEL_BUDGET_STRICT").is_ok_and(|v| v == "1" || v == "true") {
+            set_strict_process(true);
+        }
+    });
+}
+
+/// Lets unbudgeted statements through strict mode on this thread until dropped; `name` says
+/// why (it is in the recorded statement's ledger line and in strict mode's messages).
+pub(crate) struct AllowUnbudgeted(());
+
+impl AllowUnbudgeted {
+    pub(crate) fn enter(name: &'static str) -> Self {
+        STATE.with(|s| s.allowed.borrow_mut().push(name));
+        AllowUnbudgeted(())
+    }
+}
+
+impl Drop for AllowUnbudgeted {
+    fn drop(&mut self) {
+        STATE.with(|s| {
+            s.allowed.borrow_mut().pop();
+        });
+    }
+}
+
+/// Whether an `allow_unbudgeted` scope is open on this thread.
+fn unbudgeted_allowed() -> bool {
+    STATE.with(|s| s.allowed.try_borrow().is_ok_and(|a| !a.is_empty()))
 }
 
 /// Marks library-internal statements (pool checkout, migrations).
@@ -258,6 +374,8 @@ pub(crate) struct StatsCell {
     rows_delivered: AtomicU64,
     bytes: AtomicU64,
     nanos: AtomicU64,
+    /// Strict mode for this pool's connections (see [`crate::DbBuilder::strict`]).
+    pub(crate) strict: AtomicBool,
 }
 
 impl StatsCell {
@@ -423,6 +541,7 @@ impl Default for BudgetInstrumentation {
 
 impl BudgetInstrumentation {
     pub(crate) fn with_stats(stats: Arc<StatsCell>) -> Self {
+        strict_from_env();
         BudgetInstrumentation {
             stats,
             connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
@@ -506,7 +625,28 @@ impl BudgetInstrumentation {
                     kind,
                     started: Instant::now(),
                 });
+                if kind == StatementKind::Unbudgeted
+                    && (STRICT_PROCESS.load(Ordering::Relaxed)
+                        || self.stats.strict.load(Ordering::Relaxed))
+                    && !unbudgeted_allowed()
+                {
+                    // Before the statement runs: it never reaches the server. The message has
+                    // the SQL shape, never bound values.
+                    let (sql, _) = split_query(*query);
+                    self.in_flight.pop();
+                    panic!(
+                        "diesel-budget strict mode: a statement ran without a budget on {id}: \
+                         {}\nGive it a budget (`.budget(Budget::rows(n))`), or allow it by name: \
+                         `testing::allow_unbudgeted(\"why\", || ..)`",
+                        fingerprint(&sql)
+                    );
+                }
                 if kind != StatementKind::Internal && recording() {
+                    let location = if kind == StatementKind::Budgeted {
+                        STATE.with(|s| s.site.get())
+                    } else {
+                        None
+                    };
                     let (sql, binds) = split_query(*query);
                     with_recordings(|rec| {
                         rec.push(Statement {
@@ -520,6 +660,7 @@ impl BudgetInstrumentation {
                             bytes: None,
                             elapsed: Duration::ZERO,
                             failed: false,
+                            location,
                         })
                     });
                 }

@@ -43,6 +43,7 @@ mod sqlite {
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
     include!("backends/limits.rs");
+    include!("backends/ci.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -60,6 +61,7 @@ mod postgres {
     include!("backends/pool.rs");
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
+    include!("backends/ci.rs");
     include!("backends/ledger_killed.rs");
     include!("backends/limits.rs");
     row_lock_tests!();
@@ -79,6 +81,7 @@ mod mysql {
     include!("backends/pool.rs");
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
+    include!("backends/ci.rs");
     include!("backends/ledger_killed.rs");
     include!("backends/limits.rs");
     row_lock_tests!();

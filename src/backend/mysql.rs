@@ -52,3 +52,6 @@ impl Db<MysqlConnection> {
         Db::builder(url).build()
     }
 }
+
+#[cfg(feature = "ci")]
+mod explain;

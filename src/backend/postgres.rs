@@ -64,3 +64,6 @@ impl Db<PgConnection> {
         Db::builder(url).build()
     }
 }
+
+#[cfg(feature = "ci")]
+mod explain;

@@ -107,3 +107,6 @@ impl DbBuilder<SqliteConnection> {
         self
     }
 }
+
+#[cfg(feature = "ci")]
+mod explain;

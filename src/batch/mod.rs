@@ -51,7 +51,7 @@ use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow, Rows};
 use crate::error::{Error, Result};
 use crate::exec::{load_metered, ConnectionOf, Executor};
-use crate::instrument::{BudgetScope, StatementTag};
+use crate::instrument::{BudgetScope, CallSite, StatementTag};
 use crate::query::{render, Budgeted};
 use crate::sql::inspect::{has_top_level_limit, has_top_level_offset};
 
@@ -158,6 +158,8 @@ pub struct Batches<'c, C, Q, K, V, U, F, M> {
     started: bool,
     done: bool,
     deferred: Option<Error>,
+    /// Where `batches_by` (or `stream_by`) was called: the call site of every statement.
+    site: &'static std::panic::Location<'static>,
     _meter: PhantomData<fn() -> M>,
 }
 
@@ -218,6 +220,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// assert_eq!(batches.resume_key(), Some(&992));
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn batches_by<'c, K, V, U, F, X>(
         self,
         key: K,
@@ -250,6 +253,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
             started: false,
             done: false,
             deferred: self.budget.validate().err(),
+            site: std::panic::Location::caller(),
             _meter: PhantomData,
         }
     }
@@ -290,6 +294,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
     /// assert_eq!(rows.rows_done(), 1_000);
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn stream_by<'c, K, V, U, F, X>(
         self,
         key: K,
@@ -379,6 +384,7 @@ where
     type Item = Result<Vec<U>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let _site = CallSite::enter(self.site);
         if let Some(e) = self.deferred.take() {
             return Some(Err(self.fail(e)));
         }

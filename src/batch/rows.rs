@@ -6,6 +6,7 @@ use std::fmt::{self, Debug};
 use crate::backend::BudgetConnection;
 use crate::budget::Meter;
 use crate::error::Result;
+use crate::instrument::CallSite;
 use crate::sql::keyset::Keyset;
 
 use super::{Batches, Walk};
@@ -101,6 +102,7 @@ where
 
     fn next(&mut self) -> Option<Result<U>> {
         let batches = &mut self.batches;
+        let _site = CallSite::enter(batches.site);
         if let Some(e) = batches.deferred.take() {
             return Some(Err(batches.fail(e)));
         }

@@ -5,6 +5,8 @@
 
 #[test]
 fn stats_count_budgeted_unbudgeted_and_transaction_statements() {
+    // Runs statements without a budget on purpose: allowed by name under the suite's strict mode.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("stats count budgeted unbudgeted and transaction statements");
     // A pool of its own: the shared pool's counters move with every other test.
     let tdb = C::private_db(1);
     let mut conn = tdb.conn();
@@ -170,6 +172,8 @@ fn the_ledger_sees_round_trips_rows_and_bytes() {
 
 #[test]
 fn no_unbudgeted_queries_fails_when_the_escape_hatch_was_used() {
+    // Runs statements without a budget on purpose: allowed by name under the suite's strict mode.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("no unbudgeted queries fails when the escape hatch was used");
     let mut ctx = C::seeded(52, 5);
     let base = ctx.base;
     let (n, ledger) = testing::record(&mut *ctx.conn, |conn| {

@@ -6,6 +6,8 @@
 /// exactly `Item::generate`'s. A zero chunk size is refused before anything is written.
 #[test]
 fn insert_generated_chunks_by_statement_and_transaction() {
+    // Runs statements without a budget on purpose: allowed by name under the suite's strict mode.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("insert generated chunks by statement and transaction");
     let mut ctx = C::ctx(90);
     let base = ctx.base;
 

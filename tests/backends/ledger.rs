@@ -338,6 +338,8 @@ mod ledger {
 
     #[test]
     fn messages_carry_no_bound_values_and_print_each_layer_once() {
+        // Runs statements without a budget on purpose: allowed by name under the suite's strict mode.
+        let _allowed = diesel_budget::testing::allow_unbudgeted_scope("messages carry no bound values and print each layer once");
         let mut ctx = C::ctx(83);
         let base = ctx.base;
         // A row whose name is the secret, and a row too large for the walk's byte budget.

@@ -124,6 +124,8 @@ mod pool {
     /// "committed" write is rolled back with it when the connection goes back to the pool.
     #[test]
     fn a_panic_in_a_transaction_rolls_it_back_so_the_next_one_commits() {
+        // Runs statements without a budget on purpose: allowed by name under the suite's strict mode.
+        let _allowed = diesel_budget::testing::allow_unbudgeted_scope("a panic in a transaction rolls it back so the next one commits");
         let tdb = C::test_db();
         let base = id_base(85);
         let _cleanup = Cleanup::new(&tdb.db, base, base + 4);
@@ -175,6 +177,8 @@ mod pool {
     /// outer transaction goes on and commits what it wrote before and after.
     #[test]
     fn a_panic_caught_inside_a_transaction_rolls_back_only_the_savepoint() {
+        // Runs statements without a budget on purpose: allowed by name under the suite's strict mode.
+        let _allowed = diesel_budget::testing::allow_unbudgeted_scope("a panic caught inside a transaction rolls back only the savepoint");
         let tdb = C::test_db();
         let base = id_base(86);
         let _cleanup = Cleanup::new(&tdb.db, base, base + 4);

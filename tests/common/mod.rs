@@ -152,19 +152,31 @@ pub trait Backend: BudgetConnection + Sized {
 macro_rules! seed_impl {
     () => {
         fn seed(conn: &mut Conn<Self>, from: i32, to: i32) {
-            demo::seed(conn, from, to, |_| {})
-                .unwrap_or_else(|e| panic!("seeding ids {from}..{to} on {}: {e}", Self::KIND));
+            diesel_budget::testing::allow_unbudgeted("fixture: seed rows", || {
+                demo::seed(conn, from, to, |_| {})
+            })
+            .unwrap_or_else(|e| panic!("seeding ids {from}..{to} on {}: {e}", Self::KIND));
         }
 
         fn delete_range(conn: &mut Conn<Self>, from: i32, to: i32) -> usize {
-            diesel::delete(items::table.filter(in_range(from, to - from)))
-                .execute(conn.unbudgeted())
-                .unwrap_or_else(|e| panic!("deleting ids {from}..{to} on {}: {e}", Self::KIND))
+            diesel_budget::testing::allow_unbudgeted("fixture: delete rows", || {
+                diesel::delete(items::table.filter(in_range(from, to - from)))
+                    .execute(conn.unbudgeted())
+            })
+            .unwrap_or_else(|e| panic!("deleting ids {from}..{to} on {}: {e}", Self::KIND))
         }
     };
 }
 
 fn build<C: BudgetConnection>(url: &str, size: u32, min_idle: u32, timeout: Duration) -> Db<C> {
+    let db = build_lax::<C>(url, size, min_idle, timeout);
+    // The suite runs in strict mode: a statement without a budget fails the test that ran it,
+    // unless the test allows it by name (`testing::allow_unbudgeted`).
+    db.set_strict(true);
+    db
+}
+
+fn build_lax<C: BudgetConnection>(url: &str, size: u32, min_idle: u32, timeout: Duration) -> Db<C> {
     Db::<C>::builder(url)
         .max_size(size)
         .min_idle(min_idle)
@@ -335,6 +347,7 @@ pub trait Killable: Backend {
 #[cfg(feature = "postgres")]
 impl Killable for diesel::pg::PgConnection {
     fn session_id(conn: &mut Conn<Self>) -> i64 {
+        let _allowed = diesel_budget::testing::allow_unbudgeted_scope("fixture: session id");
         diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
             "pg_backend_pid()",
         ))
@@ -344,6 +357,7 @@ impl Killable for diesel::pg::PgConnection {
     }
 
     fn kill(conn: &mut Conn<Self>, id: i64) {
+        let _allowed = diesel_budget::testing::allow_unbudgeted_scope("fixture: kill a session");
         // The second argument (PostgreSQL 14+) waits up to 5 s for the backend to exit.
         let killed = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
             "pg_terminate_backend({id}, 5000)"
@@ -357,6 +371,7 @@ impl Killable for diesel::pg::PgConnection {
 #[cfg(feature = "mysql")]
 impl Killable for diesel::mysql::MysqlConnection {
     fn session_id(conn: &mut Conn<Self>) -> i64 {
+        let _allowed = diesel_budget::testing::allow_unbudgeted_scope("fixture: session id");
         diesel::select(diesel::dsl::sql::<
             diesel::sql_types::Unsigned<diesel::sql_types::BigInt>,
         >("CONNECTION_ID()"))
@@ -366,6 +381,7 @@ impl Killable for diesel::mysql::MysqlConnection {
     }
 
     fn kill(conn: &mut Conn<Self>, id: i64) {
+        let _allowed = diesel_budget::testing::allow_unbudgeted_scope("fixture: kill a session");
         diesel::sql_query(format!("KILL CONNECTION {id}"))
             .execute(conn.unbudgeted())
             .unwrap_or_else(|e| panic!("KILL CONNECTION {id}: {e}"));

@@ -11,9 +11,21 @@
 //! `std::thread::scope`) is not in the ledger: record inside that thread, or check
 //! [`crate::Db::stats`], which counts every thread.
 //!
+//! # Budgets in CI
+//! - [`Ledger::check`]: the checks of [`Ledger::assert`] returning a [`CheckError`] (query
+//!   shape, call site of the executor entry point, observed vs allowed) instead of panicking;
+//!   [`Ledger::shapes`] and [`Ledger::repeated_shapes`] group statements by [`fingerprint`].
+//! - [`scaling`]: N+1 detection by running a code path at several data scales.
+//! - `lockfile` (feature `ci`): committed budget files under `tests/budgets/`, compared on
+//!   every run; the `diesel-budget check` command (feature `cli`) prints the differences.
+//! - `explain` (feature `ci`): full scans, indexes and estimates from each
+//!   backend's `EXPLAIN`; `assert_index_usable` asks whether an index can serve.
+//! - [`strict`], [`crate::Db::set_strict`], `DIESEL_BUDGET_STRICT=1`: statements without a budget
+//!   fail the test that ran them, unless [`allow_unbudgeted`] names them.
+//!
 //! # Example
 //! ```
-//! # include!("../tests/doc_setup.rs");
+//! # include!("../../tests/doc_setup.rs");
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let (db, mut conn) = demo_db(100)?;
 //! use diesel::prelude::*;
@@ -42,8 +54,30 @@ use std::time::Duration;
 use diesel::Connection;
 
 use crate::exec::Executor;
+pub use crate::instrument::{fingerprint, Statement, StatementId, StatementKind};
 use crate::instrument::{pop_recording, push_recording, slot, BudgetInstrumentation, Slot, Vacant};
-pub use crate::instrument::{Statement, StatementId, StatementKind};
+
+mod checks;
+#[cfg(feature = "ci")]
+pub mod explain;
+#[cfg(feature = "ci")]
+pub mod lockfile;
+mod scaling;
+mod strict;
+
+pub use checks::{CheckError, LedgerAssert, LedgerCheck, Shape};
+#[cfg(feature = "ci")]
+pub use explain::{
+    assert_index_usable, assert_no_full_scan, check_index_usable, check_no_full_scan, explain,
+    preflight, Access, ExplainConnection, Plan, PlanError, PlanNode, PreflightError,
+};
+#[cfg(feature = "ci")]
+pub use lockfile::{
+    assert_lockfile, check_lockfile, check_lockfile_in, Change, LockEntry, LockError, LockReport,
+    Lockfile, Verdict,
+};
+pub use scaling::{scaling, Growth, Scaling, ScalingError};
+pub use strict::{allow_unbudgeted, allow_unbudgeted_scope, strict, Allowed};
 
 /// Runs `f` and records every statement it runs on this thread, on any instrumented
 /// connection. Recordings nest: an inner one's statements are in the outer one too.
@@ -154,7 +188,53 @@ impl Ledger {
 
     /// Checks on this ledger that panic with the whole ledger when they fail.
     pub fn assert(&self) -> LedgerAssert<'_> {
-        LedgerAssert { ledger: self }
+        LedgerAssert::new(self)
+    }
+
+    /// The same checks as [`assert`](Self::assert), returning a [`CheckError`] instead of
+    /// panicking (for harnesses that collect failures); its message is the panic's.
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (db, mut conn) = demo_db(30)?;
+    /// use diesel::prelude::*;
+    /// use diesel_budget::prelude::*;
+    /// use diesel_budget::demo::{items, Item};
+    /// use diesel_budget::testing;
+    ///
+    /// let (_, ledger) = testing::record(&mut conn, |conn| {
+    ///     for id in 1..=3 {
+    ///         items::table.find(id).budget(Budget::rows(1)).first::<Item>(conn)?;
+    ///     }
+    ///     Ok::<_, diesel_budget::Error>(())
+    /// });
+    /// let err = ledger.check().round_trips_at_most(1).unwrap_err();
+    /// assert_eq!((err.observed, err.allowed), (3, 1));
+    /// // The message names the query shape, where it was issued and how often.
+    /// assert!(err.to_string().contains("3 round trips, at most 1 allowed"));
+    /// assert!(err.to_string().contains("3x SELECT"));
+    /// assert!(err.to_string().contains(file!()));
+    /// # Ok(()) }
+    /// ```
+    pub fn check(&self) -> LedgerCheck<'_> {
+        LedgerCheck::new(self)
+    }
+
+    /// The statements grouped by SQL shape ([`fingerprint`]) and call site, in order of first
+    /// appearance, transaction control left out.
+    pub fn shapes(&self) -> Vec<Shape> {
+        checks::shapes(&self.statements)
+    }
+
+    /// Shapes run more than `times` times in this recording: the secondary signal of an N+1
+    /// (the same query once per parent). [`scaling`] is the reliable one.
+    pub fn repeated_shapes(&self, times: usize) -> Vec<Shape> {
+        self.shapes()
+            .into_iter()
+            .filter(|s| s.count > times)
+            .collect()
     }
 }
 
@@ -182,60 +262,14 @@ impl fmt::Display for Ledger {
                 .unwrap_or_default();
             let bytes = s.bytes.map(|b| format!(" bytes={b}")).unwrap_or_default();
             let failed = if s.failed { " FAILED" } else { "" };
+            let at = s.location.map(|l| format!(" at {l}")).unwrap_or_default();
             // The SQL with placeholders; bound values stay out of the text (safe to log).
             writeln!(
                 f,
-                "  #{i} {} {:?}{budget}{rows}{delivered}{bytes}{failed} {:?}: {}",
+                "  #{i} {} {:?}{budget}{rows}{delivered}{bytes}{failed} {:?}{at}: {}",
                 s.id, s.kind, s.elapsed, s.sql
             )?;
         }
         Ok(())
-    }
-}
-
-/// Chained checks on a [`Ledger`]; each panics with the ledger when it fails.
-#[derive(Debug, Clone, Copy)]
-pub struct LedgerAssert<'a> {
-    ledger: &'a Ledger,
-}
-
-impl LedgerAssert<'_> {
-    #[track_caller]
-    fn check(self, ok: bool, what: fmt::Arguments<'_>) -> Self {
-        if !ok {
-            panic!("budget check failed: {what}\n{}", self.ledger);
-        }
-        self
-    }
-
-    /// At most `n` statements were sent (transaction control not counted).
-    #[track_caller]
-    pub fn round_trips_at_most(self, n: usize) -> Self {
-        let got = self.ledger.round_trips();
-        self.check(
-            got <= n,
-            format_args!("{got} round trips, at most {n} allowed"),
-        )
-    }
-
-    /// At most `n` rows were received from the server ([`Ledger::rows`]).
-    #[track_caller]
-    pub fn rows_at_most(self, n: u64) -> Self {
-        let got = self.ledger.rows();
-        self.check(got <= n, format_args!("{got} rows, at most {n} allowed"))
-    }
-
-    /// At most `n` bytes were received (byte-metered statements).
-    #[track_caller]
-    pub fn bytes_at_most(self, n: u64) -> Self {
-        let got = self.ledger.bytes();
-        self.check(got <= n, format_args!("{got} bytes, at most {n} allowed"))
-    }
-
-    /// Every statement ran under a budget (or was transaction control).
-    #[track_caller]
-    pub fn no_unbudgeted_queries(self) -> Self {
-        let n = self.ledger.unbudgeted().count();
-        self.check(n == 0, format_args!("{n} statements ran without a budget"))
     }
 }

@@ -67,6 +67,8 @@ pub mod demo;
 pub mod error;
 pub mod exec;
 pub mod instrument;
+#[cfg(feature = "page")]
+pub mod page;
 pub mod query;
 pub mod testing;
 

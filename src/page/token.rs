@@ -279,4 +279,61 @@ mod tests {
         let forged = PageKeys::new(1, &[3u8; 32]).expect("key");
         assert!(decode::<i32>(&forged, &fp, &token, 512).is_err());
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn keys() -> PageKeys {
+            PageKeys::new(7, &[5u8; 32]).expect("key")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any text at all: never a panic, never accepted (no key signs random bytes).
+            #[test]
+            fn arbitrary_text_is_refused(text in ".{0,200}") {
+                let fp = fingerprint([b"q".as_slice()]);
+                let r = decode::<(i64, Option<String>)>(&keys(), &fp, &text, 512);
+                let refused = matches!(r, Err(Error::InvalidPageToken { .. }));
+                prop_assert!(refused, "accepted");
+            }
+
+            /// Arbitrary bytes in base64 (past the base64 check): refused, never a panic.
+            #[test]
+            fn arbitrary_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+                let fp = fingerprint([b"q".as_slice()]);
+                let text = URL_SAFE_NO_PAD.encode(&bytes);
+                let r = decode::<(i32, String)>(&keys(), &fp, &text, 512);
+                let refused = matches!(r, Err(Error::InvalidPageToken { .. }));
+                prop_assert!(refused, "accepted");
+            }
+
+            /// Real tokens of random values round-trip, and every single-bit flip of them is
+            /// refused.
+            #[test]
+            fn every_bit_flip_of_a_real_token_is_refused(
+                a in any::<i64>(),
+                b in proptest::option::of(".{0,20}"),
+                backward in any::<bool>(),
+                size in 1u64..10_000,
+            ) {
+                let fp = fingerprint([b"q".as_slice()]);
+                let body = Body { backward, size, values: (a, b) };
+                let token = encode(&keys(), &fp, &body).expect("encode");
+                let back = decode::<(i64, Option<String>)>(&keys(), &fp, &token, 512).expect("decode");
+                prop_assert_eq!(back, body);
+                let raw = URL_SAFE_NO_PAD.decode(&token).expect("b64");
+                for bit in 0..raw.len() * 8 {
+                    let mut flipped = raw.clone();
+                    flipped[bit / 8] ^= 1 << (bit % 8);
+                    let t = URL_SAFE_NO_PAD.encode(&flipped);
+                    let r = decode::<(i64, Option<String>)>(&keys(), &fp, &t, 512);
+                    let refused = matches!(r, Err(Error::InvalidPageToken { .. }));
+                    prop_assert!(refused, "bit {}", bit);
+                }
+            }
+        }
+    }
 }

@@ -34,6 +34,9 @@ use diesel_budget::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+#[path = "bench/page.rs"]
+mod page;
+
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +64,10 @@ enum Scenario {
     /// what a byte-budgeted walk moves over the wire (`wire_*` fields; `--batch` is ignored).
     /// Compare `budget-batches --batch 8000` (about the rows 1 MiB holds) in the same run.
     BudgetBytesWalk,
+    /// Ours: `offset_page` at each `--depth` (bench/page.rs).
+    OffsetPage,
+    /// Ours: `keyset_page` at each `--depth`, token verification included (bench/page.rs).
+    KeysetPage,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -110,6 +117,21 @@ struct Args {
     /// else PG_DATABASE_URL / MYSQL_DATABASE_URL, else a local `diesel_budget_bench` database.
     #[arg(long)]
     url: Option<String>,
+    /// Page scenarios: the page numbers to measure (repeat the flag).
+    #[arg(long)]
+    depth: Vec<u64>,
+    /// Page scenarios: rows per page.
+    #[arg(long, default_value_t = 100)]
+    page_size: u64,
+    /// Page scenarios: measured rounds (each fetches every depth once, shuffled).
+    #[arg(long, default_value_t = 200)]
+    reps: usize,
+    /// Page scenarios: unmeasured rounds first.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Page scenarios: the key the pages are ordered by.
+    #[arg(long, value_enum, default_value_t = page::PageKeyArg::Id)]
+    page_key: page::PageKeyArg,
     /// `report`: the JSON-lines file to read.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -329,6 +351,16 @@ fn main() -> BoxResult<()> {
     let url = database_url(backend, rows, args.url.as_deref())?;
     if args.scenario == Scenario::Seed {
         return seed(backend, rows, &url);
+    }
+    if matches!(args.scenario, Scenario::OffsetPage | Scenario::KeysetPage) {
+        let page_args = page::PageArgs {
+            depths: &args.depth,
+            size: args.page_size,
+            reps: args.reps,
+            warmup: args.warmup,
+            key: args.page_key,
+        };
+        return page::run(args.scenario, backend, &url, rows, &page_args);
     }
     let load_before = loadavg();
     let (hwm_before, _) = rss()?;
@@ -638,7 +670,7 @@ macro_rules! backend {
                     Scenario::DieselLoadIterRbr | Scenario::DieselStreamOrdered => {
                         extra(scenario, url)
                     }
-                    Scenario::Seed | Scenario::Report => {
+                    Scenario::Seed | Scenario::Report | Scenario::OffsetPage | Scenario::KeysetPage => {
                         Err(format!("{} is not a scan", scenario.name()).into())
                     }
                 }

@@ -519,7 +519,7 @@ mod pages {
             "(page_rows.grp, page_rows.id) >",
             "page_rows.grp >= ",
         );
-        let norm = sql.replace('"', "").replace('`', "");
+        let norm = sql.replace(['"', '`'], "");
         match C::KIND {
             BackendKind::Mysql => assert!(norm.contains(expanded), "{sql}"),
             _ => assert!(norm.contains(row_value), "{sql}"),

@@ -143,7 +143,7 @@ pub enum Error {
 
     /// An offset page past the configured maximum depth: OFFSET reads and discards every row
     /// it skips, so deep pages get slower with depth. Use keyset pages
-    /// ([`crate::page::KeysetPageDsl::keyset_page`]) to go deeper.
+    /// ([`Budgeted::keyset_page`](crate::Budgeted::keyset_page)) to go deeper.
     #[error(
         "offset page starting at row {offset} is past the maximum depth of {max_depth} rows; \
          use keyset pages (keyset_page) to go deeper"

@@ -359,6 +359,7 @@ fn main() -> BoxResult<()> {
             reps: args.reps,
             warmup: args.warmup,
             key: args.page_key,
+            rows,
         };
         return page::run(args.scenario, backend, &url, rows, &page_args);
     }

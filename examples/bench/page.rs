@@ -10,8 +10,12 @@
 //! (`--page-key created-id`), through `Db` (pool of one) as users run it. Keyset tokens for
 //! each depth are collected first by walking the pages; then `--warmup` rounds, then `--reps`
 //! rounds, each fetching every depth once in a freshly shuffled order (a light query right
-//! after a heavy one pays more). Each fetch includes the token's verification. Prints one JSON
-//! line: per depth, `page_ms` (median) and `p90_ms`, and the process's peak RSS (`VmHWM`).
+//! after a heavy one pays more). Each fetch includes the token's verification. `keyset-page`
+//! measures, in the same shuffled rounds, the baseline `impl: "diesel"`: the hand-written
+//! plain-Diesel keyset query on a plain connection (`id > $1`, or
+//! `created_at <= $1 AND (created_at < $1 OR id < $2)`, typed DSL, so statically cached), its
+//! boundary computed rather than carried in a token. Prints one JSON line: per implementation
+//! and depth, `page_ms` (median) and `p90_ms`, and the process's peak RSS (`VmHWM`).
 
 use super::*;
 use diesel_budget::page::{asc, desc, Page, PageKeys, PageRequest, Pager};
@@ -32,6 +36,7 @@ pub(super) struct PageArgs<'a> {
     pub(super) reps: usize,
     pub(super) warmup: usize,
     pub(super) key: PageKeyArg,
+    pub(super) rows: u64,
 }
 
 /// A small deterministic shuffle (xorshift), so runs are comparable.
@@ -52,37 +57,52 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[at.min(sorted.len() - 1)]
 }
 
-/// Runs `fetch(depth)` over shuffled rounds; returns per-depth timings in ms.
+/// Runs `fetch(implementation, depth)` for every cell over shuffled rounds; returns per-cell
+/// timings in ms.
 fn measure(
-    depths: &[u64],
+    cells: &[(&'static str, u64)],
     args: &PageArgs<'_>,
-    mut fetch: impl FnMut(u64) -> BoxResult<usize>,
+    mut fetch: impl FnMut(&str, u64) -> BoxResult<usize>,
 ) -> BoxResult<Vec<serde_json::Value>> {
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); depths.len()];
-    let mut order: Vec<usize> = (0..depths.len()).collect();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); cells.len()];
+    let mut order: Vec<usize> = (0..cells.len()).collect();
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
     for round in 0..args.warmup + args.reps {
         shuffle(&mut order, &mut seed);
         for &i in &order {
+            let (which, depth) = cells[i];
             let started = Instant::now();
-            let n = fetch(depths[i])?;
+            let n = fetch(which, depth)?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             if n as u64 != args.size {
-                return Err(format!("page {} had {n} rows, not {}", depths[i], args.size).into());
+                return Err(format!("{which} page {depth} had {n} rows, not {}", args.size).into());
             }
             if round >= args.warmup {
                 times[i].push(ms);
             }
         }
     }
-    Ok(depths
+    Ok(cells
         .iter()
         .zip(times.iter_mut())
-        .map(|(d, t)| {
+        .map(|((which, d), t)| {
             t.sort_by(f64::total_cmp);
-            json!({"depth": d, "page_ms": percentile(t, 0.5), "p90_ms": percentile(t, 0.9), "reps": t.len()})
+            json!({"impl": which, "depth": d, "page_ms": percentile(t, 0.5), "p90_ms": percentile(t, 0.9), "reps": t.len()})
         })
         .collect())
+}
+
+/// Every depth for ours only.
+fn ours(depths: &[u64]) -> Vec<(&'static str, u64)> {
+    depths.iter().map(|d| ("ours", *d)).collect()
+}
+
+/// Every depth for ours and for the hand-written plain-Diesel keyset query.
+fn with_baseline(depths: &[u64]) -> Vec<(&'static str, u64)> {
+    depths
+        .iter()
+        .flat_map(|d| [("ours", *d), ("diesel", *d)])
+        .collect()
 }
 
 macro_rules! page_runner {
@@ -98,22 +118,27 @@ macro_rules! page_runner {
                 .max_page_size(args.size)
                 .max_depth(u64::MAX);
             let size = args.size;
+            let limit = i64::try_from(size + 1)?;
             let max_depth = args.depths.iter().copied().max().unwrap_or(1);
             match (scenario, args.key) {
-                (Scenario::OffsetPage, PageKeyArg::Id) => measure(args.depths, args, |d| {
-                    let p: Page<Item> = items::table
-                        .order(items::id)
-                        .budget(Budget::rows(size))
-                        .offset_page(&pager, d, &mut conn)?;
-                    Ok(p.items.len())
-                }),
-                (Scenario::OffsetPage, PageKeyArg::CreatedId) => measure(args.depths, args, |d| {
-                    let p: Page<Item> = items::table
-                        .order((items::created_at.desc(), items::id.desc()))
-                        .budget(Budget::rows(size))
-                        .offset_page(&pager, d, &mut conn)?;
-                    Ok(p.items.len())
-                }),
+                (Scenario::OffsetPage, PageKeyArg::Id) => {
+                    measure(&ours(args.depths), args, |_, d| {
+                        let p: Page<Item> = items::table
+                            .order(items::id)
+                            .budget(Budget::rows(size))
+                            .offset_page(&pager, d, &mut conn)?;
+                        Ok(p.items.len())
+                    })
+                }
+                (Scenario::OffsetPage, PageKeyArg::CreatedId) => {
+                    measure(&ours(args.depths), args, |_, d| {
+                        let p: Page<Item> = items::table
+                            .order((items::created_at.desc(), items::id.desc()))
+                            .budget(Budget::rows(size))
+                            .offset_page(&pager, d, &mut conn)?;
+                        Ok(p.items.len())
+                    })
+                }
                 (_, PageKeyArg::Id) => {
                     let key = asc(items::id);
                     let key_of = |i: &Item| i.id;
@@ -132,7 +157,18 @@ macro_rules! page_runner {
                         )?;
                         token = p.next;
                     }
-                    measure(args.depths, args, |d| {
+                    let mut raw = <$conn>::establish(url)?;
+                    measure(&with_baseline(args.depths), args, |which, d| {
+                        if which == "diesel" {
+                            let q = items::table.order(items::id).limit(limit);
+                            let rows: Vec<Item> = if d == 1 {
+                                q.load(&mut raw)?
+                            } else {
+                                let after = i32::try_from((d - 1) * size)?;
+                                q.filter(items::id.gt(after)).load(&mut raw)?
+                            };
+                            return Ok(rows.len().min(size as usize));
+                        }
                         let t = tokens.get(&d).cloned().flatten();
                         let p = items::table.budget(Budget::rows(size)).keyset_page(
                             &pager,
@@ -162,7 +198,26 @@ macro_rules! page_runner {
                         )?;
                         token = p.next;
                     }
-                    measure(args.depths, args, |d| {
+                    let mut raw = <$conn>::establish(url)?;
+                    measure(&with_baseline(args.depths), args, |which, d| {
+                        if which == "diesel" {
+                            let q = items::table
+                                .order((items::created_at.desc(), items::id.desc()))
+                                .limit(limit);
+                            let rows: Vec<Item> = if d == 1 {
+                                q.load(&mut raw)?
+                            } else {
+                                let b = i32::try_from(args.rows - (d - 1) * size + 1)?;
+                                let ca = Item::generate(b).created_at;
+                                q.filter(
+                                    items::created_at
+                                        .le(ca)
+                                        .and(items::created_at.lt(ca).or(items::id.lt(b))),
+                                )
+                                .load(&mut raw)?
+                            };
+                            return Ok(rows.len().min(size as usize));
+                        }
                         let t = tokens.get(&d).cloned().flatten();
                         let p = items::table.budget(Budget::rows(size)).keyset_page(
                             &pager,

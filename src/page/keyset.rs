@@ -23,7 +23,8 @@ pub type KeysetPageQuery<Q, K, V> =
 
 /// The fingerprint of a listing: backend, the query's SQL and bound values (Diesel's
 /// `debug_query`), the key's columns and directions, and the Rust types of the key values.
-pub(crate) fn listing_fingerprint<C, Q, K, V>(kind: &str, query: &Q, key: &K) -> [u8; 32]
+/// Also refuses a query with a LIMIT or OFFSET of its own (checked on the same rendering).
+pub(crate) fn listing_fingerprint<C, Q, K, V>(kind: &str, query: &Q, key: &K) -> Result<[u8; 32]>
 where
     C: BudgetConnection,
     C::Backend: Default,
@@ -32,6 +33,11 @@ where
     K: super::KeyColumns,
 {
     let shown = diesel::debug_query::<C::Backend, _>(query).to_string();
+    // `<sql> -- binds: [..]`: bound values are never inlined, so the SQL part is Diesel's own.
+    let sql = shown
+        .rsplit_once(" -- binds: ")
+        .map_or(shown.as_str(), |(sql, _)| sql);
+    refuse_limit(sql)?;
     let mut shape = String::new();
     for (i, name) in key.names().into_iter().enumerate() {
         let (descending, nulls) = key.part(i);
@@ -43,21 +49,24 @@ where
             Some(false) => " nulls last;",
         });
     }
-    token::fingerprint([
+    Ok(token::fingerprint([
         kind.as_bytes(),
         C::KIND.name().as_bytes(),
         shown.as_bytes(),
         shape.as_bytes(),
         std::any::type_name::<V>().as_bytes(),
-    ])
+    ]))
 }
 
 /// Refuses a query with a LIMIT or OFFSET of its own: the page sets both.
 pub(crate) fn check_no_limit<C: BudgetConnection, Q: QueryFragment<C::Backend>>(
     query: &Q,
 ) -> Result<()> {
-    let sql = render::<C, _>(query)?;
-    if has_top_level_limit(&sql) || has_top_level_offset(&sql) {
+    refuse_limit(&render::<C, _>(query)?)
+}
+
+fn refuse_limit(sql: &str) -> Result<()> {
+    if has_top_level_limit(sql) || has_top_level_offset(sql) {
         return Err(Error::InvalidArgument {
             name: "query",
             reason: "a page sets its own LIMIT and OFFSET; drop the query's (the budget is the \
@@ -138,8 +147,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
         let size = spec.rows;
         pager.check_size(size)?;
         let query = self.query.as_query();
-        check_no_limit::<C<X>, _>(&query)?;
-        let fingerprint = listing_fingerprint::<C<X>, _, K, V>("keyset", &query, &key);
+        let fingerprint = listing_fingerprint::<C<X>, _, K, V>("keyset", &query, &key)?;
 
         let (backward, boundary) = match request.into() {
             PageRequest::First => (false, None),

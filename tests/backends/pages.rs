@@ -477,6 +477,20 @@ mod pages {
             .keyset_page(&pager, asc(page_rows::id), |r: &Row| r.id, PageRequest::First, &mut *conn)
             .unwrap_err();
         assert!(matches!(err, Error::PageSizeTooLarge { .. }), "{err:?}");
+        // A query with a LIMIT of its own is refused by both kinds of page.
+        let limited = || {
+            page_rows::table
+                .filter(page_rows::id.between(base, base + 999_999))
+                .order(page_rows::id)
+                .limit(3)
+                .budget(Budget::rows(5))
+        };
+        let err = limited()
+            .keyset_page(&pager, asc(page_rows::id), |r: &Row| r.id, PageRequest::First, &mut *conn)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { name: "query", .. }), "{err:?}");
+        let err = limited().offset_page::<_, Row>(&pager, 1, &mut *conn).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { name: "query", .. }), "{err:?}");
         // A page serialises into a response.
         let p = listing(2)
             .keyset_page(&pager, asc(page_rows::id), |r: &Row| r.id, PageRequest::First, &mut *conn)

@@ -80,6 +80,18 @@ pub use token::{PageKeys, MIN_SECRET_LEN};
 
 use serde::Serialize;
 
+/// For the `cargo fuzz` target in `fuzz/` (not an API): decodes `token` as a token of a fixed
+/// query under a fixed key, for values `(i64, Option<String>)`. Returns whether it was accepted,
+/// which no input not signed with that key can be.
+#[doc(hidden)]
+pub fn __fuzz_decode(token: &str) -> bool {
+    let Ok(keys) = PageKeys::new(1, &[0x5a; 32]) else {
+        return false;
+    };
+    let fingerprint = token::fingerprint([b"fuzz".as_slice()]);
+    token::decode::<(i64, Option<String>)>(&keys, &fingerprint, token, 1_024).is_ok()
+}
+
 pub(crate) mod sealed {
     /// Seals [`super::PageBackend`].
     pub trait Sealed {}

@@ -34,6 +34,9 @@ use diesel_budget::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+#[path = "bench/page.rs"]
+mod page;
+
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +80,10 @@ enum Scenario {
     /// Budgets in CI: instrumentation and recording overhead on point reads and a batched scan,
     /// against a plain connection, in one process (examples/bench/ci.rs).
     CiOverhead,
+    /// Ours: `offset_page` at each `--depth` (bench/page.rs).
+    OffsetPage,
+    /// Ours: `keyset_page` at each `--depth`, token verification included (bench/page.rs).
+    KeysetPage,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -137,6 +144,21 @@ struct Args {
     /// machine's noise does not disturb.
     #[arg(long)]
     cell: Option<usize>,
+    /// Page scenarios: the page numbers to measure (repeat the flag).
+    #[arg(long)]
+    depth: Vec<u64>,
+    /// Page scenarios: rows per page.
+    #[arg(long, default_value_t = 100)]
+    page_size: u64,
+    /// Page scenarios: measured rounds (each fetches every depth once, shuffled).
+    #[arg(long, default_value_t = 200)]
+    reps: usize,
+    /// Page scenarios: unmeasured rounds first.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Page scenarios: the key the pages are ordered by.
+    #[arg(long, value_enum, default_value_t = page::PageKeyArg::Id)]
+    page_key: page::PageKeyArg,
     /// `report`: the JSON-lines file to read.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -375,6 +397,17 @@ fn main() -> BoxResult<()> {
             (args.rounds, args.per_round),
             &cells,
         );
+    }
+    if matches!(args.scenario, Scenario::OffsetPage | Scenario::KeysetPage) {
+        let page_args = page::PageArgs {
+            depths: &args.depth,
+            size: args.page_size,
+            reps: args.reps,
+            warmup: args.warmup,
+            key: args.page_key,
+            rows,
+        };
+        return page::run(args.scenario, backend, &url, rows, &page_args);
     }
     let load_before = loadavg();
     let (hwm_before, _) = rss()?;
@@ -690,7 +723,9 @@ macro_rules! backend {
                     | Scenario::DieselPoint
                     | Scenario::BudgetPoint
                     | Scenario::DieselPage
-                    | Scenario::BudgetPage => {
+                    | Scenario::BudgetPage
+                    | Scenario::OffsetPage
+                    | Scenario::KeysetPage => {
                         Err(format!("{} is not a scan", scenario.name()).into())
                     }
                 }

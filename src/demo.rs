@@ -38,6 +38,7 @@ diesel::table! {
 
 /// One row of [`items`]; its size is known to [`GetSize`], so byte budgets work.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, Identifiable, GetSize)]
+#[cfg_attr(feature = "page", derive(serde::Serialize))]
 #[diesel(table_name = items, treat_none_as_default_value = false)]
 pub struct Item {
     /// Primary key.

@@ -122,6 +122,39 @@ pub enum Error {
         rows_done: u64,
     },
 
+    /// A page token was refused before any SQL ran: it was not issued by this query (another
+    /// query, other filter values, another key type), is signed by a key the ring does not
+    /// hold, was modified, truncated or is over the size cap, has an unknown format version,
+    /// or asks for another page size. The token itself is never in the message.
+    #[error("invalid page token: {reason}")]
+    InvalidPageToken {
+        /// Why it was refused (constant text).
+        reason: &'static str,
+    },
+
+    /// A page size (the row budget of a page) over the pager's configured maximum.
+    #[error("page size {size} is over the maximum of {max}")]
+    PageSizeTooLarge {
+        /// The page size asked for.
+        size: u64,
+        /// The configured maximum ([`crate::page::Pager::max_page_size`]).
+        max: u64,
+    },
+
+    /// An offset page past the configured maximum depth: OFFSET reads and discards every row
+    /// it skips, so deep pages get slower with depth. Use keyset pages
+    /// ([`Budgeted::keyset_page`](crate::Budgeted::keyset_page)) to go deeper.
+    #[error(
+        "offset page starting at row {offset} is past the maximum depth of {max_depth} rows; \
+         use keyset pages (keyset_page) to go deeper"
+    )]
+    PageTooDeep {
+        /// Rows the page would skip.
+        offset: u64,
+        /// The configured maximum ([`crate::page::Pager::max_depth`]).
+        max_depth: u64,
+    },
+
     /// No connection could be checked out of the pool (or the pool could not be built).
     #[error("no connection from the pool")]
     Pool(#[from] diesel::r2d2::PoolError),

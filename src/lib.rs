@@ -58,6 +58,8 @@ pub mod demo;
 pub mod error;
 pub mod exec;
 pub mod instrument;
+#[cfg(feature = "page")]
+pub mod page;
 pub mod query;
 mod sql;
 pub mod testing;

@@ -44,6 +44,7 @@ mod sqlite {
     include!("backends/ledger.rs");
     include!("backends/limits.rs");
     include!("backends/ci.rs");
+    include!("backends/pages.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -65,6 +66,7 @@ mod postgres {
     include!("backends/ledger_killed.rs");
     include!("backends/limits.rs");
     row_lock_tests!();
+    include!("backends/pages.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -85,4 +87,5 @@ mod mysql {
     include!("backends/ledger_killed.rs");
     include!("backends/limits.rs");
     row_lock_tests!();
+    include!("backends/pages.rs");
 }

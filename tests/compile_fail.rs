@@ -1,7 +1,8 @@
 //! What must not compile (trybuild): Diesel's own `load`/`first` on a pooled [`Conn`], which is
 //! not a Diesel connection; reaching the Diesel connection behind any `Executor` from outside
-//! the crate (the sealed accessor needs a token only the crate can build); and a byte budget
-//! on a row type that cannot say its size. The
+//! the crate (the sealed accessor needs a token only the crate can build); a byte budget
+//! on a row type that cannot say its size; and a page key with a nullable column but no NULLS
+//! FIRST / LAST rule. The
 //! `ok_*.rs` cases are the same code with the budget (or a row budget only): they compile, so
 //! the failures are about the budget and nothing else.
 //!
@@ -29,4 +30,6 @@ fn queries_without_a_budget_do_not_compile() {
     t.compile_fail("tests/compile_fail/first_without_budget.rs");
     t.compile_fail("tests/compile_fail/bytes_without_get_size.rs");
     t.compile_fail("tests/compile_fail/raw_connection.rs");
+    t.pass("tests/compile_fail/ok_nullable_key.rs");
+    t.compile_fail("tests/compile_fail/nullable_key_without_rule.rs");
 }

@@ -55,3 +55,5 @@ impl Db<MysqlConnection> {
 
 #[cfg(feature = "ci")]
 mod explain;
+#[cfg(feature = "page")]
+mod page;

@@ -67,3 +67,5 @@ impl Db<PgConnection> {
 
 #[cfg(feature = "ci")]
 mod explain;
+#[cfg(feature = "page")]
+mod page;

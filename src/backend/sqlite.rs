@@ -110,3 +110,5 @@ impl DbBuilder<SqliteConnection> {
 
 #[cfg(feature = "ci")]
 mod explain;
+#[cfg(feature = "page")]
+mod page;

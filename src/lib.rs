@@ -60,6 +60,7 @@ compile_error!(
 pub mod backend;
 pub mod batch;
 pub mod budget;
+pub mod cache;
 pub mod db;
 #[cfg(feature = "demo")]
 #[doc(hidden)]
@@ -73,6 +74,7 @@ pub mod testing;
 pub use backend::{BackendKind, BudgetConnection, JournalMode};
 pub use batch::{BatchMode, Batches, Composite, RowsOf};
 pub use budget::{Budget, BudgetSpec, Exceeded, Truncated};
+pub use cache::{Cache, CacheBuilder, CacheDsl, CacheStats};
 pub use db::{instrument, Conn, Db, DbBuilder};
 pub use error::{Error, OptionalExtension, Result};
 pub use exec::{Executor, LoadBudgeted, RunBudgetedDsl};
@@ -87,6 +89,7 @@ pub use get_size2::GetSize;
 pub mod prelude {
     pub use crate::batch::{BatchMode, Composite};
     pub use crate::budget::Budget;
+    pub use crate::cache::{Cache, CacheDsl};
     pub use crate::db::{Conn, Db};
     pub use crate::error::OptionalExtension as _;
     pub use crate::exec::RunBudgetedDsl;

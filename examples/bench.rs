@@ -34,6 +34,9 @@ use diesel_budget::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+#[path = "bench/cache.rs"]
+mod cache;
+
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +64,16 @@ enum Scenario {
     /// what a byte-budgeted walk moves over the wire (`wire_*` fields; `--batch` is ignored).
     /// Compare `budget-batches --batch 8000` (about the rows 1 MiB holds) in the same run.
     BudgetBytesWalk,
+    /// Cache (examples/bench/cache.rs): a primary-key read through the executor.
+    DbPointRead,
+    /// Cache: the same read through `Cache::load`, every read a hit.
+    CacheHit,
+    /// Cache: an aggregate over 10^5 rows through the executor.
+    DbHeavyRead,
+    /// Cache: the same aggregate through `Cache::load`, every read a hit.
+    CacheHeavyHit,
+    /// Cache: Zipf-distributed point reads through a 1 MiB cache (hit ratio, bytes held).
+    CacheZipf,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -110,6 +123,9 @@ struct Args {
     /// else PG_DATABASE_URL / MYSQL_DATABASE_URL, else a local `diesel_budget_bench` database.
     #[arg(long)]
     url: Option<String>,
+    /// Threads of the cache scenarios.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// `report`: the JSON-lines file to read.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -329,6 +345,9 @@ fn main() -> BoxResult<()> {
     let url = database_url(backend, rows, args.url.as_deref())?;
     if args.scenario == Scenario::Seed {
         return seed(backend, rows, &url);
+    }
+    if let Some(done) = cache::run(args.scenario, backend, &url, rows, args.threads) {
+        return done;
     }
     let load_before = loadavg();
     let (hwm_before, _) = rss()?;
@@ -638,7 +657,13 @@ macro_rules! backend {
                     Scenario::DieselLoadIterRbr | Scenario::DieselStreamOrdered => {
                         extra(scenario, url)
                     }
-                    Scenario::Seed | Scenario::Report => {
+                    Scenario::Seed
+                    | Scenario::Report
+                    | Scenario::DbPointRead
+                    | Scenario::CacheHit
+                    | Scenario::DbHeavyRead
+                    | Scenario::CacheHeavyHit
+                    | Scenario::CacheZipf => {
                         Err(format!("{} is not a scan", scenario.name()).into())
                     }
                 }

@@ -2,7 +2,7 @@
 //! entries, and dropped when a write to a table they read is committed.
 //!
 //! ```
-//! # include!("../tests/doc_setup.rs");
+//! # include!("../../tests/doc_setup.rs");
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let (db, mut conn) = demo_db(100)?;
 //! use std::sync::Arc;
@@ -23,7 +23,7 @@
 //!     .set(items::name.eq("renamed"))
 //!     .execute(conn.unbudgeted())?;
 //! // ...and the next read goes to the database again.
-//! let fresh = cache.load(q(), &mut conn)?;
+//! let fresh: Arc<[Item]> = cache.load(q(), &mut conn)?;
 //! assert_eq!(fresh[0].name, "renamed");
 //! assert_eq!(cache.stats().hits, 1);
 //! # Ok(()) }
@@ -412,7 +412,6 @@ impl Cache {
         }
         let (sql, binds) =
             crate::instrument::split_query(&diesel::debug_query::<C::Backend, _>(&budgeted.query));
-        let deps = Arc::new(sql::read_tables(&sql));
         let key = Key {
             backend: C::KIND,
             row_type: TypeId::of::<U>(),
@@ -421,11 +420,22 @@ impl Cache {
             sql,
             binds,
         };
+        // A hit needs only the key; the tables read are worked out on a miss, outside the lock.
+        let hit = inner
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup::<Arc<[U]>>(&key, None, false);
+        if let Some(Lookup::Hit(rows)) = hit {
+            inner.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(rows);
+        }
+        let deps = Arc::new(sql::read_tables(&key.sql));
         let found = inner
             .store
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .lookup::<Arc<[U]>>(&key, &deps, mode == Mode::Full);
+            .lookup::<Arc<[U]>>(&key, Some(&deps), mode == Mode::Full);
         let flight = match found {
             Some(Lookup::Hit(rows)) => {
                 inner.hits.fetch_add(1, Ordering::Relaxed);
@@ -534,7 +544,7 @@ impl<Q, M> CacheDsl for Budgeted<Q, M, Strict> {
 ///
 /// # Example
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../../tests/doc_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let (db, mut conn) = demo_db(10)?;
 /// use std::time::Duration;

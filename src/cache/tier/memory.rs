@@ -156,11 +156,12 @@ impl Store {
     }
 
     /// A cached result for `key`, or what to do instead. `fill`: whether the caller may fill
-    /// (lead or follow a flight); otherwise a miss is `None`.
+    /// (lead or follow a flight) with the tables it reads, `deps`; otherwise (or without
+    /// `deps`) a miss is `None`.
     pub(crate) fn lookup<T: Clone + 'static>(
         &mut self,
         key: &Key,
-        deps: &Tables,
+        deps: Option<&Tables>,
         fill: bool,
     ) -> Option<Lookup<T>> {
         let now = Instant::now();
@@ -175,9 +176,7 @@ impl Store {
         if expired {
             self.remove(key);
         }
-        if !fill {
-            return None;
-        }
+        let deps = deps.filter(|_| fill)?;
         let snapshot = self.snapshot(deps);
         if let Some(flight) = self.flights.get(key) {
             if flight.snapshot == snapshot {

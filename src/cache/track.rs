@@ -155,3 +155,121 @@ impl WriteTracker {
         self.uncertain = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::cache::sql::effects;
+
+    /// Records what it is told.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Written>>);
+
+    impl Invalidate for Seen {
+        fn invalidate_written(&self, written: &Written) {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(written.clone());
+        }
+    }
+
+    /// Runs `statements` (SQL, failed) through a tracker; returns what was announced after
+    /// each one.
+    fn run(statements: &[(&str, bool)]) -> Vec<Vec<Written>> {
+        let seen = Arc::new(Seen::default());
+        let observers = Observers::default();
+        let dyn_seen: Arc<dyn Invalidate> = seen.clone();
+        observers.add(Arc::downgrade(&dyn_seen));
+        let mut tracker = WriteTracker::default();
+        statements
+            .iter()
+            .map(|(sql, failed)| {
+                tracker.finish(&effects(sql), *failed, &observers);
+                std::mem::take(&mut *seen.0.lock().unwrap_or_else(|e| e.into_inner()))
+            })
+            .collect()
+    }
+
+    fn items() -> Written {
+        Written {
+            all: false,
+            tables: BTreeSet::from(["items".to_owned()]),
+        }
+    }
+
+    #[test]
+    fn autocommit_writes_are_announced_when_they_finish() {
+        let seen = run(&[("UPDATE items SET x = 1", false), ("SELECT 1", false)]);
+        assert_eq!(seen, vec![vec![items()], vec![]]);
+        // A failed write may still have written something: announced too.
+        assert_eq!(run(&[("DELETE FROM items", true)]), vec![vec![items()]]);
+    }
+
+    #[test]
+    fn transactions_announce_at_commit_and_never_for_a_rollback() {
+        let seen = run(&[
+            ("BEGIN", false),
+            ("SAVEPOINT s1", false),
+            ("INSERT INTO items (id) VALUES (1)", false),
+            ("ROLLBACK TO SAVEPOINT s1", false),
+            ("UPDATE other SET x = 1", false),
+            ("COMMIT", false),
+        ]);
+        assert!(seen[..5].iter().all(Vec::is_empty), "{seen:?}");
+        let mut both = items();
+        both.tables.insert("other".into());
+        assert_eq!(seen[5], vec![both], "the savepoint's write counts too");
+
+        let seen = run(&[
+            ("BEGIN", false),
+            ("UPDATE items SET x = 1", false),
+            ("ROLLBACK", false),
+            ("UPDATE other SET x = 1", false),
+        ]);
+        assert!(seen[..3].iter().all(Vec::is_empty), "{seen:?}");
+        assert_eq!(seen[3].len(), 1, "after the rollback, autocommit again");
+    }
+
+    #[test]
+    fn a_begin_that_failed_does_not_defer_later_writes() {
+        let seen = run(&[("BEGIN", true), ("UPDATE items SET x = 1", false)]);
+        assert_eq!(seen[1], vec![items()]);
+    }
+
+    #[test]
+    fn ddl_in_a_transaction_announces_now_and_again_at_the_end_even_on_rollback() {
+        let seen = run(&[
+            ("BEGIN", false),
+            ("UPDATE items SET x = 1", false),
+            ("ALTER TABLE t ADD COLUMN y INT", false),
+            ("UPDATE items SET x = 2", false),
+            ("ROLLBACK", false),
+        ]);
+        assert!(seen[1].is_empty());
+        assert!(
+            seen[2].iter().any(|w| w.all),
+            "DDL: everything, at once: {seen:?}"
+        );
+        assert_eq!(
+            seen[3],
+            vec![items()],
+            "after DDL, writes are announced at once"
+        );
+        assert!(
+            seen[4].iter().any(|w| w.all),
+            "and again at the end: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_batch_announces_after_its_commit() {
+        let seen = run(&[("BEGIN; UPDATE items SET x = 1; COMMIT", false)]);
+        assert_eq!(seen[0], vec![items()]);
+        let seen = run(&[("BEGIN; UPDATE items SET x = 1", false), ("COMMIT", false)]);
+        assert!(seen[0].is_empty());
+        assert_eq!(seen[1], vec![items()]);
+    }
+}

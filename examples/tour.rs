@@ -409,10 +409,10 @@ where
     let after = cache.load::<_, _, _, Item>(hot(), &mut conn)?;
     let c = cache.stats();
     println!(
-        "  {} rows: a miss took {}, a hit {} ({}x); after a raw UPDATE through unbudgeted(): {:?} (was {:?})",
+        "  {} rows: a miss took {}, a hit {:.1} µs ({}x); after a raw UPDATE through unbudgeted(): {:?} (was {:?})",
         first.len(),
         secs(miss),
-        format!("{:.1} µs", hit.as_secs_f64() * 1e6),
+        hit.as_secs_f64() * 1e6,
         miss.as_nanos() / hit.as_nanos().max(1),
         after[0].name,
         first[0].name

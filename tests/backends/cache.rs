@@ -283,6 +283,43 @@ mod cache {
         assert_eq!(cache.stats().bypassed, 1);
     }
 
+    #[test]
+    fn in_a_transaction_hits_are_served_but_nothing_is_stored() {
+        let (tdb, cache, rows) = setup(87, 4, default_cache());
+        let base = rows.from;
+        let mut conn = tdb.conn();
+        load(&cache, &mut conn, base, 2);
+        conn.transaction(|c| {
+            load(&cache, c, base, 2); // a hit: committed data
+            load(&cache, c, base, 4); // a miss: loaded, not stored
+            load(&cache, c, base, 4);
+            Ok::<_, Error>(())
+        })
+        .expect("read-only transaction");
+        let s = cache.stats();
+        assert_eq!((s.hits, s.misses, s.fills, s.entries), (1, 3, 1, 1), "{s:?}");
+    }
+
+    #[test]
+    fn raw_begin_and_commit_text_defer_the_invalidation_to_the_commit() {
+        let (tdb, cache, rows) = setup(88, 2, default_cache());
+        let base = rows.from;
+        let mut reader = tdb.conn();
+        let mut writer = tdb.conn();
+        load(&cache, &mut reader, base, 2);
+        writer.unbudgeted().batch_execute("BEGIN").expect("BEGIN");
+        writer
+            .unbudgeted()
+            .batch_execute(&format!("UPDATE items SET name = 'raw' WHERE id = {base}"))
+            .expect("UPDATE");
+        assert_eq!(cache.stats().invalidations, 0, "not before COMMIT");
+        // The uncommitted write is invisible to others: the cached rows are still right.
+        assert_eq!(load(&cache, &mut reader, base, 2)[0].name, Item::generate(base).name);
+        writer.unbudgeted().batch_execute("COMMIT").expect("COMMIT");
+        assert_eq!(cache.stats().invalidations, 1);
+        assert_eq!(load(&cache, &mut reader, base, 2)[0].name, "raw");
+    }
+
     /// Writers bump a version in committed writes (autocommit and transactions, alternately);
     /// readers note the last committed version before each read and must never read an older
     /// one. 10^4 operations.

@@ -34,6 +34,8 @@ use diesel_budget::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+#[path = "bench/cache.rs"]
+mod cache;
 #[path = "bench/page.rs"]
 mod page;
 
@@ -84,6 +86,16 @@ enum Scenario {
     OffsetPage,
     /// Ours: `keyset_page` at each `--depth`, token verification included (bench/page.rs).
     KeysetPage,
+    /// Cache (examples/bench/cache.rs): a primary-key read through the executor.
+    DbPointRead,
+    /// Cache: the same read through `Cache::load`, every read a hit.
+    CacheHit,
+    /// Cache: an aggregate over 10^5 rows through the executor.
+    DbHeavyRead,
+    /// Cache: the same aggregate through `Cache::load`, every read a hit.
+    CacheHeavyHit,
+    /// Cache: Zipf-distributed point reads through a 1 MiB cache (hit ratio, bytes held).
+    CacheZipf,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -159,6 +171,9 @@ struct Args {
     /// Page scenarios: the key the pages are ordered by.
     #[arg(long, value_enum, default_value_t = page::PageKeyArg::Id)]
     page_key: page::PageKeyArg,
+    /// Threads of the cache scenarios.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// `report`: the JSON-lines file to read.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -378,6 +393,9 @@ fn main() -> BoxResult<()> {
     let url = database_url(backend, rows, args.url.as_deref())?;
     if args.scenario == Scenario::Seed {
         return seed(backend, rows, &url);
+    }
+    if let Some(done) = cache::run(args.scenario, backend, &url, rows, args.threads) {
+        return done;
     }
     if args.scenario == Scenario::CiOverhead {
         return ci::run(backend, rows, &url, args.batch);
@@ -725,7 +743,12 @@ macro_rules! backend {
                     | Scenario::DieselPage
                     | Scenario::BudgetPage
                     | Scenario::OffsetPage
-                    | Scenario::KeysetPage => {
+                    | Scenario::KeysetPage
+                    | Scenario::DbPointRead
+                    | Scenario::CacheHit
+                    | Scenario::DbHeavyRead
+                    | Scenario::CacheHeavyHit
+                    | Scenario::CacheZipf => {
                         Err(format!("{} is not a scan", scenario.name()).into())
                     }
                 }

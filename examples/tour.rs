@@ -150,7 +150,11 @@ where
     >: ExecuteDsl<C>,
     diesel::query_builder::SqlQuery: ExecuteDsl<C>,
     items::table: BudgetQuery<'static, C, Item> + LoadQuery<'static, C, Item>,
-    FirstIds: BudgetQuery<'static, C, Item>,
+    FirstIds: BudgetQuery<'static, C, Item> + diesel::query_builder::QueryFragment<C::Backend>,
+    C::Backend: Default,
+    <C::Backend as diesel::backend::Backend>::QueryBuilder: Default,
+    diesel_budget::Budgeted<FirstIds>:
+        diesel_budget::LoadBudgeted<'static, C, Item, Output = Vec<Item>>,
     CountAll: BudgetQuery<'static, C, i64> + LoadQuery<'static, C, i64>,
     for<'c> ItemBatches<'c, C>: Iterator<Item = diesel_budget::Result<Vec<Item>>>,
 {
@@ -382,6 +386,40 @@ where
         thousands(s.rows),
         thousands(s.rows_delivered),
         secs(s.time)
+    );
+
+    section("6. A cache in front of the hot reads");
+    let cache = Cache::builder().max_bytes(1 << 20).build()?;
+    cache.attach(&db);
+    let hot = || {
+        items::table
+            .filter(items::id.le(50_i32))
+            .budget(Budget::rows(100))
+    };
+    let read = Instant::now();
+    let first = cache.load::<_, _, _, Item>(hot(), &mut conn)?;
+    let miss = read.elapsed();
+    let read = Instant::now();
+    for _ in 0..1_000 {
+        cache.load::<_, _, _, Item>(hot(), &mut conn)?;
+    }
+    let hit = read.elapsed() / 1_000;
+    diesel::sql_query("UPDATE items SET name = 'renamed' WHERE id = 1")
+        .execute(conn.unbudgeted())?;
+    let after = cache.load::<_, _, _, Item>(hot(), &mut conn)?;
+    let c = cache.stats();
+    println!(
+        "  {} rows: a miss took {}, a hit {:.1} µs ({}x); after a raw UPDATE through unbudgeted(): {:?} (was {:?})",
+        first.len(),
+        secs(miss),
+        hit.as_secs_f64() * 1e6,
+        miss.as_nanos() / hit.as_nanos().max(1),
+        after[0].name,
+        first[0].name
+    );
+    println!(
+        "  cache.stats(): {} hits, {} misses, {} fills, {} evictions, {} invalidations, {} bytes held in {} entries",
+        c.hits, c.misses, c.fills, c.evictions, c.invalidations, c.bytes, c.entries
     );
 
     println!("\ntour done in {}", secs(started.elapsed()));

@@ -99,6 +99,11 @@ impl<C: BudgetConnection> Db<C> {
         })
     }
 
+    /// The pool's shared statistics (and the caches following its writes).
+    pub(crate) fn stats_cell(&self) -> &Arc<StatsCell> {
+        &self.stats
+    }
+
     /// What all connections of this pool have run so far.
     pub fn stats(&self) -> Stats {
         self.stats.snapshot()

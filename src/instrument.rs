@@ -376,6 +376,8 @@ pub(crate) struct StatsCell {
     nanos: AtomicU64,
     /// Strict mode for this pool's connections (see [`crate::DbBuilder::strict`]).
     pub(crate) strict: AtomicBool,
+    /// The caches that follow this pool's writes ([`crate::cache::Cache::attach`]).
+    pub(crate) writes: crate::cache::track::Observers,
 }
 
 impl StatsCell {
@@ -471,6 +473,8 @@ struct InFlight {
     id: StatementId,
     kind: StatementKind,
     started: Instant,
+    /// What it does to cached results (read only when a cache follows the pool).
+    effects: Vec<crate::cache::sql::Effect>,
 }
 
 /// Most statements kept as in flight on one connection (a leaked cursor never finishes).
@@ -520,6 +524,8 @@ pub struct BudgetInstrumentation {
     in_flight: Vec<InFlight>,
     /// The user's own instrumentation, which gets every event after us.
     forward: Option<Box<dyn Instrumentation>>,
+    /// This connection's transaction and uncommitted writes, for the caches.
+    pub(crate) writes: crate::cache::track::WriteTracker,
 }
 
 impl fmt::Debug for BudgetInstrumentation {
@@ -549,6 +555,7 @@ impl BudgetInstrumentation {
             transaction_pending: false,
             in_flight: Vec::new(),
             forward: None,
+            writes: Default::default(),
         }
     }
 
@@ -573,6 +580,11 @@ impl BudgetInstrumentation {
     /// Whether this instrumentation counts into `stats`.
     pub(crate) fn counts_into(&self, stats: &Arc<StatsCell>) -> bool {
         Arc::ptr_eq(&self.stats, stats)
+    }
+
+    /// The pool's shared statistics (and cache observers).
+    pub(crate) fn stats_cell(&self) -> &Arc<StatsCell> {
+        &self.stats
     }
 
     /// What this connection (and any sharing its pool) has run.
@@ -618,12 +630,19 @@ impl BudgetInstrumentation {
                 };
                 self.next_seq += 1;
                 if self.in_flight.len() >= MAX_IN_FLIGHT {
-                    self.in_flight.remove(0);
+                    let lost = self.in_flight.remove(0);
+                    self.writes.finish(&lost.effects, true, &self.stats.writes);
                 }
+                let effects = if self.stats.writes.any() {
+                    crate::cache::sql::effects(&split_query(*query).0)
+                } else {
+                    Vec::new()
+                };
                 self.in_flight.push(InFlight {
                     id,
                     kind,
                     started: Instant::now(),
+                    effects,
                 });
                 if kind == StatementKind::Unbudgeted
                     && (STRICT_PROCESS.load(Ordering::Relaxed)
@@ -666,9 +685,19 @@ impl BudgetInstrumentation {
                 }
             }
             InstrumentationEvent::FinishQuery { error, .. } => {
-                let Some(InFlight { id, kind, started }) = self.in_flight.pop() else {
+                let Some(InFlight {
+                    id,
+                    kind,
+                    started,
+                    effects,
+                }) = self.in_flight.pop()
+                else {
                     return;
                 };
+                if !effects.is_empty() {
+                    self.writes
+                        .finish(&effects, error.is_some(), &self.stats.writes);
+                }
                 let elapsed = started.elapsed();
                 let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
                 self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -741,7 +770,7 @@ pub(crate) fn slot(instrumentation: &mut dyn Instrumentation) -> Slot {
 /// raw SQL text (`batch_execute`) the string literal alone. The SQL literal is unescaped; the
 /// bind list is split at its top-level commas. Anything else is kept as SQL up to Diesel's
 /// `-- binds:` comment of the `Display` form, so values never end up in the SQL.
-fn split_query(query: &dyn DebugQuery) -> (String, Vec<String>) {
+pub(crate) fn split_query(query: &dyn DebugQuery) -> (String, Vec<String>) {
     let debug = format!("{query:?}");
     if let Some(rest) = debug.strip_prefix("Query { sql: ") {
         if let Some((sql, rest)) = parse_str_literal(rest) {

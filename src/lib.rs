@@ -51,6 +51,7 @@
 pub mod backend;
 pub mod batch;
 pub mod budget;
+pub mod cache;
 pub mod db;
 #[cfg(feature = "demo")]
 #[doc(hidden)]
@@ -67,6 +68,7 @@ pub mod testing;
 pub use backend::{BackendKind, BudgetConnection, JournalMode};
 pub use batch::{BatchMode, Batches, Composite, RowsOf};
 pub use budget::{Budget, BudgetSpec, Exceeded, Truncated};
+pub use cache::{Cache, CacheBuilder, CacheDsl, CacheStats};
 pub use db::{instrument, Conn, Db, DbBuilder};
 pub use error::{Error, OptionalExtension, Result};
 pub use exec::{Executor, LoadBudgeted, RunBudgetedDsl};
@@ -81,6 +83,7 @@ pub use get_size2::GetSize;
 pub mod prelude {
     pub use crate::batch::{BatchMode, Composite};
     pub use crate::budget::Budget;
+    pub use crate::cache::{Cache, CacheDsl};
     pub use crate::db::{Conn, Db};
     pub use crate::error::OptionalExtension as _;
     pub use crate::exec::RunBudgetedDsl;

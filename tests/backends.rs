@@ -45,6 +45,7 @@ mod sqlite {
     include!("backends/limits.rs");
     include!("backends/ci.rs");
     include!("backends/pages.rs");
+    include!("backends/cache.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -67,6 +68,7 @@ mod postgres {
     include!("backends/limits.rs");
     row_lock_tests!();
     include!("backends/pages.rs");
+    include!("backends/cache.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -88,4 +90,5 @@ mod mysql {
     include!("backends/limits.rs");
     row_lock_tests!();
     include!("backends/pages.rs");
+    include!("backends/cache.rs");
 }

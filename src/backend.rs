@@ -116,7 +116,13 @@ impl Default for SessionSettings {
 /// A Diesel connection diesel-budget can run budgeted queries on. Sealed: implemented for
 /// `SqliteConnection`, `PgConnection` and `MysqlConnection`.
 pub trait BudgetConnection:
-    Connection + LoadConnection<DefaultLoadingMode> + R2D2Connection + Send + 'static + sealed::Sealed
+    Connection
+    + LoadConnection<DefaultLoadingMode>
+    + R2D2Connection
+    + crate::timeout::TimeLimit
+    + Send
+    + 'static
+    + sealed::Sealed
 {
     /// The loading mode that hands rows over one at a time with the least client-side
     /// buffering: `PgRowByRowLoadingMode` on PostgreSQL, the default mode elsewhere.

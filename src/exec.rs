@@ -30,6 +30,10 @@ pub(crate) mod sealed {
     pub trait Access {
         type Connection: crate::backend::BudgetConnection;
         fn connection(&mut self, token: Token) -> &mut Self::Connection;
+        /// The time limit for budgets without one of their own (a pool's default).
+        fn default_time_limit(&self) -> Option<std::time::Duration> {
+            None
+        }
     }
 }
 
@@ -86,6 +90,8 @@ struct Collector<U, M> {
     rows: Vec<U>,
     /// Rows the client library holds for this result (buffered results only).
     buffered: u64,
+    /// When the client itself stops the statement (SQLite under a time limit).
+    deadline: Option<std::time::Instant>,
     meter: Meterage,
     exceeded: Option<Exceeded>,
     spec: BudgetSpec,
@@ -101,6 +107,13 @@ impl<U, M: Meter<U>> RowSink<U> for Collector<U, M> {
     }
 
     fn push(&mut self, row: U) -> ControlFlow<()> {
+        if self
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            self.exceeded = Some(Exceeded::Time);
+            return ControlFlow::Break(());
+        }
         match self.meter.add(M::size_of(&row), &self.spec) {
             None => {
                 self.rows.push(row);
@@ -130,6 +143,7 @@ where
     let mut sink = Collector::<U, M> {
         rows: Vec::new(),
         buffered: 0,
+        deadline: None,
         meter: Meterage::default(),
         exceeded: None,
         spec,
@@ -138,22 +152,58 @@ where
     let mut tag = StatementTag::next_on(conn.instrumentation());
     let result = {
         let _scope = BudgetScope::enter(spec);
-        query.run_limited(limit, M::METERS_BYTES, conn, &mut sink)
+        match spec.time {
+            None => query.run_limited(limit, M::METERS_BYTES, None, conn, &mut sink),
+            Some(time) => {
+                if C::CLIENT_DEADLINE {
+                    sink.deadline = std::time::Instant::now().checked_add(time);
+                }
+                let prefix = C::statement_prefix(time);
+                let sink = &mut sink;
+                conn.within_time_limit(time, |conn| {
+                    query.run_limited(limit, M::METERS_BYTES, prefix, conn, sink)
+                })
+            }
+        }
     };
+    // The server cancelled the statement for its time limit.
+    let result = match result {
+        Err(Error::Query {
+            sql: Some(sql),
+            source,
+        }) if spec.time.is_some() && C::is_time_out(&source) => {
+            sink.exceeded = Some(Exceeded::Time);
+            Ok(sql)
+        }
+        other => other,
+    };
+    let timed_out = sink.exceeded == Some(Exceeded::Time);
     // Received: decoded (with the row that stopped loading), or buffered by the client.
     // Delivered, for now: what was kept, unless the query failed.
     tag.note(
         sink.meter.rows.max(sink.buffered),
-        if result.is_ok() {
+        if result.is_ok() && !timed_out {
             sink.rows.len() as u64
         } else {
             0
         },
         M::METERS_BYTES.then_some(sink.meter.bytes),
     );
+    let sql = result?;
+    if timed_out {
+        // Always an error, whatever the overflow policy: the rows are not a prefix the
+        // budget chose.
+        return Err(Error::BudgetExceeded {
+            sql,
+            budget: spec,
+            exceeded: Exceeded::Time,
+            seen_rows: sink.meter.rows,
+            seen_bytes: sink.meter.bytes,
+        });
+    }
     Ok(Loaded {
         rows: sink.rows,
-        sql: result?,
+        sql,
         meter: sink.meter,
         exceeded: sink.exceeded,
         tag,
@@ -274,7 +324,9 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.internal_load(conn.connection(sealed::TOKEN))
+        let default = conn.default_time_limit();
+        self.with_default_time(default)
+            .internal_load(conn.connection(sealed::TOKEN))
     }
 
     /// Same as [`load`](Self::load), named as in Diesel.
@@ -285,7 +337,9 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.internal_load(conn.connection(sealed::TOKEN))
+        let default = conn.default_time_limit();
+        self.with_default_time(default)
+            .internal_load(conn.connection(sealed::TOKEN))
     }
 
     /// The first row of the result, which must fit the budget like [`load`](Self::load)
@@ -296,8 +350,14 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.internal_get_result(conn.connection(sealed::TOKEN))
+        let default = conn.default_time_limit();
+        self.with_default_time(default)
+            .internal_get_result(conn.connection(sealed::TOKEN))
     }
+
+    /// This query with `default` as its time limit unless its budget has one.
+    #[doc(hidden)]
+    fn with_default_time(self, default: Option<std::time::Duration>) -> Self;
 
     /// The first row, fetching one (`LIMIT 1`, or your own smaller limit). A row over a byte
     /// budget is [`Error::BudgetExceeded`] whatever the overflow policy. No row: an error for
@@ -326,11 +386,18 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
     where
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
-        self.internal_first(conn.connection(sealed::TOKEN))
+        let default = conn.default_time_limit();
+        self.with_default_time(default)
+            .internal_first(conn.connection(sealed::TOKEN))
     }
 }
 
-impl<Q, M: Metering, O: Overflow, X: Executor> RunBudgetedDsl<X> for Budgeted<Q, M, O> {}
+impl<Q, M: Metering, O: Overflow, X: Executor> RunBudgetedDsl<X> for Budgeted<Q, M, O> {
+    fn with_default_time(mut self, default: Option<std::time::Duration>) -> Self {
+        self.budget = self.budget.or_time(default);
+        self
+    }
+}
 
 fn first_or_not_found<U>(mut loaded: Loaded<U>) -> Result<U> {
     loaded.tag.delivered(u64::from(!loaded.rows.is_empty()));

@@ -69,10 +69,11 @@ pub mod exec;
 pub mod instrument;
 pub mod query;
 pub mod testing;
+pub mod timeout;
 
 pub use backend::{BackendKind, BudgetConnection, JournalMode};
 pub use batch::{BatchMode, Batches, Composite, RowsOf};
-pub use budget::{Budget, BudgetSpec, Exceeded, Truncated};
+pub use budget::{Budget, BudgetSpec, Exceeded, Truncated, MAX_TIME};
 pub use db::{instrument, Conn, Db, DbBuilder};
 pub use error::{Error, OptionalExtension, Result};
 pub use exec::{Executor, LoadBudgeted, RunBudgetedDsl};

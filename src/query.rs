@@ -26,6 +26,7 @@ use diesel::QueryResult;
 use crate::backend::{has_top_level_limit, BudgetConnection};
 use crate::budget::{Budget, Rows, Strict};
 use crate::error::{Error, Result};
+use crate::timeout::Prefixed;
 
 /// Adds [`budget`](BudgetDsl::budget) to every Diesel query that can take a `LIMIT`: tables,
 /// select statements (plain, filtered, ordered, joined, grouped) and boxed selects.
@@ -121,9 +122,17 @@ pub trait RowSink<U> {
 /// Diesel's `load`: the row type does not match the selected columns.
 pub trait BudgetQuery<'q, C: BudgetConnection, U>: Sized {
     /// Runs the query with at most `limit` rows, handing rows to `sink` until it breaks.
-    /// Returns the SQL that ran. `stream` picks the connection's streaming loading mode.
+    /// Returns the SQL that ran. `stream` picks the connection's streaming loading mode;
+    /// `prefix` is constant text put before the statement (a time limit, [`crate::timeout`]).
     #[doc(hidden)]
-    fn run_limited<S>(self, limit: i64, stream: bool, conn: &mut C, sink: &mut S) -> Result<String>
+    fn run_limited<S>(
+        self,
+        limit: i64,
+        stream: bool,
+        prefix: Option<String>,
+        conn: &mut C,
+        sink: &mut S,
+    ) -> Result<String>
     where
         S: RowSink<U>;
 }
@@ -137,18 +146,31 @@ where
         LoadQuery<'q, C, U> + LoadQuery<'q, C, U, C::StreamMode> + QueryFragment<C::Backend>,
     Capped<Q::Query>:
         LoadQuery<'q, C, U> + LoadQuery<'q, C, U, C::StreamMode> + QueryFragment<C::Backend>,
+    Prefixed<diesel::dsl::Limit<Q::Query>>:
+        LoadQuery<'q, C, U> + LoadQuery<'q, C, U, C::StreamMode> + QueryFragment<C::Backend>,
+    Prefixed<Capped<Q::Query>>:
+        LoadQuery<'q, C, U> + LoadQuery<'q, C, U, C::StreamMode> + QueryFragment<C::Backend>,
     C: diesel::connection::LoadConnection<C::StreamMode>,
     U: 'static,
 {
-    fn run_limited<S>(self, limit: i64, stream: bool, conn: &mut C, sink: &mut S) -> Result<String>
+    fn run_limited<S>(
+        self,
+        limit: i64,
+        stream: bool,
+        prefix: Option<String>,
+        conn: &mut C,
+        sink: &mut S,
+    ) -> Result<String>
     where
         S: RowSink<U>,
     {
         let query = self.as_query();
-        if has_top_level_limit(&render::<C, _>(&query)?) {
-            run(Capped { query, limit }, stream, conn, sink)
-        } else {
-            run(query.limit(limit), stream, conn, sink)
+        let capped = has_top_level_limit(&render::<C, _>(&query)?);
+        match (capped, prefix) {
+            (true, None) => run(Capped { query, limit }, stream, conn, sink),
+            (false, None) => run(query.limit(limit), stream, conn, sink),
+            (true, Some(p)) => run(Prefixed::new(p, Capped { query, limit }), stream, conn, sink),
+            (false, Some(p)) => run(Prefixed::new(p, query.limit(limit)), stream, conn, sink),
         }
     }
 }

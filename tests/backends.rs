@@ -27,6 +27,7 @@ mod sqlite {
     include!("backends/pool_sqlite.rs");
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
+    include!("backends/timeout.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -39,6 +40,7 @@ mod postgres {
     include!("backends/pool.rs");
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
+    include!("backends/timeout.rs");
     include!("backends/ledger_killed.rs");
 }
 
@@ -51,5 +53,6 @@ mod mysql {
     include!("backends/pool.rs");
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
+    include!("backends/timeout.rs");
     include!("backends/ledger_killed.rs");
 }

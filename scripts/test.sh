@@ -165,6 +165,7 @@ step "cargo doc --no-deps --all-features (RUSTDOCFLAGS=-D warnings)" \
 step "cargo test --all-features (unit, SQLite/PostgreSQL/MariaDB, doc)" cargo test --all-features
 # trybuild's expected messages list the connection types of one feature set: the default one.
 step "cargo test --test compile_fail (default features: trybuild)" cargo test --test compile_fail
+step "fault suite: cargo test --all-features --test faults (its table in README)" cargo test --all-features --test faults
 step "each backend feature alone: check --all-targets, doctests; none: compile_error!" \
     single_backends
 # TODO(issue 8): enable once src/backend/ exists (the backend split moves the connection types

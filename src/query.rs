@@ -169,7 +169,12 @@ where
         match (capped, prefix) {
             (true, None) => run(Capped { query, limit }, stream, conn, sink),
             (false, None) => run(query.limit(limit), stream, conn, sink),
-            (true, Some(p)) => run(Prefixed::new(p, Capped { query, limit }), stream, conn, sink),
+            (true, Some(p)) => run(
+                Prefixed::new(p, Capped { query, limit }),
+                stream,
+                conn,
+                sink,
+            ),
             (false, Some(p)) => run(Prefixed::new(p, query.limit(limit)), stream, conn, sink),
         }
     }

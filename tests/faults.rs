@@ -243,17 +243,11 @@ fn main() {
     let start = Instant::now();
     let mut handles: Vec<std::thread::JoinHandle<Vec<Row>>> = Vec::new();
     #[cfg(feature = "sqlite")]
-    handles.push(std::thread::spawn(move || {
-        sqlite::suite(seed)
-    }));
+    handles.push(std::thread::spawn(move || sqlite::suite(seed)));
     #[cfg(feature = "postgres")]
-    handles.push(std::thread::spawn(move || {
-        postgres::suite(seed)
-    }));
+    handles.push(std::thread::spawn(move || postgres::suite(seed)));
     #[cfg(feature = "mysql")]
-    handles.push(std::thread::spawn(move || {
-        mysql::suite(seed)
-    }));
+    handles.push(std::thread::spawn(move || mysql::suite(seed)));
     let mut rows = Vec::new();
     let mut crashed = 0;
     for h in handles {

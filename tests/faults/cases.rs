@@ -380,7 +380,15 @@ fn soak_step(
                     let there = present(db, &ids);
                     model.lock().expect("model").extend(there);
                 }
-                Err(_) if doomed => {}
+                Err(_) if doomed => {
+                    // The next write on the same `Conn` must commit for real.
+                    let id = *next_id;
+                    *next_id += 1;
+                    match conn.transaction::<(), Error, _>(|c| insert_one(c, id)) {
+                        Ok(()) => model.lock().expect("model").insert(id),
+                        Err(e) => return row.other(format!("write after a panic: {e}")),
+                    };
+                }
                 Err(p) => std::panic::resume_unwind(p),
             }
         }

@@ -65,6 +65,8 @@ pub trait TimeLimit: Sized + sealed::Sealed {
 }
 
 /// `limit` in whole milliseconds, a fraction rounded up (at least 1 for a non-zero limit).
+/// Used by the server backends (unused in a SQLite-only build).
+#[allow(dead_code)]
 pub(crate) fn millis(limit: Duration) -> u64 {
     u64::try_from(limit.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }

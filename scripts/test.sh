@@ -171,6 +171,7 @@ step "budget lockfiles: CI=true suite lockfile test, then diesel-budget check" \
     env CI=true sh -c 'cargo test --all-features --test backends ci::suite && cargo run --all-features --bin diesel-budget -- check'
 # trybuild's expected messages list the connection types of one feature set: the default one.
 step "cargo test --test compile_fail (default features: trybuild)" cargo test --test compile_fail
+step "fault suite: cargo test --all-features --test faults (its table in README)" cargo test --all-features --test faults
 step "each backend feature alone: check --all-targets, doctests; none: compile_error!" \
     single_backends
 step "diesel CLI: migration run/redo on SQLite, PostgreSQL, MariaDB" diesel_cli_migrations

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::time::Duration;
 
 use crate::error::Error;
 
@@ -151,6 +152,10 @@ impl<U> IntoIterator for Truncated<U> {
 /// The largest row budget: `LIMIT budget + 1` must fit the SQL `BIGINT` Diesel binds.
 pub const MAX_ROWS: u64 = (i64::MAX - 1) as u64;
 
+/// The longest time limit: `i32::MAX` milliseconds, PostgreSQL's largest `statement_timeout`
+/// (about 24.8 days).
+pub const MAX_TIME: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// A memory budget for one query: at most `rows` rows and, when metered, at most `bytes` bytes.
 ///
 /// Build one with [`Budget::rows`], then optionally [`Budget::bytes`] and
@@ -171,6 +176,7 @@ pub const MAX_ROWS: u64 = (i64::MAX - 1) as u64;
 pub struct Budget<M = Rows, O = Strict> {
     rows: u64,
     bytes: u64,
+    time: Option<Duration>,
     _marker: PhantomData<fn() -> (M, O)>,
 }
 
@@ -183,7 +189,7 @@ impl<M, O> Clone for Budget<M, O> {
 impl<M, O> Copy for Budget<M, O> {}
 impl<M, O> PartialEq for Budget<M, O> {
     fn eq(&self, other: &Self) -> bool {
-        self.rows == other.rows && self.bytes == other.bytes
+        self.rows == other.rows && self.bytes == other.bytes && self.time == other.time
     }
 }
 impl<M, O> Eq for Budget<M, O> {}
@@ -192,6 +198,7 @@ impl<M, O> fmt::Debug for Budget<M, O> {
         f.debug_struct("Budget")
             .field("rows", &self.rows)
             .field("bytes", &self.bytes)
+            .field("time", &self.time)
             .field("metering", &std::any::type_name::<M>())
             .field("overflow", &std::any::type_name::<O>())
             .finish()
@@ -204,6 +211,7 @@ impl Budget {
         Budget {
             rows,
             bytes: 0,
+            time: None,
             _marker: PhantomData,
         }
     }
@@ -224,6 +232,7 @@ impl<M, O> Budget<M, O> {
         Budget {
             rows: self.rows,
             bytes,
+            time: self.time,
             _marker: PhantomData,
         }
     }
@@ -234,8 +243,45 @@ impl<M, O> Budget<M, O> {
         Budget {
             rows: self.rows,
             bytes: self.bytes,
+            time: self.time,
             _marker: PhantomData,
         }
+    }
+
+    /// Also bound time: each statement the query runs may take at most `limit` on the server,
+    /// which cancels it when the time is up; the query then fails with
+    /// [`Error::BudgetExceeded`] whose `exceeded` is [`Exceeded::Time`], and the connection
+    /// stays usable. Default: no time limit, or the pool's
+    /// ([`DbBuilder::time_limit`](crate::DbBuilder::time_limit)).
+    ///
+    /// How each backend enforces it (see [`crate::timeout`]): PostgreSQL `SET LOCAL
+    /// statement_timeout` in a transaction around the statement; MariaDB `SET STATEMENT
+    /// max_statement_time=.. FOR <statement>`; SQLite checks the clock between rows. A time
+    /// limit applies per statement: a keyset walk gives each batch the whole limit.
+    ///
+    /// Checked when the query runs: zero, or more than [`MAX_TIME`], is
+    /// [`Error::InvalidBudget`]. Whole milliseconds (a fraction rounds up).
+    ///
+    /// # Example
+    /// ```
+    /// use std::time::Duration;
+    /// use diesel_budget::Budget;
+    ///
+    /// let b = Budget::rows(500).time(Duration::from_millis(250));
+    /// assert_eq!(b.spec().time, Some(Duration::from_millis(250)));
+    /// assert!(Budget::rows(1).time(Duration::ZERO).validate().is_err());
+    /// ```
+    pub const fn time(mut self, limit: Duration) -> Self {
+        self.time = Some(limit);
+        self
+    }
+
+    /// This budget, with `default` as its time limit unless it has one of its own.
+    pub(crate) fn or_time(mut self, default: Option<Duration>) -> Self {
+        if self.time.is_none() {
+            self.time = default;
+        }
+        self
     }
 
     /// The row limit.
@@ -251,6 +297,7 @@ impl<M: Metering, O: Overflow> Budget<M, O> {
             rows: self.rows,
             bytes: M::METERS_BYTES.then_some(self.bytes),
             truncate: O::TRUNCATES,
+            time: self.time,
         }
     }
 
@@ -263,6 +310,10 @@ impl<M: Metering, O: Overflow> Budget<M, O> {
             "a row budget must be below i64::MAX"
         } else if M::METERS_BYTES && self.bytes == 0 {
             "a byte budget of zero admits nothing; use at least 1"
+        } else if self.time.is_some_and(|t| t.is_zero()) {
+            "a time limit of zero admits nothing; use at least 1 ms"
+        } else if self.time.is_some_and(|t| t > MAX_TIME) {
+            "a time limit must be at most 2,147,483 s (PostgreSQL's statement_timeout range)"
         } else {
             return Ok(());
         };
@@ -283,6 +334,8 @@ pub struct BudgetSpec {
     pub bytes: Option<u64>,
     /// Whether overflow truncates (true) or fails (false).
     pub truncate: bool,
+    /// Longest time each statement may run on the server, when limited.
+    pub time: Option<Duration>,
 }
 
 impl fmt::Display for BudgetSpec {
@@ -293,6 +346,9 @@ impl fmt::Display for BudgetSpec {
         }
         if self.truncate {
             write!(f, ", truncating")?;
+        }
+        if let Some(t) = self.time {
+            write!(f, ", {} ms", t.as_millis())?;
         }
         Ok(())
     }
@@ -313,6 +369,8 @@ pub enum Exceeded {
     Rows,
     /// More bytes than the budget.
     Bytes,
+    /// The statement ran longer than the budget's time limit and was cancelled.
+    Time,
 }
 
 impl fmt::Display for Exceeded {
@@ -320,6 +378,7 @@ impl fmt::Display for Exceeded {
         f.write_str(match self {
             Exceeded::Rows => "rows",
             Exceeded::Bytes => "bytes",
+            Exceeded::Time => "time",
         })
     }
 }
@@ -351,7 +410,8 @@ mod tests {
             BudgetSpec {
                 rows: 3,
                 bytes: None,
-                truncate: false
+                truncate: false,
+                time: None,
             }
         );
         let b = Budget::rows(3).truncate().bytes(10);

@@ -42,6 +42,7 @@ use crate::instrument::{BudgetInstrumentation, InternalScope, Stats, StatsCell};
 pub struct Db<C: BudgetConnection> {
     pool: Pool<ConnectionManager<C>>,
     stats: Arc<StatsCell>,
+    time_limit: Option<Duration>,
 }
 
 impl<C: BudgetConnection> Clone for Db<C> {
@@ -49,6 +50,7 @@ impl<C: BudgetConnection> Clone for Db<C> {
         Db {
             pool: self.pool.clone(),
             stats: Arc::clone(&self.stats),
+            time_limit: self.time_limit,
         }
     }
 }
@@ -74,6 +76,7 @@ impl<C: BudgetConnection> Db<C> {
             migrations: None,
             session: SessionSettings::default(),
             on_connect: None,
+            time_limit: None,
         }
     }
 
@@ -96,6 +99,7 @@ impl<C: BudgetConnection> Db<C> {
         Ok(Conn {
             inner,
             stats: Arc::clone(&self.stats),
+            time_limit: self.time_limit,
         })
     }
 
@@ -174,6 +178,7 @@ pub struct DbBuilder<C> {
     migrations: Option<EmbeddedMigrations>,
     pub(crate) session: SessionSettings,
     on_connect: Option<Hook<C>>,
+    time_limit: Option<Duration>,
 }
 
 impl<C> fmt::Debug for DbBuilder<C> {
@@ -272,6 +277,29 @@ impl<C: BudgetConnection> DbBuilder<C> {
         self
     }
 
+    /// The time limit of every budget that has none of its own
+    /// ([`Budget::time`](crate::Budget::time)): each statement a budgeted query runs through
+    /// this pool's connections is cancelled by the server after `limit` (see
+    /// [`crate::timeout`]). Default: none.
+    ///
+    /// # Example
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use diesel_budget::Db;
+    ///
+    /// let db = Db::<DbConnection>::builder(database_url()?)
+    ///     .time_limit(Duration::from_secs(2))
+    ///     .build()?;
+    /// # let _ = db;
+    /// # Ok(()) }
+    /// ```
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
     /// Migrations to run when the pool is built (from `diesel_migrations::embed_migrations!`).
     /// Default: none.
     pub fn migrations(mut self, migrations: EmbeddedMigrations) -> Self {
@@ -315,7 +343,11 @@ impl<C: BudgetConnection> DbBuilder<C> {
             .connection_timeout(self.connection_timeout)
             .connection_customizer(Box::new(customizer))
             .build(ConnectionManager::<C>::new(self.url))?;
-        let db = Db { pool, stats };
+        let db = Db {
+            pool,
+            stats,
+            time_limit: self.time_limit,
+        };
         if let Some(migrations) = self.migrations {
             db.run_migrations(migrations)?;
         }
@@ -346,6 +378,14 @@ impl<C: BudgetConnection> DbBuilder<C> {
                 name: "connection_timeout",
                 reason: "a checkout needs a positive time to wait".into(),
             });
+        }
+        if let Some(t) = self.time_limit {
+            if t.is_zero() || t > crate::budget::MAX_TIME {
+                return Err(Error::InvalidArgument {
+                    name: "time_limit",
+                    reason: "a time limit must be at least 1 ms and at most MAX_TIME".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -414,6 +454,8 @@ pub struct Conn<C: BudgetConnection> {
     inner: PooledConnection<ConnectionManager<C>>,
     /// The pool's statistics (also behind the connection's instrumentation).
     stats: Arc<StatsCell>,
+    /// The pool's default time limit ([`DbBuilder::time_limit`]).
+    time_limit: Option<Duration>,
 }
 
 impl<C: BudgetConnection> fmt::Debug for Conn<C> {
@@ -457,6 +499,9 @@ impl<C: BudgetConnection> Access for Conn<C> {
     type Connection = C;
     fn connection(&mut self, _: Token) -> &mut C {
         &mut self.inner
+    }
+    fn default_time_limit(&self) -> Option<Duration> {
+        self.time_limit
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::marker::PhantomData;
 use std::ops::ControlFlow;
+use std::time::Instant;
 
 use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering, Overflow};
@@ -30,6 +31,10 @@ pub(crate) mod sealed {
     pub trait Access {
         type Connection: crate::backend::BudgetConnection;
         fn connection(&mut self, token: Token) -> &mut Self::Connection;
+        /// The time limit for budgets without one of their own (a pool's default).
+        fn default_time_limit(&self) -> Option<std::time::Duration> {
+            None
+        }
     }
 }
 
@@ -75,6 +80,8 @@ struct Collector<U, M> {
     rows: Vec<U>,
     /// Rows the client library holds for this result (buffered results only).
     buffered: u64,
+    /// When the client itself stops the statement (SQLite under a time limit).
+    deadline: Option<std::time::Instant>,
     meter: Meterage,
     exceeded: Option<Exceeded>,
     spec: BudgetSpec,
@@ -92,6 +99,13 @@ impl<U, M: Meter<U>> RowSink<U> for Collector<U, M> {
     }
 
     fn push(&mut self, row: U) -> ControlFlow<()> {
+        if self
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            self.exceeded = Some(Exceeded::Time);
+            return ControlFlow::Break(());
+        }
         match self.meter.add(M::size_of(&row), &self.spec) {
             None => {
                 self.rows.push(row);
@@ -142,6 +156,7 @@ where
     let mut sink = Collector::<U, M> {
         rows: Vec::new(),
         buffered: 0,
+        deadline: None,
         meter: Meterage::default(),
         exceeded: None,
         spec,
@@ -193,23 +208,91 @@ where
     Q: BudgetQuery<'q, C, U>,
     S: RowSink<U>,
 {
-    let fetch = Fetch {
+    let mut fetch = Fetch {
         limit,
         budget_rows: spec.rows,
         truncate: spec.truncate,
+        prefix: None,
     };
     let mut tag = StatementTag::next_on(conn.instrumentation());
+    let mut sink = Deadline {
+        sink,
+        deadline: None,
+        passed: false,
+    };
     let result = {
         let _scope = BudgetScope::enter(spec);
-        query.run_limited(fetch, meters_bytes, conn, sink)
+        match spec.time {
+            None => query.run_limited(fetch, meters_bytes, conn, &mut sink),
+            Some(time) => {
+                if C::CLIENT_DEADLINE {
+                    sink.deadline = Instant::now().checked_add(time);
+                }
+                fetch.prefix = C::statement_prefix(time);
+                conn.within_time_limit(time, |conn| {
+                    query.run_limited(fetch, meters_bytes, conn, &mut sink)
+                })
+            }
+        }
     };
-    let seen = seen(sink);
+    // Out of time: the server cancelled the statement, or the client's clock ran out.
+    let timed_out = match &result {
+        Err(Error::Query { source, .. }) => spec.time.is_some() && C::is_time_out(source),
+        _ => sink.passed,
+    };
+    let seen = seen(sink.sink);
     tag.note(
         seen.meter.rows.max(seen.buffered),
-        if result.is_ok() { seen.delivered } else { 0 },
+        if result.is_ok() && !timed_out {
+            seen.delivered
+        } else {
+            0
+        },
         meters_bytes.then_some(seen.meter.bytes),
     );
+    if timed_out {
+        // Always an error, whatever the overflow policy: the rows are not a prefix the budget
+        // chose.
+        let sql = match result {
+            Err(Error::Query { sql, .. }) => sql.unwrap_or_default(),
+            Ok(ran) => ran.sql.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        return Err(Error::BudgetExceeded {
+            sql,
+            budget: spec,
+            exceeded: Exceeded::Time,
+            seen_rows: seen.meter.rows,
+            seen_bytes: seen.meter.bytes,
+        });
+    }
     result.map(|ran| (ran, tag))
+}
+
+/// A sink that stops at a deadline the client keeps itself (SQLite under a time limit:
+/// nothing on a server can cancel the statement, so the clock is read between rows).
+struct Deadline<'s, S> {
+    sink: &'s mut S,
+    deadline: Option<Instant>,
+    passed: bool,
+}
+
+impl<U, S: RowSink<U>> RowSink<U> for Deadline<'_, S> {
+    fn expect(&mut self, rows: usize) {
+        self.sink.expect(rows);
+    }
+
+    fn push(&mut self, row: U) -> ControlFlow<()> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.passed = true;
+            return ControlFlow::Break(());
+        }
+        self.sink.push(row)
+    }
+
+    fn needs_sql(&self) -> bool {
+        self.passed || self.sink.needs_sql()
+    }
 }
 
 /// Keeps the one row `first` fetches, without a vector.
@@ -387,7 +470,9 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
         let _site = CallSite::enter(std::panic::Location::caller());
-        self.internal_load(conn.connection(sealed::TOKEN))
+        let default = conn.default_time_limit();
+        self.with_default_time(default)
+            .internal_load(conn.connection(sealed::TOKEN))
     }
 
     /// Same as [`load`](Self::load), named as in Diesel.
@@ -400,7 +485,9 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
         let _site = CallSite::enter(std::panic::Location::caller());
-        self.internal_load(conn.connection(sealed::TOKEN))
+        let default = conn.default_time_limit();
+        self.with_default_time(default)
+            .internal_load(conn.connection(sealed::TOKEN))
     }
 
     /// The first row of the result, which must fit the budget like [`load`](Self::load)
@@ -413,8 +500,14 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
         let _site = CallSite::enter(std::panic::Location::caller());
-        self.internal_get_result(conn.connection(sealed::TOKEN))
+        let default = conn.default_time_limit();
+        self.with_default_time(default)
+            .internal_get_result(conn.connection(sealed::TOKEN))
     }
+
+    /// This query with `default` as its time limit unless its budget has one.
+    #[doc(hidden)]
+    fn with_default_time(self, default: Option<std::time::Duration>) -> Self;
 
     /// The first row, fetching one (`LIMIT 1`, or your own smaller limit). A row over a byte
     /// budget is [`Error::BudgetExceeded`] whatever the overflow policy. No row: an error for
@@ -445,11 +538,18 @@ pub trait RunBudgetedDsl<X: Executor>: Sized {
         Self: LoadBudgeted<'q, ConnectionOf<X>, U>,
     {
         let _site = CallSite::enter(std::panic::Location::caller());
-        self.internal_first(conn.connection(sealed::TOKEN))
+        let default = conn.default_time_limit();
+        self.with_default_time(default)
+            .internal_first(conn.connection(sealed::TOKEN))
     }
 }
 
-impl<Q, M: Metering, O: Overflow, X: Executor> RunBudgetedDsl<X> for Budgeted<Q, M, O> {}
+impl<Q, M: Metering, O: Overflow, X: Executor> RunBudgetedDsl<X> for Budgeted<Q, M, O> {
+    fn with_default_time(mut self, default: Option<std::time::Duration>) -> Self {
+        self.budget = self.budget.or_time(default);
+        self
+    }
+}
 
 fn first_or_not_found<U>(mut loaded: Loaded<U>) -> Result<U> {
     loaded.tag.delivered(u64::from(!loaded.rows.is_empty()));

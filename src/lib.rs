@@ -64,10 +64,11 @@ pub mod page;
 pub mod query;
 mod sql;
 pub mod testing;
+pub mod timeout;
 
 pub use backend::{BackendKind, BudgetConnection, JournalMode};
 pub use batch::{BatchMode, Batches, Composite, RowsOf};
-pub use budget::{Budget, BudgetSpec, Exceeded, Truncated};
+pub use budget::{Budget, BudgetSpec, Exceeded, Truncated, MAX_TIME};
 pub use cache::{Cache, CacheBuilder, CacheDsl, CacheStats};
 pub use db::{instrument, Conn, Db, DbBuilder};
 pub use error::{Error, OptionalExtension, Result};

@@ -62,6 +62,7 @@ use diesel::QueryResult;
 use crate::backend::{BudgetBackend, BudgetConnection};
 use crate::budget::{Budget, Rows, Strict};
 use crate::error::{Error, Result};
+use crate::timeout::Prefixed;
 
 /// Adds [`budget`](BudgetDsl::budget) to every Diesel query that can take a `LIMIT`: tables,
 /// select statements (plain, filtered, ordered, joined, grouped) and boxed selects.
@@ -169,6 +170,7 @@ impl<Q, M: crate::budget::Metering, O: crate::budget::Overflow> Budgeted<Q, M, O
             limit: probe_limit(spec.rows),
             budget_rows: spec.rows,
             truncate: spec.truncate,
+            prefix: None,
         };
         let (query, _) = shape::<DB, _>(self.query.clone().as_query(), fetch)?;
         render_on::<DB, _>(&query).map_err(|e| Error::query(String::new(), e))
@@ -182,7 +184,7 @@ pub(crate) fn probe_limit(budget_rows: u64) -> i64 {
 
 /// What one execution asks of the server.
 #[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Fetch {
     /// Most rows to fetch: `budget + 1` to probe, the budget, or 1 for `first`.
     pub limit: i64,
@@ -190,6 +192,8 @@ pub struct Fetch {
     pub budget_rows: u64,
     /// Whether the budget truncates (else it is strict).
     pub truncate: bool,
+    /// Constant text put before the statement (a time limit's prefix, [`crate::timeout`]).
+    pub prefix: Option<String>,
 }
 
 /// A `LIMIT` the query has of its own, as far as it can be known without rendering SQL.
@@ -573,8 +577,12 @@ where
     where
         S: RowSink<U>,
     {
+        let prefix = fetch.prefix.clone();
         let (query, lock_cut) = shape::<C::Backend, _>(self.as_query(), fetch)?;
-        let sql = run(&query, stream, conn, sink)?;
+        let sql = match prefix {
+            None => run(&query, stream, conn, sink)?,
+            Some(prefix) => run(&Prefixed::new(prefix, query), stream, conn, sink)?,
+        };
         Ok(Ran { sql, lock_cut })
     }
 }

@@ -46,6 +46,7 @@ mod sqlite {
     include!("backends/ci.rs");
     include!("backends/pages.rs");
     include!("backends/cache.rs");
+    include!("backends/timeout.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -64,6 +65,7 @@ mod postgres {
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
     include!("backends/ci.rs");
+    include!("backends/timeout.rs");
     include!("backends/ledger_killed.rs");
     include!("backends/limits.rs");
     row_lock_tests!();
@@ -86,6 +88,7 @@ mod mysql {
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
     include!("backends/ci.rs");
+    include!("backends/timeout.rs");
     include!("backends/ledger_killed.rs");
     include!("backends/limits.rs");
     row_lock_tests!();

@@ -117,6 +117,7 @@ pub trait BudgetConnection:
     Connection<Backend: BudgetBackend>
     + LoadConnection<DefaultLoadingMode>
     + R2D2Connection
+    + crate::timeout::TimeLimit
     + Send
     + 'static
     + sealed::Sealed

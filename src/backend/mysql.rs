@@ -57,3 +57,4 @@ impl Db<MysqlConnection> {
 mod explain;
 #[cfg(feature = "page")]
 mod page;
+mod timeout;

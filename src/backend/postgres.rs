@@ -69,3 +69,4 @@ impl Db<PgConnection> {
 mod explain;
 #[cfg(feature = "page")]
 mod page;
+mod timeout;

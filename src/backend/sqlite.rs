@@ -112,3 +112,4 @@ impl DbBuilder<SqliteConnection> {
 mod explain;
 #[cfg(feature = "page")]
 mod page;
+mod timeout;

@@ -232,7 +232,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
         K: Keyset,
         F: FnMut(&U) -> V,
     {
-        let spec = self.budget.spec();
+        let spec = self.budget.or_time(conn.default_time_limit()).spec();
         Batches {
             conn: Some(conn.connection(crate::exec::sealed::TOKEN)),
             stream: None,
@@ -252,7 +252,7 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
             rows_done: 0,
             started: false,
             done: false,
-            deferred: self.budget.validate().err(),
+            deferred: self.budget.or_time(spec.time).validate().err(),
             site: std::panic::Location::caller(),
             _meter: PhantomData,
         }
@@ -417,9 +417,10 @@ where
 }
 
 impl<C: BudgetConnection, Q, K, V: Debug, U, F, M> Batches<'_, C, Q, K, V, U, F, M> {
-    /// Whether rows come from one streamed query rather than keyset batches.
+    /// Whether rows come from one streamed query rather than keyset batches. Under a time
+    /// limit, never: the limit is per statement, so each batch gets it ([`crate::timeout`]).
     fn streams(&self) -> bool {
-        self.mode == BatchMode::Stream && C::STREAMS
+        self.mode == BatchMode::Stream && C::STREAMS && self.spec.time.is_none()
     }
 
     fn finish(&mut self) {

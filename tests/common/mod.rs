@@ -20,6 +20,8 @@ use diesel::prelude::*;
 use diesel_budget::demo::{self, items, Item, MIGRATIONS};
 use diesel_budget::{BudgetConnection, Conn, Db};
 
+pub mod slow;
+
 /// How long a checkout waits before failing the test (parallel tests share small pools).
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 

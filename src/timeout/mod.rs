@@ -1,0 +1,120 @@
+//! Time budgets: how long one statement may run, enforced by the server where it can be.
+//!
+//! A budget with [`Budget::time`](crate::Budget::time) (or a pool with
+//! [`DbBuilder::time_limit`](crate::DbBuilder::time_limit)) runs each of its statements under a
+//! time limit. When the limit is reached the statement is cancelled and the query fails with
+//! [`Error::BudgetExceeded`](crate::Error::BudgetExceeded) whose `exceeded` is
+//! [`Exceeded::Time`](crate::Exceeded::Time); the connection stays usable and nothing of the
+//! statement keeps running.
+//!
+//! | Backend | How | Extra round trips |
+//! |---|---|---|
+//! | PostgreSQL | `SET LOCAL statement_timeout` in a transaction around the statement (a savepoint inside yours, the previous value restored after); never a session `SET`, which would stay on the pooled connection | 3 (`BEGIN`, `SET LOCAL`, `COMMIT`) |
+//! | MariaDB | `SET STATEMENT max_statement_time=<s> FOR <statement>`: a prefix of the statement itself | 0 |
+//! | SQLite | the clock is checked between rows; the statement is reset when it is past | 0 |
+//!
+//! Limits:
+//! - SQLite: Diesel exposes no handle for `sqlite3_interrupt` or a progress handler, so a
+//!   single step that produces no row for a long time (a big sort or aggregate before its first
+//!   row) runs to its end before the limit is seen.
+//! - MySQL (Oracle's server, not MariaDB) has no `SET STATEMENT`: a timed statement fails there
+//!   with a syntax error (a typed [`Error::Query`](crate::Error::Query)), never silently
+//!   unbounded. Its `MAX_EXECUTION_TIME` hint is not implemented yet.
+//! - A streamed walk ([`BatchMode::Stream`](crate::BatchMode::Stream)) under a time limit walks
+//!   in keyset batches instead, so that each statement, not the whole walk, has the limit.
+//!
+//! With no time limit the executor runs exactly as before: no wrapper, no extra statement.
+
+use std::time::Duration;
+
+use diesel::backend::Backend;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_dsl::RunQueryDsl;
+use diesel::QueryResult;
+
+use crate::error::Result;
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+/// How a backend puts a time limit on one statement. Sealed: implemented for every
+/// [`BudgetConnection`](crate::BudgetConnection), in `src/backend/<db>/timeout.rs`.
+pub trait TimeLimit: Sized + sealed::Sealed {
+    /// Whether the executor checks the deadline itself between rows (SQLite: nothing on a
+    /// server can cancel the statement).
+    #[doc(hidden)]
+    const CLIENT_DEADLINE: bool;
+
+    /// Constant text to put before the statement (MariaDB's `SET STATEMENT .. FOR `), if any.
+    #[doc(hidden)]
+    fn statement_prefix(limit: Duration) -> Option<String>;
+
+    /// Runs `run` with `limit` in force for the statements it sends (PostgreSQL: inside a
+    /// transaction with `SET LOCAL statement_timeout`).
+    #[doc(hidden)]
+    fn within_time_limit<R>(
+        &mut self,
+        limit: Duration,
+        run: impl FnOnce(&mut Self) -> Result<R>,
+    ) -> Result<R>;
+
+    /// Whether `e` is the server cancelling a statement for its time limit.
+    #[doc(hidden)]
+    fn is_time_out(e: &diesel::result::Error) -> bool;
+}
+
+/// `limit` in whole milliseconds, a fraction rounded up (at least 1 for a non-zero limit).
+/// Used by the server backends (unused in a SQLite-only build).
+#[allow(dead_code)]
+pub(crate) fn millis(limit: Duration) -> u64 {
+    u64::try_from(limit.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// `<prefix><statement>`: a statement with constant text before it (MariaDB's
+/// `SET STATEMENT max_statement_time=.. FOR `). The prefix is made by the backend from a
+/// number, never from user input. Its SQL depends on the limit, so it has no static query id:
+/// Diesel caches its prepared statement by SQL text.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Prefixed<P> {
+    prefix: String,
+    query: P,
+}
+
+impl<P> Prefixed<P> {
+    pub(crate) fn new(prefix: String, query: P) -> Self {
+        Prefixed { prefix, query }
+    }
+}
+
+impl<P: Query> Query for Prefixed<P> {
+    type SqlType = P::SqlType;
+}
+
+impl<P> QueryId for Prefixed<P> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<P: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for Prefixed<P> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql(&self.prefix);
+        self.query.walk_ast(out.reborrow())
+    }
+}
+
+impl<P, C> RunQueryDsl<C> for Prefixed<P> {}
+
+#[cfg(test)]
+mod tests {
+    use super::millis;
+    use std::time::Duration;
+
+    #[test]
+    fn millis_round_up() {
+        assert_eq!(millis(Duration::from_nanos(1)), 1);
+        assert_eq!(millis(Duration::from_millis(250)), 250);
+        assert_eq!(millis(Duration::from_micros(250_001)), 251);
+    }
+}

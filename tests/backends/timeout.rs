@@ -1,0 +1,212 @@
+// Time budgets (issue 9, item 3): the server cancels a statement past its budget's time limit;
+// a typed error, a usable connection, nothing left running, no setting left on the session.
+// Test numbers 13..=17.
+
+use std::time::{Duration, Instant};
+
+use crate::common::slow::Slow;
+
+
+/// A `BudgetExceeded` on time, or panics with what came instead.
+#[track_caller]
+fn assert_timed_out(err: &Error) {
+    assert!(
+        matches!(
+            err,
+            Error::BudgetExceeded {
+                exceeded: Exceeded::Time,
+                ..
+            }
+        ),
+        "expected a time budget exceeded, got {err:?}"
+    );
+}
+
+/// Waits up to 2 s for the server to show no statement with marker `ms` running.
+fn assert_nothing_running(conn: &mut diesel_budget::Conn<C>, ms: u32) {
+    let start = Instant::now();
+    loop {
+        let n = <C as Slow>::running(conn, ms);
+        if n == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{n} statements still running on the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_time_budget_cancels_a_slow_query_and_the_connection_stays_usable() {
+    // Session reads and slow-query fixtures run unbudgeted on purpose.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
+    let mut ctx = C::seeded(13, 40);
+    let base = ctx.base;
+    <C as Slow>::prepare(&mut ctx.conn);
+    let before = <C as Slow>::session_limit(&mut ctx.conn);
+    // 40 rows at 50 ms each: 2 s unbounded.
+    let start = Instant::now();
+    let err = items::table
+        .filter(in_range(base, 40))
+        .filter(<C as Slow>::sleepy(50))
+        .order(items::id)
+        .budget(Budget::rows(100).time(Duration::from_millis(200)))
+        .load::<Item>(&mut *ctx.conn)
+        .unwrap_err();
+    let took = start.elapsed();
+    assert_timed_out(&err);
+    assert!(err.is_budget_exceeded());
+    assert!(!err.to_string().contains(&base.to_string()), "{err}");
+    assert!(took < Duration::from_millis(1_500), "took {took:?}");
+    // Nothing of it runs on, seen from another session.
+    let mut other = ctx.tdb.conn();
+    assert_nothing_running(&mut other, 50);
+    // The same connection (still in its test transaction) works, without the limit.
+    let n = items::table
+        .filter(in_range(base, 40))
+        .budget(Budget::rows(100))
+        .load::<Item>(&mut *ctx.conn)
+        .expect("the connection is usable after the time-out")
+        .len();
+    assert_eq!(n, 40);
+    assert_eq!(<C as Slow>::session_limit(&mut ctx.conn), before);
+}
+
+#[test]
+fn a_time_budget_that_is_not_reached_changes_nothing() {
+    // Session reads and slow-query fixtures run unbudgeted on purpose.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
+    let mut ctx = C::seeded(14, 30);
+    let base = ctx.base;
+    let before = <C as Slow>::session_limit(&mut ctx.conn);
+    let budget = Budget::rows(100).time(Duration::from_secs(20));
+    let rows: Vec<Item> = items::table
+        .filter(in_range(base, 30))
+        .order(items::id)
+        .budget(budget)
+        .load(&mut *ctx.conn)
+        .expect("fits in time");
+    assert_eq!(ids(&rows), span(base, base + 30));
+    let first: Item = items::table
+        .filter(in_range(base, 30))
+        .order(items::id)
+        .budget(budget)
+        .first(&mut *ctx.conn)
+        .expect("first in time");
+    assert_eq!(first.id, base);
+    // Truncation still truncates under a time limit.
+    let cut = items::table
+        .filter(in_range(base, 30))
+        .order(items::id)
+        .budget(Budget::rows(10).truncate().time(Duration::from_secs(20)))
+        .load::<Item>(&mut *ctx.conn)
+        .expect("truncated");
+    assert!(cut.is_truncated());
+    assert_eq!(cut.len(), 10);
+    for mode in [BatchMode::Keyset, BatchMode::Stream] {
+        let mut seen = Vec::new();
+        for batch in items::table
+            .filter(in_range(base, 30))
+            .budget(Budget::rows(7).time(Duration::from_secs(20)))
+            .batches_by(items::id, |i: &Item| i.id, &mut *ctx.conn)
+            .mode(mode)
+        {
+            seen.extend(ids(&batch.expect("batch in time")));
+        }
+        assert_eq!(seen, span(base, base + 30), "{mode:?}");
+    }
+    assert_eq!(<C as Slow>::session_limit(&mut ctx.conn), before);
+}
+
+#[test]
+fn the_pool_time_limit_applies_and_a_budget_of_its_own_overrides_it() {
+    // Session reads and slow-query fixtures run unbudgeted on purpose.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
+    let tdb = <C as Slow>::timed_db(2, Duration::from_millis(150));
+    let base = crate::common::id_base(15);
+    let _rows = crate::common::CommittedRows::insert(&tdb.db, base, base + 8);
+    let mut conn = tdb.conn();
+    <C as Slow>::prepare(&mut conn);
+    let before = <C as Slow>::session_limit(&mut conn);
+    // 8 rows at 60 ms: 480 ms, over the pool's 150 ms.
+    let err = items::table
+        .filter(in_range(base, 8))
+        .filter(<C as Slow>::sleepy(60))
+        .budget(Budget::rows(10))
+        .load::<Item>(&mut *conn)
+        .unwrap_err();
+    assert_timed_out(&err);
+    let rows = items::table
+        .filter(in_range(base, 8))
+        .filter(<C as Slow>::sleepy(60))
+        .budget(Budget::rows(10).time(Duration::from_secs(20)))
+        .load::<Item>(&mut *conn)
+        .expect("the budget's own limit wins");
+    assert_eq!(rows.len(), 8);
+    assert_eq!(<C as Slow>::session_limit(&mut conn), before);
+    drop(conn);
+    // Every connection of the pool: no limit left on the session.
+    let mut a = tdb.conn();
+    let mut b = tdb.conn();
+    assert_eq!(<C as Slow>::session_limit(&mut a), before);
+    assert_eq!(<C as Slow>::session_limit(&mut b), before);
+}
+
+#[test]
+fn zero_and_huge_time_limits_are_refused() {
+    // Session reads and slow-query fixtures run unbudgeted on purpose.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
+    let mut ctx = C::ctx(16);
+    for limit in [Duration::ZERO, diesel_budget::MAX_TIME + Duration::from_millis(1)] {
+        let err = items::table
+            .budget(Budget::rows(1).time(limit))
+            .load::<Item>(&mut *ctx.conn)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidBudget { .. }), "{err:?}");
+    }
+    let err = <C as Slow>::timed_db_builder_error(Duration::ZERO);
+    assert!(
+        matches!(err, Error::InvalidArgument { name: "time_limit", .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_walk_past_its_time_limit_is_interrupted_with_the_resume_key() {
+    // Session reads and slow-query fixtures run unbudgeted on purpose.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
+    let mut ctx = C::seeded(17, 30);
+    let base = ctx.base;
+    <C as Slow>::prepare(&mut ctx.conn);
+    // The first 10 rows are fast, the rest sleep 100 ms each: the third batch of 5 times out.
+    let mut seen = Vec::new();
+    let mut batches = items::table
+        .filter(in_range(base, 30))
+        // CASE: the sleep is evaluated only for the later rows, whatever the plan.
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "CASE WHEN items.id < {} THEN 1 = 1 ELSE {} END",
+            base + 10,
+            <C as Slow>::sleepy_sql(100)
+        )))
+        .budget(Budget::rows(5).time(Duration::from_millis(250)))
+        .batches_by(items::id, |i: &Item| i.id, &mut *ctx.conn);
+    let err = loop {
+        match batches.next() {
+            Some(Ok(rows)) => seen.extend(ids(&rows)),
+            Some(Err(e)) => break e,
+            None => panic!("the walk ended in time"),
+        }
+    };
+    assert_eq!(seen, span(base, base + 10));
+    assert_eq!(batches.resume_key(), Some(&(base + 9)));
+    match &err {
+        Error::Interrupted {
+            rows_done: 10,
+            source,
+            ..
+        } => assert_timed_out(source),
+        other => panic!("expected Interrupted, got {other:?}"),
+    }
+}

@@ -60,6 +60,7 @@ compile_error!(
 pub mod backend;
 pub mod batch;
 pub mod budget;
+pub mod bulk;
 pub mod db;
 #[cfg(feature = "demo")]
 #[doc(hidden)]

@@ -27,6 +27,7 @@ mod sqlite {
     include!("backends/pool_sqlite.rs");
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
+    include!("backends/bulk.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -40,6 +41,7 @@ mod postgres {
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
     include!("backends/ledger_killed.rs");
+    include!("backends/bulk.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -52,4 +54,5 @@ mod mysql {
     include!("backends/layout.rs");
     include!("backends/ledger.rs");
     include!("backends/ledger_killed.rs");
+    include!("backends/bulk.rs");
 }

@@ -262,32 +262,6 @@ fn has_top_level_bound_clause(sql: &str, keyword: &str) -> bool {
     (rest.starts_with('?') || rest.starts_with('$')) && !rest.contains(')')
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{has_top_level_limit, has_top_level_offset};
-
-    #[test]
-    fn detects_only_a_top_level_bound_limit() {
-        assert!(has_top_level_limit("SELECT a FROM t LIMIT ?"));
-        assert!(has_top_level_limit("SELECT a FROM t LIMIT $1 OFFSET $2"));
-        assert!(has_top_level_limit("SELECT a FROM t LIMIT $3 FOR UPDATE"));
-        assert!(!has_top_level_limit("SELECT a FROM t"));
-        assert!(!has_top_level_limit("SELECT a FROM t LIMIT -1 OFFSET ?"));
-        assert!(!has_top_level_limit(
-            "SELECT a FROM t LIMIT 18446744073709551615 OFFSET ?"
-        ));
-        assert!(!has_top_level_limit(
-            "SELECT a FROM t WHERE a IN (SELECT b FROM u LIMIT ?)"
-        ));
-        assert!(has_top_level_offset("SELECT a FROM t LIMIT -1 OFFSET ?"));
-        assert!(has_top_level_offset("SELECT a FROM t OFFSET $1"));
-        assert!(!has_top_level_offset("SELECT a FROM t LIMIT ?"));
-        assert!(!has_top_level_offset(
-            "SELECT a FROM t WHERE EXISTS (SELECT b FROM u OFFSET ?)"
-        ));
-    }
-}
-
 /// `ON CONFLICT (key) DO NOTHING`, or `ON CONFLICT (key) DO UPDATE SET c = excluded.c, ..` for
 /// every inserted column but the key: PostgreSQL's and SQLite's upsert clause of bulk writes.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -315,4 +289,30 @@ fn on_conflict_clause<'b, DB: diesel::backend::Backend>(
         _ => out.push_sql(" DO NOTHING"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_top_level_limit, has_top_level_offset};
+
+    #[test]
+    fn detects_only_a_top_level_bound_limit() {
+        assert!(has_top_level_limit("SELECT a FROM t LIMIT ?"));
+        assert!(has_top_level_limit("SELECT a FROM t LIMIT $1 OFFSET $2"));
+        assert!(has_top_level_limit("SELECT a FROM t LIMIT $3 FOR UPDATE"));
+        assert!(!has_top_level_limit("SELECT a FROM t"));
+        assert!(!has_top_level_limit("SELECT a FROM t LIMIT -1 OFFSET ?"));
+        assert!(!has_top_level_limit(
+            "SELECT a FROM t LIMIT 18446744073709551615 OFFSET ?"
+        ));
+        assert!(!has_top_level_limit(
+            "SELECT a FROM t WHERE a IN (SELECT b FROM u LIMIT ?)"
+        ));
+        assert!(has_top_level_offset("SELECT a FROM t LIMIT -1 OFFSET ?"));
+        assert!(has_top_level_offset("SELECT a FROM t OFFSET $1"));
+        assert!(!has_top_level_offset("SELECT a FROM t LIMIT ?"));
+        assert!(!has_top_level_offset(
+            "SELECT a FROM t WHERE EXISTS (SELECT b FROM u OFFSET ?)"
+        ));
+    }
 }

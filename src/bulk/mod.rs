@@ -28,7 +28,7 @@
 //!
 //! # Example
 //! ```
-//! # include!("../tests/doc_setup.rs");
+//! # include!("../../tests/doc_setup.rs");
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let (db, mut conn) = demo_db(0)?;
 //! use diesel_budget::bulk;
@@ -41,7 +41,7 @@
 //!     .on_progress(|p| seen.push(p.rows_done))
 //!     .execute(&mut conn)?;
 //! assert_eq!(report.rows, 20_000);
-//! assert!(report.chunks >= 2); // 5 binds a row: at most 13,107 rows a statement
+//! assert!(report.chunks >= 2); // SQLite: 5 binds a row, 6,553 rows a statement (bundled)
 //! assert_eq!(seen.last(), Some(&20_000));
 //!
 //! // Upsert: the same keys again, with new names; the last row of a key wins.

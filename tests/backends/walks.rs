@@ -354,7 +354,7 @@ fn byte_budgeted_walks_read_each_row_about_once() {
         }
         // What the server could send: the sum of the LIMITs. Each row about once (the first
         // statement asks for 100 rows before any size is known; a cut batch re-reads a few).
-        let limits: i64 = ledger.statements().iter().map(|s| last_bind(s)).sum();
+        let limits: i64 = ledger.statements().iter().map(last_bind).sum();
         assert!(
             limits <= i64::from(N) * 5 / 4 + 100,
             "{mode:?}: LIMITs add up to {limits} for {N} rows:\n{ledger}"

@@ -609,7 +609,7 @@ pub(crate) mod sealed {
 }
 
 /// A connection bulk writes run on: this backend's bind limit and conflict clause. Sealed:
-/// implemented for `SqliteConnection`, `PgConnection` and `MysqlConnection`.
+/// implemented for the Diesel connection of each backend (SQLite, PostgreSQL, MySQL).
 pub trait BulkConnection: BudgetConnection + sealed::Sealed {
     /// Bind parameters one statement may hold, read from the connection where it varies.
     #[doc(hidden)]

@@ -39,6 +39,9 @@ mod cache;
 #[path = "bench/page.rs"]
 mod page;
 
+#[path = "bench/bulk.rs"]
+mod bulk;
+
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -379,6 +382,9 @@ fn loadavg() -> Option<f64> {
 }
 
 fn main() -> BoxResult<()> {
+    if bulk::is_bulk(std::env::args().nth(1).as_deref()) {
+        return bulk::main();
+    }
     let args = Args::parse();
     if args.scenario == Scenario::Report {
         let input = args.input.as_deref().ok_or("report needs --input FILE")?;

@@ -50,6 +50,19 @@ pub enum Error {
         seen_bytes: u64,
     },
 
+    /// A [`per_chunk`](crate::bulk::BulkInsert::per_chunk) bulk write stopped part-way. Every
+    /// chunk before [`checkpoint`](crate::bulk::Checkpoint) was committed and nothing after it;
+    /// pass the same input to [`resume`](crate::bulk::BulkInsert::resume) with this checkpoint
+    /// to continue without losing or repeating a row.
+    #[error("bulk write interrupted after {} committed rows", checkpoint.rows_done)]
+    BulkInterrupted {
+        /// What was committed: resume from here.
+        checkpoint: crate::bulk::Checkpoint,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The budget itself cannot be honoured (zero rows, zero bytes, too large).
     #[error("invalid budget ({budget}): {reason}")]
     InvalidBudget {

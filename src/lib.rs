@@ -51,6 +51,7 @@
 pub mod backend;
 pub mod batch;
 pub mod budget;
+pub mod bulk;
 pub mod cache;
 pub mod db;
 #[cfg(feature = "demo")]

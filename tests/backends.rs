@@ -47,6 +47,7 @@ mod sqlite {
     include!("backends/pages.rs");
     include!("backends/cache.rs");
     include!("backends/timeout.rs");
+    include!("backends/bulk.rs");
 }
 
 #[cfg(feature = "postgres")]
@@ -71,6 +72,7 @@ mod postgres {
     row_lock_tests!();
     include!("backends/pages.rs");
     include!("backends/cache.rs");
+    include!("backends/bulk.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -94,4 +96,5 @@ mod mysql {
     row_lock_tests!();
     include!("backends/pages.rs");
     include!("backends/cache.rs");
+    include!("backends/bulk.rs");
 }

@@ -279,3 +279,32 @@ compile_error!(
      `postgres` or `mysql`, e.g. `diesel-budget = { version = \"0.1\", default-features = false, \
      features = [\"postgres\"] }`"
 );
+
+/// `ON CONFLICT (key) DO NOTHING`, or `ON CONFLICT (key) DO UPDATE SET c = excluded.c, ..` for
+/// every inserted column but the key: PostgreSQL's and SQLite's upsert clause of bulk writes.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn on_conflict_clause<'b, DB: diesel::backend::Backend>(
+    conflict: &'b crate::bulk::Conflict,
+    columns: &'b [String],
+    mut out: diesel::query_builder::AstPass<'_, 'b, DB>,
+) -> QueryResult<()> {
+    out.push_sql(" ON CONFLICT (");
+    out.push_identifier(conflict.key)?;
+    out.push_sql(")");
+    let mut updates = columns.iter().filter(|c| c.as_str() != conflict.key);
+    match updates.next() {
+        Some(first) if conflict.update => {
+            out.push_sql(" DO UPDATE SET ");
+            for (i, column) in std::iter::once(first).chain(updates).enumerate() {
+                if i > 0 {
+                    out.push_sql(", ");
+                }
+                out.push_identifier(column)?;
+                out.push_sql(" = excluded.");
+                out.push_identifier(column)?;
+            }
+        }
+        _ => out.push_sql(" DO NOTHING"),
+    }
+    Ok(())
+}

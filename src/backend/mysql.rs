@@ -53,6 +53,7 @@ impl Db<MysqlConnection> {
     }
 }
 
+mod bulk;
 #[cfg(feature = "ci")]
 mod explain;
 #[cfg(feature = "page")]

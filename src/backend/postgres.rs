@@ -65,6 +65,7 @@ impl Db<PgConnection> {
     }
 }
 
+mod bulk;
 #[cfg(feature = "ci")]
 mod explain;
 #[cfg(feature = "page")]

@@ -108,6 +108,7 @@ impl DbBuilder<SqliteConnection> {
     }
 }
 
+mod bulk;
 #[cfg(feature = "ci")]
 mod explain;
 #[cfg(feature = "page")]

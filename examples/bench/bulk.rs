@@ -1,0 +1,244 @@
+//! Bulk-write scenarios (issue 6), one per process, one JSON line each:
+//! `cargo run --release --all-features --example bench -- bulk-insert --backend postgres --rows 100000`.
+//!
+//! Every scenario writes the demo rows 1..=rows, generated from an iterator, into an emptied
+//! `items` table, then checks the count. Plain-Diesel baselines: `diesel-insert-rows` (one INSERT
+//! per row, one transaction), `diesel-insert-chunks` (multi-row VALUES, the best of 100 / 1,000
+//! / 10,000 rows a statement, each timed on an emptied table), `diesel-copy` (PostgreSQL:
+//! `copy_from(..).from_insertable(&vec)` of the whole Vec), `psql-copy` (PostgreSQL: `psql
+//! \copy` of the same rows as CSV). Ours: `bulk-insert` (default path), `bulk-upsert` (half the
+//! keys already there, `on_conflict_do_update`; the pre-fill is not timed).
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel_budget::bulk;
+use diesel_budget::demo::{self, items, Item, MIGRATIONS};
+use diesel_budget::Db;
+use serde_json::json;
+
+use super::{database_url, rss, Backend, BoxResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BulkScenario {
+    DieselInsertRows,
+    DieselInsertChunks,
+    DieselCopy,
+    PsqlCopy,
+    BulkInsert,
+    BulkUpsert,
+}
+
+#[derive(Debug, Parser)]
+struct BulkArgs {
+    #[arg(value_enum)]
+    scenario: BulkScenario,
+    #[arg(long, value_enum)]
+    backend: Backend,
+    #[arg(long)]
+    rows: u64,
+    #[arg(long)]
+    url: Option<String>,
+}
+
+/// Whether the first argument names a bulk scenario.
+pub(crate) fn is_bulk(arg: Option<&str>) -> bool {
+    arg.is_some_and(|a| BulkScenario::from_str(a, true).is_ok())
+}
+
+pub(crate) fn main() -> BoxResult<()> {
+    let args = BulkArgs::parse();
+    let url = database_url(args.backend, args.rows, args.url.as_deref())?;
+    let n = i32::try_from(args.rows)?;
+    let (wall, extra) = match args.backend {
+        Backend::Sqlite => sqlite::run(args.scenario, &url, n)?,
+        Backend::Postgres => postgres::run(args.scenario, &url, n)?,
+        Backend::Mysql => mysql::run(args.scenario, &url, n)?,
+    };
+    let (peak, _) = rss()?;
+    let name = args
+        .scenario
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    println!(
+        "{}",
+        json!({
+            "scenario": name,
+            "backend": args.backend.name(),
+            "rows": args.rows,
+            "wall_s": wall.as_secs_f64(),
+            "rows_per_s": args.rows as f64 / wall.as_secs_f64(),
+            "peak_rss_mib": peak as f64 / f64::from(1 << 20),
+            "detail": extra,
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        })
+    );
+    Ok(())
+}
+
+macro_rules! bulk_backend {
+    ($feature:literal, $module:ident, $conn:ty, $truncate:literal, $pg:expr) => {
+        #[cfg(feature = $feature)]
+        mod $module {
+            use super::*;
+
+            fn generated(from: i32, to: i32) -> impl Iterator<Item = Item> {
+                (from..=to).map(Item::generate)
+            }
+
+            fn check(conn: &mut $conn, n: i32) -> BoxResult<()> {
+                let count: i64 = items::table.count().get_result(conn)?;
+                if count != i64::from(n) {
+                    return Err(format!("{count} rows after writing {n}").into());
+                }
+                Ok(())
+            }
+
+            pub(crate) fn run(
+                scenario: BulkScenario,
+                url: &str,
+                n: i32,
+            ) -> BoxResult<(Duration, serde_json::Value)> {
+                demo::create_database::<$conn>(url)?;
+                let db = Db::<$conn>::builder(url)
+                    .migrations(MIGRATIONS)
+                    .max_size(1)
+                    .build()?;
+                let mut conn = db.get()?;
+                conn.unbudgeted().batch_execute($truncate)?;
+                let started = Instant::now();
+                let mut extra = json!(null);
+                match scenario {
+                    BulkScenario::DieselInsertRows => {
+                        conn.unbudgeted().transaction::<_, diesel::result::Error, _>(|c| {
+                            for item in generated(1, n) {
+                                diesel::insert_into(items::table).values(&item).execute(c)?;
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    BulkScenario::DieselInsertChunks => {
+                        let mut best: Option<(Duration, usize)> = None;
+                        for size in [100usize, 1_000, 10_000] {
+                            conn.unbudgeted().batch_execute($truncate)?;
+                            let t = Instant::now();
+                            let mut rows = generated(1, n).peekable();
+                            let written = conn
+                                .unbudgeted()
+                                .transaction::<_, diesel::result::Error, _>(|c| {
+                                    while rows.peek().is_some() {
+                                        let chunk: Vec<Item> = rows.by_ref().take(size).collect();
+                                        diesel::insert_into(items::table).values(&chunk).execute(c)?;
+                                    }
+                                    Ok(())
+                                });
+                            // A size past the bind limit (SQLite: 10,000 rows x 5 binds) fails:
+                            // that is the point of bulk; skip it.
+                            if written.is_err() {
+                                continue;
+                            }
+                            check(conn.unbudgeted(), n)?;
+                            let took = t.elapsed();
+                            if best.is_none_or(|(b, _)| took < b) {
+                                best = Some((took, size));
+                            }
+                        }
+                        let (took, size) = best.ok_or("no chunk size ran")?;
+                        return Ok((took, json!({ "best_chunk": size })));
+                    }
+                    BulkScenario::DieselCopy | BulkScenario::PsqlCopy => {
+                        $pg(scenario, conn.unbudgeted(), url, n)?;
+                    }
+                    BulkScenario::BulkInsert => {
+                        let report = bulk::insert_into(items::table, generated(1, n))
+                            .execute(&mut conn)?;
+                        extra = json!({ "chunks": report.chunks, "copy_chunks": report.copy_chunks });
+                    }
+                    BulkScenario::BulkUpsert => {
+                        bulk::insert_into(items::table, generated(1, n / 2)).execute(&mut conn)?;
+                        let t = Instant::now();
+                        let report = bulk::insert_into(items::table, generated(1, n))
+                            .on_conflict_do_update(items::id, |i: &Item| i.id)
+                            .execute(&mut conn)?;
+                        check(conn.unbudgeted(), n)?;
+                        return Ok((t.elapsed(), json!({ "chunks": report.chunks })));
+                    }
+                }
+                let took = started.elapsed();
+                check(conn.unbudgeted(), n)?;
+                Ok((took, extra))
+            }
+        }
+    };
+}
+
+fn not_postgres<C>(scenario: BulkScenario, _: &mut C, _: &str, _: i32) -> BoxResult<()> {
+    Err(format!("{scenario:?} runs on PostgreSQL only").into())
+}
+
+#[cfg(feature = "postgres")]
+fn pg_copy(
+    scenario: BulkScenario,
+    conn: &mut diesel::pg::PgConnection,
+    url: &str,
+    n: i32,
+) -> BoxResult<()> {
+    use std::io::Write as _;
+    if scenario == BulkScenario::DieselCopy {
+        let all: Vec<Item> = (1..=n).map(Item::generate).collect();
+        diesel::copy_from(items::table)
+            .from_insertable(&all)
+            .execute(conn)?;
+        return Ok(());
+    }
+    // psql \copy of the same rows as CSV (written to a temp file first; not timed apart).
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("items.csv");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for item in (1..=n).map(Item::generate) {
+        writeln!(
+            out,
+            "{},{},{},{},{}",
+            item.id, item.category, item.name, item.payload, item.created_at
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+    let status = std::process::Command::new("psql")
+        .arg(url)
+        .arg("-qc")
+        .arg(format!(
+            "\\copy items (id, category, name, payload, created_at) FROM '{}' CSV",
+            path.display()
+        ))
+        .status()?;
+    if !status.success() {
+        return Err(format!("psql exited with {status}").into());
+    }
+    Ok(())
+}
+
+bulk_backend!(
+    "sqlite",
+    sqlite,
+    diesel::sqlite::SqliteConnection,
+    "DELETE FROM items",
+    not_postgres
+);
+bulk_backend!(
+    "postgres",
+    postgres,
+    diesel::pg::PgConnection,
+    "TRUNCATE TABLE items",
+    pg_copy
+);
+bulk_backend!(
+    "mysql",
+    mysql,
+    diesel::mysql::MysqlConnection,
+    "TRUNCATE TABLE items",
+    not_postgres
+);

@@ -1,0 +1,708 @@
+//! Bulk writes: insert or upsert any number of rows, a chunk at a time.
+//!
+//! [`insert_into`] takes a slice or an iterator of any Diesel `Insertable` and writes it in
+//! chunks, never collecting the input: memory is bounded by one chunk whatever the number of
+//! rows.
+//!
+//! - **Chunks** are sized from the backend's real bind-parameter limit (PostgreSQL and MySQL
+//!   65,535; SQLite read from the connection at run time, 32,766 for the bundled library)
+//!   divided by the binds one row really uses, counted by rendering the row (a `None` rendered
+//!   as `DEFAULT` takes no bind). A chunk size you ask for with
+//!   [`chunk_rows`](BulkInsert::chunk_rows) that cannot fit is [`Error::InvalidArgument`]
+//!   before anything is written, never a server error half-way.
+//! - **PostgreSQL** writes each chunk with binary `COPY .. FROM STDIN` when the rows set every
+//!   column of the table (chosen automatically; [`insert_only`](BulkInsert::insert_only)
+//!   switches it off); otherwise, and on the other backends, each chunk is one multi-row
+//!   `INSERT`.
+//! - **Transactions**: [`atomic`](BulkInsert::atomic) (the default) writes everything in one
+//!   transaction (a savepoint inside an open one): all or nothing.
+//!   [`per_chunk`](BulkInsert::per_chunk) commits each chunk; a failure returns
+//!   [`Error::BulkInterrupted`] with a [`Checkpoint`], and [`resume`](BulkInsert::resume) with
+//!   the same input continues from there with no row lost or written twice.
+//! - **Upserts**: [`on_conflict_do_update`](BulkInsert::on_conflict_do_update) and
+//!   [`on_conflict_do_nothing`](BulkInsert::on_conflict_do_nothing) (`ON CONFLICT` on
+//!   PostgreSQL and SQLite, `ON DUPLICATE KEY UPDATE` on MySQL/MariaDB). Duplicate keys inside
+//!   the input follow one rule whatever the chunk boundaries: **the last row wins** for
+//!   `do_update`, **the first row wins** for `do_nothing` (rows a chunk would write twice are
+//!   dropped from it before it is sent; PostgreSQL refuses a statement that touches a row twice).
+//!
+//! # Example
+//! ```
+//! # include!("../../tests/doc_setup.rs");
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (db, mut conn) = demo_db(0)?;
+//! use diesel_budget::bulk;
+//! use diesel_budget::demo::{items, Item};
+//!
+//! // Any iterator: the rows are generated a chunk at a time, never all in memory.
+//! let rows = (1..=20_000).map(Item::generate);
+//! let mut seen = Vec::new();
+//! let report = bulk::insert_into(items::table, rows)
+//!     .on_progress(|p| seen.push(p.rows_done))
+//!     .execute(&mut conn)?;
+//! assert_eq!(report.rows, 20_000);
+//! assert!(report.chunks >= 2); // SQLite: 5 binds a row, 6,553 rows a statement (bundled)
+//! assert_eq!(seen.last(), Some(&20_000));
+//!
+//! // Upsert: the same keys again, with new names; the last row of a key wins.
+//! let renamed = (1..=100).map(|id| Item { name: format!("new-{id}"), ..Item::generate(id) });
+//! bulk::insert_into(items::table, renamed)
+//!     .on_conflict_do_update(items::id, |i: &Item| i.id)
+//!     .execute(&mut conn)?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use diesel::query_builder::{AstPass, ValuesClause};
+use diesel::{Column, Connection, Insertable, QueryResult, Table};
+
+use crate::backend::BudgetConnection;
+use crate::budget::Budget;
+use crate::error::{Error, Result};
+use crate::exec::{sealed as access, ConnectionOf, Executor};
+use crate::instrument::{BudgetScope, InternalScope};
+
+pub(crate) mod sql;
+
+#[doc(hidden)]
+pub use sql::RowShape;
+
+/// Starts a bulk insert of `rows` (a slice, a `Vec`, or any iterator of `Insertable<table>`)
+/// into `table`. Nothing runs until [`BulkInsert::execute`]. See the [module docs](self).
+pub fn insert_into<T, I>(table: T, rows: I) -> BulkInsert<T, I::IntoIter>
+where
+    T: Table,
+    I: IntoIterator,
+{
+    BulkInsert {
+        table,
+        rows: rows.into_iter(),
+        atomic: true,
+        chunk_rows: None,
+        insert_only: false,
+        conflict: None,
+        key_of: NoKey,
+        progress: NoProgress,
+        resume: Checkpoint::default(),
+    }
+}
+
+/// A bulk insert being configured; run it with [`execute`](Self::execute). Built by
+/// [`insert_into`].
+#[must_use = "a bulk insert does nothing until `.execute(&mut conn)`"]
+#[derive(Debug)]
+pub struct BulkInsert<T, I, K = NoKey, P = NoProgress> {
+    table: T,
+    rows: I,
+    atomic: bool,
+    chunk_rows: Option<NonZeroUsize>,
+    insert_only: bool,
+    conflict: Option<Conflict>,
+    key_of: K,
+    progress: P,
+    resume: Checkpoint,
+}
+
+/// How far a [`per_chunk`](BulkInsert::per_chunk) bulk write got: the input rows (counted from
+/// the start of the input, duplicates dropped by an upsert included) whose chunks were
+/// committed. Carried by [`Error::BulkInterrupted`]; pass it to
+/// [`resume`](BulkInsert::resume).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Checkpoint {
+    /// Input rows committed, from the start of the input.
+    pub rows_done: u64,
+    /// Chunks committed, from the start of the input.
+    pub chunks_done: u64,
+}
+
+/// What a bulk write did, returned by [`BulkInsert::execute`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Input rows written by this call (after a [`resume`](BulkInsert::resume): not counting
+    /// the rows skipped). Duplicates an upsert dropped count as written.
+    pub rows: u64,
+    /// Rows the database reported as affected (an upsert's update counts 2 on MySQL, a skipped
+    /// conflict 0).
+    pub affected: u64,
+    /// Chunks written by this call.
+    pub chunks: u64,
+    /// Statements sent: one per chunk (an `INSERT` or a `COPY`).
+    pub statements: u64,
+    /// Chunks written with `COPY` (PostgreSQL).
+    pub copy_chunks: u64,
+    /// Wall-clock time of the call.
+    pub elapsed: Duration,
+}
+
+/// Handed to the [`on_progress`](BulkInsert::on_progress) callback after each chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Input rows written so far, from the start of the input (a resumed write starts at its
+    /// checkpoint).
+    pub rows_done: u64,
+    /// Rows in the whole input, when the iterator knows its exact length.
+    pub rows_total: Option<u64>,
+    /// Chunks written so far, from the start of the input.
+    pub chunks_done: u64,
+}
+
+/// The conflict clause of an upsert.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The unique key's column (PostgreSQL and SQLite name it; MySQL uses any unique key).
+    pub key: &'static str,
+    /// Update the other columns (`true`) or keep the existing row (`false`).
+    pub update: bool,
+}
+
+/// No key extractor: a plain insert.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoKey;
+
+/// No progress callback.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+/// Reads the conflict key of a row, to apply the duplicate rule of upserts. Implemented for
+/// closures `Fn(&R) -> Key` and for [`NoKey`].
+pub trait KeyOf<R> {
+    /// The key's type.
+    type Key: Hash + Eq;
+    /// The key of `row`, or `None` without a key extractor.
+    fn key_of(&self, row: &R) -> Option<Self::Key>;
+}
+
+impl<R> KeyOf<R> for NoKey {
+    type Key = ();
+    fn key_of(&self, _: &R) -> Option<()> {
+        None
+    }
+}
+
+impl<R, F, Key> KeyOf<R> for F
+where
+    F: Fn(&R) -> Key,
+    Key: Hash + Eq,
+{
+    type Key = Key;
+    fn key_of(&self, row: &R) -> Option<Key> {
+        Some(self(row))
+    }
+}
+
+/// Called with a [`Progress`] after each chunk. Implemented for closures `FnMut(Progress)` and
+/// for [`NoProgress`].
+pub trait OnProgress {
+    /// Reports progress.
+    fn progress(&mut self, progress: Progress);
+}
+
+impl OnProgress for NoProgress {
+    fn progress(&mut self, _: Progress) {}
+}
+
+impl<F: FnMut(Progress)> OnProgress for F {
+    fn progress(&mut self, progress: Progress) {
+        self(progress)
+    }
+}
+
+impl<T, I, K, P> BulkInsert<T, I, K, P> {
+    /// All or nothing (the default): every chunk in one transaction, or in a savepoint when a
+    /// transaction is already open. A failure rolls everything back and returns the error.
+    pub fn atomic(mut self) -> Self {
+        self.atomic = true;
+        self
+    }
+
+    /// Each chunk in its own transaction (a savepoint when one is open), committed before the
+    /// next is sent. A failure returns [`Error::BulkInterrupted`] carrying the
+    /// [`Checkpoint`] of what was committed. Default: [`atomic`](Self::atomic).
+    pub fn per_chunk(mut self) -> Self {
+        self.atomic = false;
+        self
+    }
+
+    /// Continues an interrupted [`per_chunk`](Self::per_chunk) write: `checkpoint.rows_done`
+    /// rows of the input are skipped (the input must be the same, in the same order). Default:
+    /// start from the first row.
+    pub fn resume(mut self, checkpoint: Checkpoint) -> Self {
+        self.resume = checkpoint;
+        self
+    }
+
+    /// At most `rows` rows a chunk. Default: as many as the backend's bind limit allows for
+    /// the rows' bind count (10,000 a chunk for PostgreSQL's `COPY`). A size whose rows need
+    /// more binds than the limit is [`Error::InvalidArgument`] before anything is written;
+    /// rows that take more binds than the first one end a chunk early rather than pass the
+    /// limit.
+    pub fn chunk_rows(mut self, rows: NonZeroUsize) -> Self {
+        self.chunk_rows = Some(rows);
+        self
+    }
+
+    /// Never use PostgreSQL's `COPY`: every chunk is a multi-row `INSERT`. Default: `COPY`
+    /// where the rows allow it (PostgreSQL, no upsert, every column of the table set).
+    pub fn insert_only(mut self) -> Self {
+        self.insert_only = true;
+        self
+    }
+
+    /// Calls `callback` after each chunk with the rows and chunks done so far. Default: none.
+    pub fn on_progress<F: FnMut(Progress)>(self, callback: F) -> BulkInsert<T, I, K, F> {
+        BulkInsert {
+            table: self.table,
+            rows: self.rows,
+            atomic: self.atomic,
+            chunk_rows: self.chunk_rows,
+            insert_only: self.insert_only,
+            conflict: self.conflict,
+            key_of: self.key_of,
+            progress: callback,
+            resume: self.resume,
+        }
+    }
+
+    /// Upsert: a row whose `key` already exists updates every other column it sets
+    /// (`ON CONFLICT (key) DO UPDATE SET c = excluded.c, ..` on PostgreSQL and SQLite,
+    /// `ON DUPLICATE KEY UPDATE c = VALUES(c), ..` on MySQL, where any unique key counts).
+    /// `key_of` reads the key from a row: among input rows with the same key, **the last one
+    /// wins**, wherever chunk boundaries fall. Default: a plain insert.
+    pub fn on_conflict_do_update<Col, F>(self, key: Col, key_of: F) -> BulkInsert<T, I, F, P>
+    where
+        Col: Column<Table = T>,
+    {
+        let _ = key;
+        self.with_conflict(
+            Conflict {
+                key: Col::NAME,
+                update: true,
+            },
+            key_of,
+        )
+    }
+
+    /// Insert-or-ignore: a row whose `key` already exists is skipped (`ON CONFLICT (key) DO
+    /// NOTHING` on PostgreSQL and SQLite; on MySQL `ON DUPLICATE KEY UPDATE key = key`, which
+    /// unlike `INSERT IGNORE` still fails on other errors). Among input rows with the same key,
+    /// **the first one wins**. Default: a plain insert.
+    pub fn on_conflict_do_nothing<Col, F>(self, key: Col, key_of: F) -> BulkInsert<T, I, F, P>
+    where
+        Col: Column<Table = T>,
+    {
+        let _ = key;
+        self.with_conflict(
+            Conflict {
+                key: Col::NAME,
+                update: false,
+            },
+            key_of,
+        )
+    }
+
+    fn with_conflict<F>(self, conflict: Conflict, key_of: F) -> BulkInsert<T, I, F, P> {
+        BulkInsert {
+            table: self.table,
+            rows: self.rows,
+            atomic: self.atomic,
+            chunk_rows: self.chunk_rows,
+            insert_only: self.insert_only,
+            conflict: Some(conflict),
+            key_of,
+            progress: self.progress,
+            resume: self.resume,
+        }
+    }
+}
+
+impl<T, I, K, P> BulkInsert<T, I, K, P>
+where
+    T: Table + Copy,
+    P: OnProgress,
+{
+    /// Writes the rows; returns what was done.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] before anything is written when the requested
+    /// [`chunk_rows`](Self::chunk_rows) cannot fit the bind limit; [`Error::Query`] when a
+    /// statement fails in [`atomic`](Self::atomic) mode (nothing was written);
+    /// [`Error::BulkInterrupted`] in [`per_chunk`](Self::per_chunk) mode (the chunks before
+    /// its checkpoint are committed).
+    pub fn execute<X, R, V>(self, conn: &mut X) -> Result<Report>
+    where
+        X: Executor,
+        I: Iterator<Item = R>,
+        R: Insertable<T, Values = ValuesClause<V, T>>,
+        K: KeyOf<R>,
+        ConnectionOf<X>: BulkWrite<T, V>,
+    {
+        let conn = conn.connection(access::TOKEN);
+        let started = Instant::now();
+        let BulkInsert {
+            table,
+            mut rows,
+            atomic,
+            chunk_rows,
+            insert_only,
+            conflict,
+            key_of,
+            progress,
+            resume,
+        } = self;
+        if resume.rows_done > 0 {
+            let skip = usize::try_from(resume.rows_done).map_err(|_| Error::InvalidArgument {
+                name: "checkpoint",
+                reason: "more rows than this platform can count".into(),
+            })?;
+            rows.nth(skip - 1);
+        }
+        let total = match rows.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(resume.rows_done + lo as u64),
+            _ => None,
+        };
+        let mut run = Run {
+            table,
+            chunk_rows,
+            insert_only,
+            conflict,
+            key_of,
+            progress,
+            atomic,
+            done: resume,
+            total,
+            report: Report {
+                rows: 0,
+                affected: 0,
+                chunks: 0,
+                statements: 0,
+                copy_chunks: 0,
+                elapsed: Duration::ZERO,
+            },
+            checked: false,
+        };
+        let result = if atomic {
+            conn.transaction::<_, Error, _>(|conn| run.all(conn, rows))
+        } else {
+            run.all(conn, rows)
+        };
+        result?;
+        run.report.elapsed = started.elapsed();
+        Ok(run.report)
+    }
+}
+
+/// How one chunk will be written, decided from its first row.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Bind parameters one statement may hold; `None` for `COPY` (no binds).
+    pub bind_limit: Option<usize>,
+    /// Rows a chunk holds unless [`BulkInsert::chunk_rows`] says otherwise.
+    pub default_rows: usize,
+    /// Written with PostgreSQL's `COPY`.
+    pub copy: bool,
+}
+
+/// A row as a chunk holds it: its values, its rendered shape, its conflict key.
+struct Pending<V, T, Key> {
+    values: ValuesClause<V, T>,
+    shape: sql::RowShape,
+    key: Option<Key>,
+}
+
+struct Run<T, K, P> {
+    table: T,
+    chunk_rows: Option<NonZeroUsize>,
+    insert_only: bool,
+    conflict: Option<Conflict>,
+    key_of: K,
+    progress: P,
+    atomic: bool,
+    done: Checkpoint,
+    total: Option<u64>,
+    report: Report,
+    /// The requested chunk size was checked against the first row.
+    checked: bool,
+}
+
+impl<T, K, P> Run<T, K, P>
+where
+    T: Table + Copy,
+    P: OnProgress,
+{
+    fn all<C, R, V>(&mut self, conn: &mut C, rows: impl Iterator<Item = R>) -> Result<()>
+    where
+        C: BulkWrite<T, V>,
+        R: Insertable<T, Values = ValuesClause<V, T>>,
+        K: KeyOf<R>,
+    {
+        let mut chunk: Vec<Pending<V, T, K::Key>> = Vec::new();
+        let mut plan: Option<Plan> = None;
+        let mut binds = 0usize;
+        for row in rows {
+            let key = self.key_of.key_of(&row);
+            let values = row.values();
+            let shape = C::row_shape(&values).map_err(Error::from)?;
+            let fits = match (&plan, chunk.first()) {
+                (Some(p), Some(first)) => {
+                    first.shape.columns == shape.columns
+                        && chunk.len() < self.max_rows(p)
+                        && p.bind_limit.is_none_or(|l| binds + shape.binds <= l)
+                }
+                _ => true,
+            };
+            if !fits {
+                self.flush(conn, &mut chunk, plan.as_ref())?;
+                binds = 0;
+                plan = None;
+            }
+            if plan.is_none() {
+                let p = conn
+                    .plan(
+                        self.table,
+                        &shape,
+                        self.insert_only,
+                        self.conflict.is_some(),
+                    )
+                    .map_err(Error::from)?;
+                self.check_chunk_rows(&p, &shape)?;
+                plan = Some(p);
+            }
+            binds += shape.binds;
+            chunk.push(Pending { values, shape, key });
+        }
+        self.flush(conn, &mut chunk, plan.as_ref())
+    }
+
+    fn max_rows(&self, plan: &Plan) -> usize {
+        self.chunk_rows.map_or(plan.default_rows, NonZeroUsize::get)
+    }
+
+    /// A requested chunk size must fit the bind limit with the first row's binds.
+    fn check_chunk_rows(&mut self, plan: &Plan, shape: &sql::RowShape) -> Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        self.checked = true;
+        if let (Some(rows), Some(limit)) = (self.chunk_rows, plan.bind_limit) {
+            if rows.get().saturating_mul(shape.binds) > limit {
+                return Err(Error::InvalidArgument {
+                    name: "chunk_rows",
+                    reason: format!(
+                        "{} rows of {} binds each pass the backend's limit of {limit} bind \
+                         parameters a statement; at most {} rows fit",
+                        rows,
+                        shape.binds,
+                        limit / shape.binds.max(1)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `chunk` (and empties it) as one statement, in its own transaction under
+    /// `per_chunk`.
+    fn flush<C, V, Key: Hash + Eq>(
+        &mut self,
+        conn: &mut C,
+        chunk: &mut Vec<Pending<V, T, Key>>,
+        plan: Option<&Plan>,
+    ) -> Result<()>
+    where
+        C: BulkWrite<T, V>,
+    {
+        let (Some(plan), false) = (plan, chunk.is_empty()) else {
+            return Ok(());
+        };
+        let input_rows = chunk.len() as u64;
+        if let Some(conflict) = &self.conflict {
+            dedup(chunk, conflict.update);
+        }
+        let columns = chunk
+            .first()
+            .map(|p| p.shape.columns.clone())
+            .unwrap_or_default();
+        let names = sql::column_names(&columns);
+        let values: Vec<ValuesClause<V, T>> = chunk.drain(..).map(|p| p.values).collect();
+        let conflict = self.conflict.as_ref().map(|c| (c, names.as_slice()));
+        let table = self.table;
+        let write = |conn: &mut C| -> Result<usize> {
+            let _scope = BudgetScope::enter(Budget::rows(values.len() as u64).spec());
+            conn.write_chunk(table, &values, plan, conflict)
+                .map_err(|e| Error::query(summary(plan, &columns, values.len()), e))
+        };
+        let affected = if self.atomic {
+            write(conn)
+        } else {
+            conn.transaction::<_, Error, _>(write)
+                .map_err(|e| Error::BulkInterrupted {
+                    checkpoint: self.done,
+                    source: Box::new(e),
+                })
+        }?;
+        self.report.rows += input_rows;
+        self.report.affected += affected as u64;
+        self.report.chunks += 1;
+        self.report.statements += 1;
+        self.report.copy_chunks += u64::from(plan.copy);
+        self.done.rows_done += input_rows;
+        self.done.chunks_done += 1;
+        self.progress.progress(Progress {
+            rows_done: self.done.rows_done,
+            rows_total: self.total,
+            chunks_done: self.done.chunks_done,
+        });
+        Ok(())
+    }
+}
+
+/// Drops the rows of `chunk` whose key comes again in it: all but the last (`last_wins`) or
+/// all but the first. Rows without a key are kept.
+fn dedup<V, T, Key: Hash + Eq>(chunk: &mut Vec<Pending<V, T, Key>>, last_wins: bool) {
+    let mut keep: HashMap<&Key, usize> = HashMap::with_capacity(chunk.len());
+    for (i, p) in chunk.iter().enumerate() {
+        if let Some(k) = &p.key {
+            if last_wins {
+                keep.insert(k, i);
+            } else {
+                keep.entry(k).or_insert(i);
+            }
+        }
+    }
+    if keep.len() == chunk.len() {
+        return;
+    }
+    let kept: Vec<bool> = chunk
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.key.as_ref().is_none_or(|k| keep.get(k) == Some(&i)))
+        .collect();
+    drop(keep);
+    let mut i = 0;
+    chunk.retain(|_| {
+        i += 1;
+        kept[i - 1]
+    });
+}
+
+/// The statement of a failed chunk, as the error shows it: its shape, never its values.
+fn summary(plan: &Plan, columns: &str, rows: usize) -> String {
+    if plan.copy {
+        format!("COPY .. ({columns}) FROM STDIN (FORMAT binary): {rows} rows")
+    } else {
+        format!("INSERT INTO .. ({columns}) VALUES (..): {rows} rows")
+    }
+}
+
+pub(crate) mod sealed {
+    /// Only diesel-budget implements the bulk traits.
+    pub trait Sealed {}
+}
+
+/// A connection bulk writes run on: this backend's bind limit and conflict clause. Sealed:
+/// implemented for the Diesel connection of each backend (SQLite, PostgreSQL, MySQL).
+pub trait BulkConnection: BudgetConnection + sealed::Sealed {
+    /// Bind parameters one statement may hold, read from the connection where it varies.
+    #[doc(hidden)]
+    fn bind_limit(&mut self) -> QueryResult<usize>;
+
+    /// Appends the upsert clause for `conflict` (`columns`: the inserted columns).
+    #[doc(hidden)]
+    fn push_conflict_clause<'b>(
+        conflict: &'b Conflict,
+        columns: &'b [String],
+        out: AstPass<'_, 'b, Self::Backend>,
+    ) -> QueryResult<()>;
+}
+
+/// A connection that can bulk-write rows of values `V` into table `T`: how a chunk is planned
+/// and written on this backend. Sealed; you never implement it, it is the bound of
+/// [`BulkInsert::execute`].
+pub trait BulkWrite<T: Table, V>: BulkConnection {
+    /// The columns and binds of one row.
+    #[doc(hidden)]
+    fn row_shape(row: &ValuesClause<V, T>) -> QueryResult<sql::RowShape>;
+
+    /// How a chunk starting with a row of `shape` is written.
+    #[doc(hidden)]
+    fn plan(
+        &mut self,
+        table: T,
+        shape: &sql::RowShape,
+        insert_only: bool,
+        upsert: bool,
+    ) -> QueryResult<Plan>;
+
+    /// Writes one chunk; returns the rows affected.
+    #[doc(hidden)]
+    fn write_chunk(
+        &mut self,
+        table: T,
+        rows: &[ValuesClause<V, T>],
+        plan: &Plan,
+        conflict: Option<(&Conflict, &[String])>,
+    ) -> QueryResult<usize>;
+}
+
+/// The default plan of a multi-row `INSERT` under `limit` binds a statement.
+pub(crate) fn insert_plan(limit: usize, shape: &sql::RowShape) -> Plan {
+    Plan {
+        bind_limit: Some(limit),
+        default_rows: (limit / shape.binds.max(1)).max(1),
+        copy: false,
+    }
+}
+
+/// Runs `f` marked as the library's own statement (not the caller's, not unbudgeted).
+pub(crate) fn internal<T>(f: impl FnOnce() -> T) -> T {
+    let _scope = InternalScope::enter();
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dedup, sql::RowShape, Pending};
+    use diesel::query_builder::ValuesClause;
+
+    fn pending(key: i32, v: i32) -> Pending<i32, (), i32> {
+        let mut values = ValuesClause::<i32, ()>::default();
+        values.values = v;
+        Pending {
+            values,
+            shape: RowShape {
+                columns: String::new(),
+                binds: 1,
+            },
+            key: Some(key),
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_the_last_or_the_first_of_a_key_in_input_order() {
+        let make = || {
+            vec![
+                pending(1, 10),
+                pending(2, 20),
+                pending(1, 11),
+                pending(3, 30),
+            ]
+        };
+        let mut last = make();
+        dedup(&mut last, true);
+        let got: Vec<i32> = last.iter().map(|p| p.values.values).collect();
+        assert_eq!(got, [20, 11, 30]);
+        let mut first = make();
+        dedup(&mut first, false);
+        let got: Vec<i32> = first.iter().map(|p| p.values.values).collect();
+        assert_eq!(got, [10, 20, 30]);
+    }
+}

@@ -82,9 +82,10 @@ toolchain() {
 single_backends() {
     local feature out
     for feature in sqlite postgres mysql; do
-        say "--no-default-features --features $feature: cargo check --all-targets, doctests"
-        cargo check --no-default-features --features "$feature" --all-targets
-        cargo test --no-default-features --features "$feature" --doc
+        say "--no-default-features --features $feature,page: cargo check --all-targets, doctests"
+        # One backend, the other default features (`page`) kept.
+        cargo check --no-default-features --features "$feature,page" --all-targets
+        cargo test --no-default-features --features "$feature,page" --doc
     done
     say "--no-default-features: must fail with our compile_error!"
     if out=$(cargo check --no-default-features --lib 2>&1); then

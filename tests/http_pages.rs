@@ -3,7 +3,7 @@
 //! order; a modified token is a 400 with a message that does not echo it. SQLite only (the
 //! server example is SQLite; the page logic is tested on all three backends in
 //! `tests/backends/pages.rs`).
-#![cfg(feature = "sqlite")]
+#![cfg(all(feature = "sqlite", feature = "page"))]
 
 #[path = "../examples/page_server/app.rs"]
 mod app;

@@ -662,7 +662,9 @@ pub(crate) fn insert_plan(limit: usize, shape: &sql::RowShape) -> Plan {
     }
 }
 
-/// Runs `f` marked as the library's own statement (not the caller's, not unbudgeted).
+/// Runs `f` marked as the library's own statement (not the caller's, not unbudgeted). Only
+/// some backends' bulk paths need it (unused in a build without them).
+#[allow(dead_code)]
 pub(crate) fn internal<T>(f: impl FnOnce() -> T) -> T {
     let _scope = InternalScope::enter();
     f()

@@ -248,14 +248,17 @@ impl Error {
     /// network lost), so the work can be retried on another connection: PostgreSQL's
     /// `ClosedConnection`, MySQL/MariaDB's "server has gone away" (2006), "Lost connection to
     /// server during query" (2013) and "Connection was killed" (1927); also inside
-    /// [`Error::Interrupted`], whose `resume_after` says where to pick the walk up. A pooled
+    /// [`Error::Interrupted`], whose `resume_after` says where to pick the walk up, and inside
+    /// [`Error::BulkInterrupted`], whose checkpoint says where to resume the write. A pooled
     /// connection that died is replaced at the next [`crate::Db::get`]. Whether the statement
     /// took effect before the connection died is unknown: retry writes only when they are
     /// idempotent or ran in a transaction (which then rolled back).
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Error::Query { source, .. } => connection_lost(source),
-            Error::Interrupted { source, .. } => source.is_connection_lost(),
+            Error::Interrupted { source, .. } | Error::BulkInterrupted { source, .. } => {
+                source.is_connection_lost()
+            }
             _ => false,
         }
     }
@@ -346,6 +349,11 @@ mod tests {
                 source: Box::new(err),
             };
             assert!(walk.is_connection_lost(), "{shown}");
+            let bulk = Error::BulkInterrupted {
+                checkpoint: crate::bulk::Checkpoint::default(),
+                source: walk.into(),
+            };
+            assert!(bulk.is_connection_lost(), "{shown}");
         }
         for e in [
             D::NotFound,

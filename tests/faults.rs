@@ -23,6 +23,9 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[path = "faults/server.rs"]
+mod server;
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,7 +38,7 @@ use diesel_budget::batch::BatchMode;
 use diesel_budget::budget::MAX_ROWS;
 use diesel_budget::demo::{items, Item};
 use diesel_budget::prelude::*;
-use diesel_budget::{BudgetConnection, Error, Exceeded};
+use diesel_budget::{bulk, BudgetConnection, Error, Exceeded};
 
 use common::slow::Slow;
 use common::{id_base, in_range, Backend, CommittedRows, Killable, TestDb};
@@ -193,6 +196,8 @@ mod sqlite {
     use super::*;
     type C = diesel::sqlite::SqliteConnection;
     include!("faults/cases.rs");
+    include!("faults/bulk.rs");
+    include!("faults/tokens.rs");
     pub fn suite(seed: u64) -> Vec<Row> {
         run_backend(Vec::new(), seed)
     }
@@ -203,9 +208,17 @@ mod postgres {
     use super::*;
     type C = diesel::pg::PgConnection;
     include!("faults/cases.rs");
+    include!("faults/bulk.rs");
+    include!("faults/tokens.rs");
     include!("faults/killed.rs");
+    include!("faults/bulk_killed.rs");
+    include!("faults/restart.rs");
     pub fn suite(seed: u64) -> Vec<Row> {
-        run_backend(server_cases(), seed)
+        let mut rows = run_backend(server_cases(), seed);
+        let start = Instant::now();
+        rows.extend(server_restart(&mut Rng::new(seed ^ 0x5e5e)));
+        eprintln!("server restart / {}: {:.1} s", C::KIND, start.elapsed().as_secs_f64());
+        rows
     }
 }
 
@@ -214,9 +227,17 @@ mod mysql {
     use super::*;
     type C = diesel::mysql::MysqlConnection;
     include!("faults/cases.rs");
+    include!("faults/bulk.rs");
+    include!("faults/tokens.rs");
     include!("faults/killed.rs");
+    include!("faults/bulk_killed.rs");
+    include!("faults/restart.rs");
     pub fn suite(seed: u64) -> Vec<Row> {
-        run_backend(server_cases(), seed)
+        let mut rows = run_backend(server_cases(), seed);
+        let start = Instant::now();
+        rows.extend(server_restart(&mut Rng::new(seed ^ 0x5e5e)));
+        eprintln!("server restart / {}: {:.1} s", C::KIND, start.elapsed().as_secs_f64());
+        rows
     }
 }
 
@@ -241,7 +262,6 @@ fn main() {
             .unwrap_or(1),
     );
     println!("fault suite, FAULT_SEED={seed}");
-    eprintln!("note: server restart is not exercised: the suite did not start the servers");
     let start = Instant::now();
     let mut handles: Vec<std::thread::JoinHandle<Vec<Row>>> = Vec::new();
     #[cfg(feature = "sqlite")]

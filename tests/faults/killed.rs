@@ -12,6 +12,8 @@ fn server_cases() -> Vec<Case> {
         |e, r| killed_at_random_times(e, r, BatchMode::Stream),
         killed_idle,
         killed_in_use,
+        |e, r| bulk_killed(e, r, true),
+        |e, r| bulk_killed(e, r, false),
     ]
 }
 

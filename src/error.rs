@@ -214,7 +214,12 @@ fn connection_lost(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as D};
     match e {
         D::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
-        D::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+        // libpq's "no connection to the server" comes as `UnableToSendCommand` when the
+        // session died before the statement could be sent (a COMMIT after a kill).
+        D::DatabaseError(
+            DatabaseErrorKind::Unknown | DatabaseErrorKind::UnableToSendCommand,
+            info,
+        ) => {
             let message = info.message().to_ascii_lowercase();
             CONNECTION_LOST.iter().any(|m| message.contains(m))
         }
@@ -334,6 +339,10 @@ mod tests {
                 "Lost connection to server during query",
             ),
             db(DatabaseErrorKind::Unknown, "Connection was killed"),
+            db(
+                DatabaseErrorKind::UnableToSendCommand,
+                "no connection to the server\n",
+            ),
             D::RollbackErrorOnCommit {
                 rollback_error: Box::new(db(DatabaseErrorKind::Unknown, "Server has gone away")),
                 commit_error: Box::new(D::NotFound),
@@ -359,6 +368,10 @@ mod tests {
             D::NotFound,
             db(DatabaseErrorKind::UniqueViolation, "lost connection to"),
             db(DatabaseErrorKind::Unknown, "syntax error"),
+            db(
+                DatabaseErrorKind::UnableToSendCommand,
+                "number of parameters must be between 0 and 65535",
+            ),
         ] {
             let shown = format!("{e:?}");
             assert!(!Error::query("SELECT 1", e).is_connection_lost(), "{shown}");

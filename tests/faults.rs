@@ -217,7 +217,11 @@ mod postgres {
         let mut rows = run_backend(server_cases(), seed);
         let start = Instant::now();
         rows.extend(server_restart(&mut Rng::new(seed ^ 0x5e5e)));
-        eprintln!("server restart / {}: {:.1} s", C::KIND, start.elapsed().as_secs_f64());
+        eprintln!(
+            "server restart / {}: {:.1} s",
+            C::KIND,
+            start.elapsed().as_secs_f64()
+        );
         rows
     }
 }
@@ -236,7 +240,11 @@ mod mysql {
         let mut rows = run_backend(server_cases(), seed);
         let start = Instant::now();
         rows.extend(server_restart(&mut Rng::new(seed ^ 0x5e5e)));
-        eprintln!("server restart / {}: {:.1} s", C::KIND, start.elapsed().as_secs_f64());
+        eprintln!(
+            "server restart / {}: {:.1} s",
+            C::KIND,
+            start.elapsed().as_secs_f64()
+        );
         rows
     }
 }

@@ -8,7 +8,7 @@ fn bulk_from() -> i32 {
     id_base(28) + 300_000
 }
 const BULK_PRE: i32 = 100;
-const BULK_ROWS: i32 = 2_000;
+const BULK_ROWS: i32 = 1_000;
 const BULK_CHUNK: usize = 100;
 
 /// The region's rows in id order: (count, checksum over every column).

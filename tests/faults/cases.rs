@@ -538,34 +538,44 @@ impl SoakStep<'_> {
                     Err(e) => self.row.other(format!("read: {e}")),
                 }
             }
-            // Read a window through the cache.
+            // Read a window through the cache, three times in a row (hits, unless a write
+            // came in between), each read held to the model.
             _ => {
                 let from = base + self.rng.below(8) as i32 * 100_000;
-                let q = items::table
-                    .filter(in_range(from, 100_000))
-                    .select(items::id)
-                    .order(items::id)
-                    .budget(Budget::rows(100_000));
-                match self.cache.load::<_, _, _, i32>(q, &mut conn) {
-                    Ok(ids) => {
-                        let expected = self.expected(&before, from..from + 100_000);
-                        let unique: BTreeSet<i32> = ids.iter().copied().collect();
-                        self.row.duplicated += (ids.len() - unique.len()) as u64;
-                        let missing = expected.difference(&unique).count();
-                        let resurrected = unique.intersection(&before.deleted).count();
-                        if missing + resurrected > 0 {
-                            self.row.other(format!(
-                                "stale read: {missing} acknowledged rows missing, \
-                                 {resurrected} deleted rows returned"
-                            ));
-                        }
-                    }
-                    Err(e) => self.row.other(format!("cached read: {e}")),
+                for _ in 0..3 {
+                    self.cached_read(&mut conn, from);
                 }
                 return true;
             }
         }
         false
+    }
+
+    /// One read of the window at `from` through the cache: no row acknowledged before it began
+    /// is missing, no row whose delete was acknowledged before it began is returned.
+    fn cached_read(&mut self, conn: &mut diesel_budget::Conn<C>, from: i32) {
+        let before = self.model.lock().expect("model").clone();
+        let q = items::table
+            .filter(in_range(from, 100_000))
+            .select(items::id)
+            .order(items::id)
+            .budget(Budget::rows(100_000));
+        match self.cache.load::<_, _, _, i32>(q, conn) {
+            Ok(ids) => {
+                let expected = self.expected(&before, from..from + 100_000);
+                let unique: BTreeSet<i32> = ids.iter().copied().collect();
+                self.row.duplicated += (ids.len() - unique.len()) as u64;
+                let missing = expected.difference(&unique).count();
+                let resurrected = unique.intersection(&before.deleted).count();
+                if missing + resurrected > 0 {
+                    self.row.other(format!(
+                        "stale read: {missing} acknowledged rows missing, \
+                         {resurrected} deleted rows returned"
+                    ));
+                }
+            }
+            Err(e) => self.row.other(format!("cached read: {e}")),
+        }
     }
 }
 

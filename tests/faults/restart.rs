@@ -8,6 +8,8 @@
 struct Writes {
     attempted: BTreeSet<i32>,
     acked: BTreeSet<i32>,
+    /// Writes that returned an error: their ids and the failing statement.
+    failed: Vec<(Vec<i32>, String)>,
 }
 
 /// An error while the server is down or coming back: typed when it says the connection is gone
@@ -24,15 +26,26 @@ fn outage_error(row: &mut Row, e: &Error) {
 /// One write: `ids` in one transaction on a fresh checkout; acknowledged when it returns `Ok`.
 fn restart_write(db: &diesel_budget::Db<C>, writes: &Mutex<Writes>, ids: &[i32]) -> Result<(), Error> {
     writes.lock().expect("writes").attempted.extend(ids);
-    let mut conn = db.get()?;
-    conn.transaction::<(), Error, _>(|c| {
-        for &id in ids {
-            insert_one(c, id)?;
-        }
-        Ok(())
-    })?;
-    writes.lock().expect("writes").acked.extend(ids);
-    Ok(())
+    let r = db.get().and_then(|mut conn| {
+        conn.transaction::<(), Error, _>(|c| {
+            for &id in ids {
+                insert_one(c, id)?;
+            }
+            Ok(())
+        })
+    });
+    let mut w = writes.lock().expect("writes");
+    match &r {
+        Ok(()) => w.acked.extend(ids),
+        Err(e) => w.failed.push((
+            ids.to_vec(),
+            match e {
+                Error::Pool(_) => "checkout".to_owned(),
+                e => e.sql().unwrap_or("?").chars().take(12).collect(),
+            },
+        )),
+    }
+    r
 }
 
 /// One read of every row the restart cases wrote, held to what was acknowledged before it
@@ -122,13 +135,18 @@ fn server_restart(rng: &mut Rng) -> Vec<Row> {
             if phantom > 0 {
                 busy.other(format!("{phantom} rows nobody wrote"));
             }
-            let unknown = seen.iter().filter(|id| !w.acked.contains(id)).count();
+            let there: BTreeSet<i32> = seen.iter().copied().collect();
+            let mut failed: std::collections::BTreeMap<(&str, bool), usize> = Default::default();
+            for (ids, sql) in &w.failed {
+                *failed
+                    .entry((sql.as_str(), ids.iter().any(|id| there.contains(id))))
+                    .or_default() += 1;
+            }
             eprintln!(
-                "server restart / {}: {} writes acknowledged, {} unacknowledged (errors) of \
-                 which {unknown} committed",
+                "server restart / {}: {} rows written and acknowledged; failed writes by \
+                 failing step and (committed anyway): {failed:?}",
                 C::KIND,
                 w.acked.len(),
-                w.attempted.len() - w.acked.len(),
             );
         }
         Err(e) => busy.other(format!("final read: {e:?}")),

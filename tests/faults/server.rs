@@ -282,7 +282,16 @@ impl Server {
                 self.as_owner(
                     "pg_ctl stop",
                     &mut cmd,
-                    &["-D", path_str(&data)?, "-m", "fast", "-w", "-t", "30", "stop"],
+                    &[
+                        "-D",
+                        path_str(&data)?,
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "30",
+                        "stop",
+                    ],
                 )
             }
             Kind::Mariadb => {

@@ -65,6 +65,8 @@ const INTENTIONAL: &str = "fault suite: intentional panic";
 struct Row {
     fault: &'static str,
     backend: &'static str,
+    /// The case's key for `FAULT_ONLY`.
+    key: &'static str,
     runs: u64,
     typed: u64,
     other: u64,
@@ -111,15 +113,25 @@ impl Row {
     }
 }
 
-fn print_table(rows: &[Row]) {
+/// The table, with the command that reproduces each row of this run.
+fn print_table(rows: &[Row], seed: u64) {
     println!(
-        "| fault | backend | runs | typed errors | other errors | panics | rows lost | rows duplicated |"
+        "| fault | backend | runs | typed errors | other errors | panics | rows lost | rows duplicated | reproduce |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.fault, r.backend, r.runs, r.typed, r.other, r.panics, r.lost, r.duplicated
+            "| {} | {} | {} | {} | {} | {} | {} | {} | `FAULT_SEED={seed} FAULT_ONLY=\"{} {}\"` |",
+            r.fault,
+            r.backend,
+            r.runs,
+            r.typed,
+            r.other,
+            r.panics,
+            r.lost,
+            r.duplicated,
+            r.key,
+            r.backend
         );
     }
     for r in rows.iter().filter(|r| !r.notes.is_empty()) {
@@ -298,7 +310,7 @@ fn main() {
             Err(_) => crashed += 1,
         }
     }
-    print_table(&rows);
+    print_table(&rows, seed);
     println!(
         "{} faults in {:.0} s",
         rows.iter().map(|r| r.runs).sum::<u64>(),

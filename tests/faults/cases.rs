@@ -601,7 +601,8 @@ pub fn run_backend(extra: Vec<(&'static str, Case)>, seed: u64) -> Vec<Row> {
         // Each case its own generator, so that FAULT_ONLY replays a case of a FAULT_SEED run.
         let mut rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let start = Instant::now();
-        let r = case(&env, &mut rng);
+        let mut r = case(&env, &mut rng);
+        r.key = key;
         eprintln!(
             "{} / {}: {} runs in {:.1} s",
             r.fault,
@@ -612,7 +613,10 @@ pub fn run_backend(extra: Vec<(&'static str, Case)>, seed: u64) -> Vec<Row> {
         rows.push(r);
     }
     if C::KIND == diesel_budget::BackendKind::Sqlite && selected::<C>("restart") {
-        rows.push(Row::new::<C>("server restart: n/a (embedded)"));
+        rows.push(Row {
+            key: "restart",
+            ..Row::new::<C>("server restart: n/a (embedded)")
+        });
     }
     rows
 }

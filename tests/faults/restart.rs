@@ -79,8 +79,14 @@ fn own_server() -> Result<server::Server, String> {
 /// the outage, no panic, the pool working again after it, and every acknowledged write there
 /// exactly once.
 fn server_restart(rng: &mut Rng) -> Vec<Row> {
-    let mut idle = Row::new::<C>("server restart, pool idle");
-    let mut busy = Row::new::<C>("server restart, pool busy (6 threads, pool of 4)");
+    let mut idle = Row {
+        key: "restart",
+        ..Row::new::<C>("server restart, pool idle")
+    };
+    let mut busy = Row {
+        key: "restart",
+        ..Row::new::<C>("server restart, pool busy (6 threads, pool of 4)")
+    };
     let started = Instant::now();
     let mut srv = match own_server() {
         Ok(s) => s,

@@ -187,6 +187,9 @@ step "layout: no connection type or backend feature outside src/backend/" \
 step "cargo fmt --all -- --check" cargo fmt --all -- --check
 step "cargo clippy --all-targets --all-features -- -D warnings" \
     cargo clippy --all-targets --all-features -- -D warnings
+# The fault suite has `test = false` (run as a step of its own), so --all-targets leaves it out.
+step "cargo clippy --all-features --test faults -- -D warnings" \
+    cargo clippy --all-features --test faults -- -D warnings
 step "cargo doc --no-deps --all-features (RUSTDOCFLAGS=-D warnings)" \
     env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 step "cargo test --all-features (unit, SQLite/PostgreSQL/MariaDB, doc)" cargo test --all-features

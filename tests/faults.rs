@@ -273,6 +273,7 @@ mod mysql {
     }
 }
 
+#[allow(clippy::vec_init_then_push)] // one push per backend feature
 fn main() {
     // Not strict: the faults' own writes go through the escape hatch (see `common::STRICT`).
     common::STRICT.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -186,7 +186,8 @@ fn time_budget_exceeded(env: &Env<C>, _: &mut Rng) -> Row {
 /// errors or results, never a panic, and the pool works after each.
 fn hostile_budgets_and_inputs(env: &Env<C>, _: &mut Rng) -> Row {
     let mut row = Row::new::<C>("hostile budgets and inputs");
-    let invalid: [fn(&mut diesel_budget::Conn<C>) -> diesel_budget::Result<Vec<Item>>; 4] = [
+    type Load = fn(&mut diesel_budget::Conn<C>) -> diesel_budget::Result<Vec<Item>>;
+    let invalid: [Load; 4] = [
         |c| items::table.budget(Budget::rows(0)).load(c),
         |c| items::table.budget(Budget::rows(MAX_ROWS + 1)).load(c),
         |c| items::table.budget(Budget::rows(1).bytes(0)).load(c),

@@ -3,6 +3,7 @@
 #   - build dependencies: libpq-dev, default-libmysqlclient-dev, libsqlite3-dev (for the diesel
 #     CLI), pkg-config, a C compiler;
 #   - PostgreSQL, MariaDB and Redis installed, running and reachable on 127.0.0.1;
+#   - initdb/pg_ctl and mariadb-install-db/mariadbd for the fault suite's own throwaway servers;
 #   - the test databases (from PG_DATABASE_URL / MYSQL_DATABASE_URL) and the tour's databases.
 #
 # Installs and starts only what is missing; an already-working setup is left as it is. On a
@@ -246,8 +247,21 @@ redis_up() {
     say "Redis: $REDIS_HOST:$REDIS_PORT reachable"
 }
 
+# The fault suite starts throwaway servers of its own (tests/faults/server.rs) to restart
+# them: it needs initdb/pg_ctl (postgresql) and mariadb-install-db/mariadbd (mariadb-server)
+# installed here even when the test servers are remote.
+throwaway_server_deps() {
+    ensure_packages postgresql mariadb-server
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
+        die "postgresql is installed but no /usr/lib/postgresql/*/bin/initdb"
+    command -v mariadb-install-db >/dev/null 2>&1 || command -v mysql_install_db >/dev/null 2>&1 ||
+        die "mariadb-server is installed but there is no mariadb-install-db"
+    say "throwaway servers for the fault suite: initdb, mariadb-install-db ok"
+}
+
 services_up() {
     build_deps
+    throwaway_server_deps
     postgres_up
     mariadb_up
     redis_up

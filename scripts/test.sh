@@ -11,6 +11,8 @@
 #     no backend feature at all is a clear compile error.
 #  4. The real diesel CLI runs and redoes our migrations on SQLite, PostgreSQL and MariaDB.
 #  5. The tour, small, on all three backends.
+#  The fault suite (tests/faults.rs, its table in the README) and the cargo-fuzz targets run
+#  between 3 and 3b.
 #
 # Servers: PG_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/diesel_budget_test) and
 # MYSQL_DATABASE_URL (default mysql://root@127.0.0.1:3306/diesel_budget_test).
@@ -147,6 +149,28 @@ migrate() {
         die "$name: diesel migration list shows no applied migration"
 }
 
+# The cargo-fuzz targets (fuzz/: page tokens, budget lockfiles), FUZZ_SECONDS (20) each. On
+# the stable toolchain through RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z flags); installs
+# cargo-fuzz when missing (about 2.5 min). The committed lockfiles seed the lockfile corpus;
+# corpus, artifacts and fuzz/target stay untracked (.gitignore). The first build is long
+# (everything again with ASan: ~15 min on 2 loaded cores; then incremental).
+fuzz_targets() {
+    local t0 target seeds
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        say "cargo-fuzz not found: cargo install cargo-fuzz --locked"
+        t0=$SECONDS
+        cargo install cargo-fuzz --locked
+        say "cargo-fuzz installed in $((SECONDS - t0)) s"
+    fi
+    for target in page_token lockfile; do
+        mkdir -p "fuzz/corpus/$target"
+        seeds=()
+        if [ "$target" = lockfile ]; then seeds=(../tests/budgets); fi
+        (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" "${seeds[@]}" \
+            -- -max_total_time="${FUZZ_SECONDS:-20}")
+    done
+}
+
 # The tour, small, on each backend: debug build, same features as the tests (no rebuild).
 tour() {
     cargo run --all-features --example tour -- --rows 20000
@@ -163,6 +187,9 @@ step "layout: no connection type or backend feature outside src/backend/" \
 step "cargo fmt --all -- --check" cargo fmt --all -- --check
 step "cargo clippy --all-targets --all-features -- -D warnings" \
     cargo clippy --all-targets --all-features -- -D warnings
+# The fault suite has `test = false` (run as a step of its own), so --all-targets leaves it out.
+step "cargo clippy --all-features --test faults -- -D warnings" \
+    cargo clippy --all-features --test faults -- -D warnings
 step "cargo doc --no-deps --all-features (RUSTDOCFLAGS=-D warnings)" \
     env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 step "cargo test --all-features (unit, SQLite/PostgreSQL/MariaDB, doc)" cargo test --all-features
@@ -173,6 +200,7 @@ step "budget lockfiles: CI=true suite lockfile test, then diesel-budget check" \
 # trybuild's expected messages list the connection types of one feature set: the default one.
 step "cargo test --test compile_fail (default features: trybuild)" cargo test --test compile_fail
 step "fault suite: cargo test --all-features --test faults (its table in README)" cargo test --all-features --test faults
+step "cargo fuzz: page_token, lockfile (FUZZ_SECONDS=20 each)" fuzz_targets
 step "each backend feature alone: check --all-targets, doctests; none: compile_error!" \
     single_backends
 step "diesel CLI: migration run/redo on SQLite, PostgreSQL, MariaDB" diesel_cli_migrations

@@ -214,7 +214,12 @@ fn connection_lost(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as D};
     match e {
         D::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
-        D::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+        // libpq's "no connection to the server" comes as `UnableToSendCommand` when the
+        // session died before the statement could be sent (a COMMIT after a kill).
+        D::DatabaseError(
+            DatabaseErrorKind::Unknown | DatabaseErrorKind::UnableToSendCommand,
+            info,
+        ) => {
             let message = info.message().to_ascii_lowercase();
             CONNECTION_LOST.iter().any(|m| message.contains(m))
         }
@@ -248,14 +253,17 @@ impl Error {
     /// network lost), so the work can be retried on another connection: PostgreSQL's
     /// `ClosedConnection`, MySQL/MariaDB's "server has gone away" (2006), "Lost connection to
     /// server during query" (2013) and "Connection was killed" (1927); also inside
-    /// [`Error::Interrupted`], whose `resume_after` says where to pick the walk up. A pooled
+    /// [`Error::Interrupted`], whose `resume_after` says where to pick the walk up, and inside
+    /// [`Error::BulkInterrupted`], whose checkpoint says where to resume the write. A pooled
     /// connection that died is replaced at the next [`crate::Db::get`]. Whether the statement
     /// took effect before the connection died is unknown: retry writes only when they are
     /// idempotent or ran in a transaction (which then rolled back).
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Error::Query { source, .. } => connection_lost(source),
-            Error::Interrupted { source, .. } => source.is_connection_lost(),
+            Error::Interrupted { source, .. } | Error::BulkInterrupted { source, .. } => {
+                source.is_connection_lost()
+            }
             _ => false,
         }
     }
@@ -331,6 +339,10 @@ mod tests {
                 "Lost connection to server during query",
             ),
             db(DatabaseErrorKind::Unknown, "Connection was killed"),
+            db(
+                DatabaseErrorKind::UnableToSendCommand,
+                "no connection to the server\n",
+            ),
             D::RollbackErrorOnCommit {
                 rollback_error: Box::new(db(DatabaseErrorKind::Unknown, "Server has gone away")),
                 commit_error: Box::new(D::NotFound),
@@ -346,11 +358,20 @@ mod tests {
                 source: Box::new(err),
             };
             assert!(walk.is_connection_lost(), "{shown}");
+            let bulk = Error::BulkInterrupted {
+                checkpoint: crate::bulk::Checkpoint::default(),
+                source: walk.into(),
+            };
+            assert!(bulk.is_connection_lost(), "{shown}");
         }
         for e in [
             D::NotFound,
             db(DatabaseErrorKind::UniqueViolation, "lost connection to"),
             db(DatabaseErrorKind::Unknown, "syntax error"),
+            db(
+                DatabaseErrorKind::UnableToSendCommand,
+                "number of parameters must be between 0 and 65535",
+            ),
         ] {
             let shown = format!("{e:?}");
             assert!(!Error::query("SELECT 1", e).is_connection_lost(), "{shown}");

@@ -8,21 +8,35 @@
 //! (`harness = false`, `test = false` in Cargo.toml: a plain `cargo test` does not run it;
 //! scripts/test.sh runs it as a step of its own.) Environment: `PG_DATABASE_URL`,
 //! `MYSQL_DATABASE_URL` as for the integration tests; `FAULT_SEED` (a number) replays a run;
-//! `FAULT_RUNS` (default 100) kills per walk kind, `FAULT_SOAK_SECS` (default 8) the soak.
+//! `FAULT_RUNS` (default 100) kills per walk kind, `FAULT_BULK_RUNS` (default 30) kills per bulk
+//! mode, `FAULT_SOAK_SECS` (default 8) the soak; `FAULT_ONLY` runs only the cases whose
+//! "<key> <backend>" contains it (keys: panic, exhaustion, time, hostile, bulk, tokens, soak,
+//! killed, restart; each case draws from its own generator, so `FAULT_SEED` with `FAULT_ONLY`
+//! replays that case of a whole run).
+//!
+//! The server restart cases start servers of their own (tests/faults/server.rs: initdb +
+//! pg_ctl, mariadb-install-db + mariadbd, in a temporary directory on a free port), restart
+//! those, and stop them at the end; the servers of `PG_DATABASE_URL` / `MYSQL_DATABASE_URL` are
+//! never restarted.
 //!
 //! It fails on any panic, row lost or duplicated, or error that is not the typed error the
 //! fault calls for ("other errors").
 //!
 //! # Adding a fault (extension point)
-//! Pagination, bulk writes and the cache bring their own rows: write a
-//! `fn my_fault(env: &Env<C>, rng: &mut Rng) -> Row` in tests/faults/cases.rs (the same body
+//! Write a `fn my_fault(env: &Env<C>, rng: &mut Rng) -> Row` in tests/faults/ (the same body
 //! runs on every backend, `C` being its connection type; count runs, typed and other errors,
-//! lost and duplicated rows in the `Row`; `Row::run` counts a panic) and add it to `cases()`
-//! there, or to `server_cases()` in tests/faults/killed.rs when it needs a server session to
-//! kill. Take test numbers (`id_base`) of your own.
+//! lost and duplicated rows in the `Row`; `Row::run` counts a panic) and add it with a key to
+//! `cases()` in tests/faults/cases.rs, or to `server_cases()` in tests/faults/killed.rs when it
+//! needs a server session to kill. Take test numbers (`id_base`) of your own. Bulk writes
+//! (bulk.rs, bulk_killed.rs), page tokens (tokens.rs), the in-process cache (cached reads in
+//! the soak) and the server restart (restart.rs) have theirs; the cache's shared tiers come
+//! next.
 
 #[path = "common/mod.rs"]
 mod common;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[path = "faults/server.rs"]
+mod server;
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,7 +49,7 @@ use diesel_budget::batch::BatchMode;
 use diesel_budget::budget::MAX_ROWS;
 use diesel_budget::demo::{items, Item};
 use diesel_budget::prelude::*;
-use diesel_budget::{BudgetConnection, Error, Exceeded};
+use diesel_budget::{bulk, BudgetConnection, Error, Exceeded};
 
 use common::slow::Slow;
 use common::{id_base, in_range, Backend, CommittedRows, Killable, TestDb};
@@ -51,6 +65,8 @@ const INTENTIONAL: &str = "fault suite: intentional panic";
 struct Row {
     fault: &'static str,
     backend: &'static str,
+    /// The case's key for `FAULT_ONLY`.
+    key: &'static str,
     runs: u64,
     typed: u64,
     other: u64,
@@ -97,15 +113,25 @@ impl Row {
     }
 }
 
-fn print_table(rows: &[Row]) {
+/// The table, with the command that reproduces each row of this run.
+fn print_table(rows: &[Row], seed: u64) {
     println!(
-        "| fault | backend | runs | typed errors | other errors | panics | rows lost | rows duplicated |"
+        "| fault | backend | runs | typed errors | other errors | panics | rows lost | rows duplicated | reproduce |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.fault, r.backend, r.runs, r.typed, r.other, r.panics, r.lost, r.duplicated
+            "| {} | {} | {} | {} | {} | {} | {} | {} | `FAULT_SEED={seed} FAULT_ONLY=\"{} {}\"` |",
+            r.fault,
+            r.backend,
+            r.runs,
+            r.typed,
+            r.other,
+            r.panics,
+            r.lost,
+            r.duplicated,
+            r.key,
+            r.backend
         );
     }
     for r in rows.iter().filter(|r| !r.notes.is_empty()) {
@@ -180,6 +206,15 @@ fn stream_rows<C: Backend>() -> i32 {
     }
 }
 
+/// Whether the case with key `key` runs on backend `C`: every case, unless `FAULT_ONLY` is set,
+/// then those whose "<key> <backend>" contains it (`FAULT_ONLY=bulk`, `FAULT_ONLY="restart
+/// postgres"`). Keys: panic, exhaustion, time, hostile, bulk, tokens, soak, killed, restart.
+fn selected<C: BudgetConnection>(key: &str) -> bool {
+    std::env::var("FAULT_ONLY").map_or(true, |only| {
+        format!("{key} {}", C::KIND.name()).contains(&only)
+    })
+}
+
 fn all_ids(from: i32, to: i32) -> BTreeSet<i32> {
     (from..to).collect()
 }
@@ -193,6 +228,8 @@ mod sqlite {
     use super::*;
     type C = diesel::sqlite::SqliteConnection;
     include!("faults/cases.rs");
+    include!("faults/bulk.rs");
+    include!("faults/tokens.rs");
     pub fn suite(seed: u64) -> Vec<Row> {
         run_backend(Vec::new(), seed)
     }
@@ -203,9 +240,17 @@ mod postgres {
     use super::*;
     type C = diesel::pg::PgConnection;
     include!("faults/cases.rs");
+    include!("faults/bulk.rs");
+    include!("faults/tokens.rs");
     include!("faults/killed.rs");
+    include!("faults/bulk_killed.rs");
+    include!("faults/restart.rs");
     pub fn suite(seed: u64) -> Vec<Row> {
-        run_backend(server_cases(), seed)
+        let mut rows = run_backend(server_cases(), seed);
+        if selected::<C>("restart") {
+            rows.extend(server_restart(&mut Rng::new(seed ^ 0x5e5e)));
+        }
+        rows
     }
 }
 
@@ -214,12 +259,21 @@ mod mysql {
     use super::*;
     type C = diesel::mysql::MysqlConnection;
     include!("faults/cases.rs");
+    include!("faults/bulk.rs");
+    include!("faults/tokens.rs");
     include!("faults/killed.rs");
+    include!("faults/bulk_killed.rs");
+    include!("faults/restart.rs");
     pub fn suite(seed: u64) -> Vec<Row> {
-        run_backend(server_cases(), seed)
+        let mut rows = run_backend(server_cases(), seed);
+        if selected::<C>("restart") {
+            rows.extend(server_restart(&mut Rng::new(seed ^ 0x5e5e)));
+        }
+        rows
     }
 }
 
+#[allow(clippy::vec_init_then_push)] // one push per backend feature
 fn main() {
     // Not strict: the faults' own writes go through the escape hatch (see `common::STRICT`).
     common::STRICT.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -241,7 +295,6 @@ fn main() {
             .unwrap_or(1),
     );
     println!("fault suite, FAULT_SEED={seed}");
-    eprintln!("note: server restart is not exercised: the suite did not start the servers");
     let start = Instant::now();
     let mut handles: Vec<std::thread::JoinHandle<Vec<Row>>> = Vec::new();
     #[cfg(feature = "sqlite")]
@@ -258,7 +311,7 @@ fn main() {
             Err(_) => crashed += 1,
         }
     }
-    print_table(&rows);
+    print_table(&rows, seed);
     println!(
         "{} faults in {:.0} s",
         rows.iter().map(|r| r.runs).sum::<u64>(),

@@ -147,7 +147,12 @@ impl Lockfile {
             path: path.to_owned(),
             source: source.to_string(),
         })?;
-        serde_json::from_str(&text).map_err(|e| LockError::Parse {
+        Self::parse(path, &text)
+    }
+
+    /// Parses the text of the lockfile at `path` (named in the error).
+    fn parse(path: &Path, text: &str) -> Result<Self, LockError> {
+        serde_json::from_str(text).map_err(|e| LockError::Parse {
             path: path.to_owned(),
             reason: e.to_string(),
         })
@@ -348,6 +353,32 @@ impl fmt::Display for LockReport {
         }
         Ok(())
     }
+}
+
+/// For the `cargo fuzz` target in `fuzz/` (not an API): reads `bytes` as the text of a
+/// lockfile, as [`Lockfile::read`] does. A lockfile that parses must write back to text that
+/// parses to the same lockfile, compare with itself without a regression, and print its report
+/// (each of these panics otherwise, which is what the fuzzer looks for). Returns whether it
+/// parsed.
+#[doc(hidden)]
+pub fn __fuzz_lockfile(bytes: &[u8]) -> bool {
+    let path = Path::new("fuzz.json");
+    let Some(lock) = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| Lockfile::parse(path, text).ok())
+    else {
+        return false;
+    };
+    let again = Lockfile::parse(path, &lock.to_json());
+    assert_eq!(
+        again.as_ref(),
+        Ok(&lock),
+        "a lockfile does not survive writing it back"
+    );
+    let report = lock.compare(&lock);
+    assert!(!report.regressed(), "a lockfile regressed against itself");
+    let _ = (report.to_string(), report.table());
+    true
 }
 
 /// Why a lockfile check failed.

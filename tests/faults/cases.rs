@@ -22,15 +22,19 @@ fn present(db: &diesel_budget::Db<C>, ids: &[i32]) -> BTreeSet<i32> {
 
 type Case = fn(&Env<C>, &mut Rng) -> Row;
 
-/// The faults every backend gets. Add yours here (see the module docs).
-fn cases() -> Vec<Case> {
+/// The faults every backend gets, each with the key `FAULT_ONLY` selects it by. Add yours
+/// here (see the module docs).
+fn cases() -> Vec<(&'static str, Case)> {
     vec![
-        panic_caught,
-        panic_uncaught,
-        pool_exhaustion,
-        time_budget_exceeded,
-        hostile_budgets_and_inputs,
-        soak,
+        ("panic", panic_caught),
+        ("panic", panic_uncaught),
+        ("exhaustion", pool_exhaustion),
+        ("time", time_budget_exceeded),
+        ("hostile", hostile_budgets_and_inputs),
+        ("bulk", |e, r| bulk_injected(e, r, true)),
+        ("bulk", |e, r| bulk_injected(e, r, false)),
+        ("tokens", tampered_page_tokens),
+        ("soak", soak),
     ]
 }
 
@@ -182,7 +186,8 @@ fn time_budget_exceeded(env: &Env<C>, _: &mut Rng) -> Row {
 /// errors or results, never a panic, and the pool works after each.
 fn hostile_budgets_and_inputs(env: &Env<C>, _: &mut Rng) -> Row {
     let mut row = Row::new::<C>("hostile budgets and inputs");
-    let invalid: [fn(&mut diesel_budget::Conn<C>) -> diesel_budget::Result<Vec<Item>>; 4] = [
+    type Load = fn(&mut diesel_budget::Conn<C>) -> diesel_budget::Result<Vec<Item>>;
+    let invalid: [Load; 4] = [
         |c| items::table.budget(Budget::rows(0)).load(c),
         |c| items::table.budget(Budget::rows(MAX_ROWS + 1)).load(c),
         |c| items::table.budget(Budget::rows(1).bytes(0)).load(c),
@@ -262,20 +267,37 @@ fn hostile_budgets_and_inputs(env: &Env<C>, _: &mut Rng) -> Row {
     row
 }
 
+/// What the soak's threads committed: the rows there now, the ids whose delete has begun, and
+/// those whose delete was acknowledged (ids are never reused).
+#[derive(Clone, Default)]
+struct SoakModel {
+    committed: BTreeSet<i32>,
+    deleting: BTreeSet<i32>,
+    deleted: BTreeSet<i32>,
+}
+
 /// 8 threads on a pool of 4 for a bounded time: writes (some panicking inside their
-/// transaction), keyset and streamed walks, reads and timed reads, checked against a model of
-/// the committed rows.
+/// transaction), deletes, keyset and streamed walks, reads, timed reads and reads through the
+/// in-process cache, checked against a model of the committed rows. A cached read that misses
+/// a row acknowledged before it began, or returns a row whose delete was acknowledged before
+/// it began, is a stale read (an other error).
 fn soak(_: &Env<C>, rng: &mut Rng) -> Row {
-    let mut row = Row::new::<C>("soak: 8 threads, pool of 4");
+    let mut row = Row::new::<C>("soak: 8 threads, pool of 4, cached reads");
     let tdb = C::private_db(4);
+    let cache = diesel_budget::cache::Cache::builder()
+        .max_bytes(16 << 20)
+        .build()
+        .expect("cache");
+    cache.attach(&tdb.db);
     let base = id_base(27);
     {
         let mut conn = tdb.db.get().expect("checkout");
         C::delete_range(&mut conn, base, base + 1_000_000);
     }
-    let model: Arc<Mutex<BTreeSet<i32>>> = Arc::default();
+    let model: Arc<Mutex<SoakModel>> = Arc::default();
     let report = Arc::new(Mutex::new(Row::new::<C>("soak")));
     let stop = Arc::new(AtomicBool::new(false));
+    let cached_reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let secs = env_u64("FAULT_SOAK_SECS", 8);
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -283,13 +305,29 @@ fn soak(_: &Env<C>, rng: &mut Rng) -> Row {
             let model = Arc::clone(&model);
             let report = Arc::clone(&report);
             let stop = Arc::clone(&stop);
+            let cache = cache.clone();
+            let cached_reads = Arc::clone(&cached_reads);
             let seed = rng.next();
             std::thread::spawn(move || {
                 let mut rng = Rng::new(seed);
                 let mut next_id = base + t * 100_000;
+                let mut mine: Vec<i32> = Vec::new();
                 let mut local = Row::default();
                 while !stop.load(Ordering::Relaxed) {
-                    local.run(|row| soak_step(&db, &model, &mut rng, &mut next_id, row));
+                    local.run(|row| {
+                        let mut step = SoakStep {
+                            db: &db,
+                            cache: &cache,
+                            model: &model,
+                            rng: &mut rng,
+                            next_id: &mut next_id,
+                            mine: &mut mine,
+                            row,
+                        };
+                        if step.run() {
+                            cached_reads.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
                 }
                 let mut r = report.lock().expect("report");
                 r.runs += local.runs;
@@ -317,8 +355,18 @@ fn soak(_: &Env<C>, rng: &mut Rng) -> Row {
     row.lost = r.lost;
     row.duplicated = r.duplicated;
     row.notes = r.notes;
+    let stats = cache.stats();
+    eprintln!(
+        "{} / {}: {} cached reads ({} hits, {} misses, {} invalidations)",
+        row.fault,
+        row.backend,
+        cached_reads.load(Ordering::Relaxed),
+        stats.hits,
+        stats.misses,
+        stats.invalidations
+    );
     // The end state is exactly the model.
-    let model = model.lock().expect("model").clone();
+    let model = model.lock().expect("model").committed.clone();
     let mut conn = tdb.db.get().expect("checkout");
     let mut seen = Vec::new();
     for batch in items::table
@@ -340,109 +388,201 @@ fn soak(_: &Env<C>, rng: &mut Rng) -> Row {
     row
 }
 
-fn soak_step(
-    db: &diesel_budget::Db<C>,
-    model: &Mutex<BTreeSet<i32>>,
-    rng: &mut Rng,
-    next_id: &mut i32,
-    row: &mut Row,
-) {
-    let base = id_base(27);
-    let mut conn = match db.get() {
-        Ok(c) => c,
-        Err(e) => return row.other(e),
-    };
-    let before = model.lock().expect("model").clone();
-    match rng.below(100) {
-        // Write 1..=5 rows in a transaction; one in ten panics inside it.
-        0..=34 => {
-            let n = 1 + rng.below(5) as i32;
-            let ids: Vec<i32> = (*next_id..*next_id + n).collect();
-            *next_id += n;
-            let doomed = rng.below(10) == 0;
-            let r = catch_unwind(AssertUnwindSafe(|| {
-                conn.transaction::<(), Error, _>(|c| {
-                    for &id in &ids {
-                        insert_one(c, id)?;
-                    }
-                    if doomed {
-                        panic!("{INTENTIONAL}");
-                    }
-                    Ok(())
-                })
-            }));
-            match r {
-                Ok(Ok(())) => model.lock().expect("model").extend(&ids),
-                Ok(Err(e)) => {
-                    row.other(format!("write: {e}"));
-                    // Whatever is there now is the truth.
-                    drop(conn);
-                    let there = present(db, &ids);
-                    model.lock().expect("model").extend(there);
-                }
-                Err(_) if doomed => {
-                    // The next write on the same `Conn` must commit for real.
-                    let id = *next_id;
-                    *next_id += 1;
-                    match conn.transaction::<(), Error, _>(|c| insert_one(c, id)) {
-                        Ok(()) => model.lock().expect("model").insert(id),
-                        Err(e) => return row.other(format!("write after a panic: {e}")),
-                    };
-                }
-                Err(p) => std::panic::resume_unwind(p),
+/// One operation of a soak thread.
+struct SoakStep<'a> {
+    db: &'a diesel_budget::Db<C>,
+    cache: &'a diesel_budget::cache::Cache,
+    model: &'a Mutex<SoakModel>,
+    rng: &'a mut Rng,
+    next_id: &'a mut i32,
+    /// This thread's committed ids (the ones it may delete).
+    mine: &'a mut Vec<i32>,
+    row: &'a mut Row,
+}
+
+impl SoakStep<'_> {
+    /// The rows a read that began at `before` must return: those committed then, minus those
+    /// whose delete has begun by now.
+    fn expected(&self, before: &SoakModel, range: std::ops::Range<i32>) -> BTreeSet<i32> {
+        let deleting = self.model.lock().expect("model").deleting.clone();
+        before
+            .committed
+            .range(range)
+            .filter(|id| !deleting.contains(id))
+            .copied()
+            .collect()
+    }
+
+    /// Runs one random operation; returns whether it was a cached read.
+    fn run(&mut self) -> bool {
+        let base = id_base(27);
+        let mut conn = match self.db.get() {
+            Ok(c) => c,
+            Err(e) => {
+                self.row.other(e);
+                return false;
             }
-        }
-        // Walk everything, keyset or streamed.
-        35..=59 => {
-            let mode = if rng.below(2) == 0 {
-                BatchMode::Keyset
-            } else {
-                BatchMode::Stream
-            };
-            let mut seen = Vec::new();
-            for r in items::table
-                .filter(in_range(base, 1_000_000))
-                .budget(Budget::rows(1 + rng.below(50)))
-                .batches_by(items::id, |i: &Item| i.id, &mut conn)
-                .mode(mode)
-                .rows()
-            {
+        };
+        let before = self.model.lock().expect("model").clone();
+        match self.rng.below(100) {
+            // Write 1..=5 rows in a transaction; one in ten panics inside it.
+            0..=29 => {
+                let n = 1 + self.rng.below(5) as i32;
+                let ids: Vec<i32> = (*self.next_id..*self.next_id + n).collect();
+                *self.next_id += n;
+                let doomed = self.rng.below(10) == 0;
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    conn.transaction::<(), Error, _>(|c| {
+                        for &id in &ids {
+                            insert_one(c, id)?;
+                        }
+                        if doomed {
+                            panic!("{INTENTIONAL}");
+                        }
+                        Ok(())
+                    })
+                }));
                 match r {
-                    Ok(item) => seen.push(item.id),
-                    Err(e) => return row.other(format!("walk: {e}")),
+                    Ok(Ok(())) => {
+                        self.model.lock().expect("model").committed.extend(&ids);
+                        self.mine.extend(&ids);
+                    }
+                    Ok(Err(e)) => {
+                        self.row.other(format!("write: {e}"));
+                        // Whatever is there now is the truth.
+                        drop(conn);
+                        let there = present(self.db, &ids);
+                        self.mine.extend(&there);
+                        self.model.lock().expect("model").committed.extend(there);
+                    }
+                    Err(_) if doomed => {
+                        // The next write on the same `Conn` must commit for real.
+                        let id = *self.next_id;
+                        *self.next_id += 1;
+                        match conn.transaction::<(), Error, _>(|c| insert_one(c, id)) {
+                            Ok(()) => {
+                                self.model.lock().expect("model").committed.insert(id);
+                                self.mine.push(id);
+                            }
+                            Err(e) => self.row.other(format!("write after a panic: {e}")),
+                        };
+                    }
+                    Err(p) => std::panic::resume_unwind(p),
                 }
             }
-            row.compare(&seen, &before);
+            // Delete one of this thread's rows.
+            30..=34 => {
+                if self.mine.is_empty() {
+                    return false;
+                }
+                let id = self
+                    .mine
+                    .swap_remove(self.rng.below(self.mine.len() as u64) as usize);
+                self.model.lock().expect("model").deleting.insert(id);
+                match diesel::delete(items::table.filter(items::id.eq(id)))
+                    .execute(conn.unbudgeted())
+                {
+                    Ok(1) => {
+                        let mut m = self.model.lock().expect("model");
+                        m.committed.remove(&id);
+                        m.deleted.insert(id);
+                    }
+                    Ok(n) => self.row.other(format!("delete of one row deleted {n}")),
+                    Err(e) => self.row.other(format!("delete: {e}")),
+                }
+            }
+            // Walk everything, keyset or streamed.
+            35..=59 => {
+                let mode = if self.rng.below(2) == 0 {
+                    BatchMode::Keyset
+                } else {
+                    BatchMode::Stream
+                };
+                let mut seen = Vec::new();
+                for r in items::table
+                    .filter(in_range(base, 1_000_000))
+                    .budget(Budget::rows(1 + self.rng.below(50)))
+                    .batches_by(items::id, |i: &Item| i.id, &mut conn)
+                    .mode(mode)
+                    .rows()
+                {
+                    match r {
+                        Ok(item) => seen.push(item.id),
+                        Err(e) => {
+                            self.row.other(format!("walk: {e}"));
+                            return false;
+                        }
+                    }
+                }
+                let expected = self.expected(&before, base..base + 1_000_000);
+                self.row.compare(&seen, &expected);
+            }
+            // Read a window, some under a time limit.
+            60..=79 => {
+                let from = base + self.rng.below(8) as i32 * 100_000;
+                let budget = Budget::rows(100_000);
+                let budget = if self.rng.below(2) == 0 {
+                    budget.time(Duration::from_secs(10))
+                } else {
+                    budget
+                };
+                match items::table
+                    .filter(in_range(from, 100_000))
+                    .select(items::id)
+                    .order(items::id)
+                    .budget(budget)
+                    .load::<i32>(&mut conn)
+                {
+                    Ok(ids) => {
+                        let expected = self.expected(&before, from..from + 100_000);
+                        self.row.compare(&ids, &expected);
+                    }
+                    Err(e) => self.row.other(format!("read: {e}")),
+                }
+            }
+            // Read a window through the cache, three times in a row (hits, unless a write
+            // came in between), each read held to the model.
+            _ => {
+                let from = base + self.rng.below(8) as i32 * 100_000;
+                for _ in 0..3 {
+                    self.cached_read(&mut conn, from);
+                }
+                return true;
+            }
         }
-        // Read a window, some under a time limit.
-        _ => {
-            let from = base + rng.below(8) as i32 * 100_000;
-            let budget = Budget::rows(100_000);
-            let budget = if rng.below(2) == 0 {
-                budget.time(Duration::from_secs(10))
-            } else {
-                budget
-            };
-            match items::table
-                .filter(in_range(from, 100_000))
-                .select(items::id)
-                .order(items::id)
-                .budget(budget)
-                .load::<i32>(&mut conn)
-            {
-                Ok(ids) => {
-                    let expected: BTreeSet<i32> =
-                        before.range(from..from + 100_000).copied().collect();
-                    row.compare(&ids, &expected);
+        false
+    }
+
+    /// One read of the window at `from` through the cache: no row acknowledged before it began
+    /// is missing, no row whose delete was acknowledged before it began is returned.
+    fn cached_read(&mut self, conn: &mut diesel_budget::Conn<C>, from: i32) {
+        let before = self.model.lock().expect("model").clone();
+        let q = items::table
+            .filter(in_range(from, 100_000))
+            .select(items::id)
+            .order(items::id)
+            .budget(Budget::rows(100_000));
+        match self.cache.load::<_, _, _, i32>(q, conn) {
+            Ok(ids) => {
+                let expected = self.expected(&before, from..from + 100_000);
+                let unique: BTreeSet<i32> = ids.iter().copied().collect();
+                self.row.duplicated += (ids.len() - unique.len()) as u64;
+                let missing = expected.difference(&unique).count();
+                let resurrected = unique.intersection(&before.deleted).count();
+                if missing + resurrected > 0 {
+                    self.row.other(format!(
+                        "stale read: {missing} acknowledged rows missing, \
+                         {resurrected} deleted rows returned"
+                    ));
                 }
-                Err(e) => row.other(format!("read: {e}")),
             }
+            Err(e) => self.row.other(format!("cached read: {e}")),
         }
     }
 }
 
 /// Runs every case for this backend.
-pub fn run_backend(extra: Vec<Case>, seed: u64) -> Vec<Row> {
+pub fn run_backend(extra: Vec<(&'static str, Case)>, seed: u64) -> Vec<Row> {
     let tdb = C::private_db(4);
     let walk_from = id_base(28);
     let stream_from = walk_from + 100_000;
@@ -454,11 +594,16 @@ pub fn run_backend(extra: Vec<Case>, seed: u64) -> Vec<Row> {
     // Dropped before `env` (whose SQLite file goes with it).
     let _rows = CommittedRows::insert(&env.tdb.db, walk_from, walk_from + WALK_ROWS);
     let _stream = CommittedRows::insert(&env.tdb.db, stream_from, stream_from + stream_rows::<C>());
-    let mut rng = Rng::new(seed);
     let mut rows = Vec::new();
-    for case in cases().into_iter().chain(extra) {
+    for (i, (key, case)) in cases().into_iter().chain(extra).enumerate() {
+        if !selected::<C>(key) {
+            continue;
+        }
+        // Each case its own generator, so that FAULT_ONLY replays a case of a FAULT_SEED run.
+        let mut rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let start = Instant::now();
-        let r = case(&env, &mut rng);
+        let mut r = case(&env, &mut rng);
+        r.key = key;
         eprintln!(
             "{} / {}: {} runs in {:.1} s",
             r.fault,
@@ -468,14 +613,11 @@ pub fn run_backend(extra: Vec<Case>, seed: u64) -> Vec<Row> {
         );
         rows.push(r);
     }
-    rows.push(Row {
-        notes: vec![],
-        ..Row::new::<C>(if C::KIND == diesel_budget::BackendKind::Sqlite {
-            "server restart: n/a (embedded)"
-        } else {
-            "server restart: skipped (the suite did not start this server)"
-        })
-    });
+    if C::KIND == diesel_budget::BackendKind::Sqlite && selected::<C>("restart") {
+        rows.push(Row {
+            key: "restart",
+            ..Row::new::<C>("server restart: n/a (embedded)")
+        });
+    }
     rows
 }
-

@@ -4,14 +4,16 @@
 // Faults that kill server sessions.
 
 /// The faults that kill server sessions (PostgreSQL, MariaDB).
-fn server_cases() -> Vec<Case> {
+fn server_cases() -> Vec<(&'static str, Case)> {
     vec![
-        |e, r| killed_at_random_rows(e, r, BatchMode::Keyset),
-        |e, r| killed_at_random_rows(e, r, BatchMode::Stream),
-        |e, r| killed_at_random_times(e, r, BatchMode::Keyset),
-        |e, r| killed_at_random_times(e, r, BatchMode::Stream),
-        killed_idle,
-        killed_in_use,
+        ("killed", |e, r| killed_at_random_rows(e, r, BatchMode::Keyset)),
+        ("killed", |e, r| killed_at_random_rows(e, r, BatchMode::Stream)),
+        ("killed", |e, r| killed_at_random_times(e, r, BatchMode::Keyset)),
+        ("killed", |e, r| killed_at_random_times(e, r, BatchMode::Stream)),
+        ("killed", killed_idle),
+        ("killed", killed_in_use),
+        ("bulk", |e, r| bulk_killed(e, r, true)),
+        ("bulk", |e, r| bulk_killed(e, r, false)),
     ]
 }
 

@@ -5,23 +5,28 @@
 //! (see [`crate::query`]).
 //!
 //! `mod.rs` holds the entry points ([`RunBudgetedDsl`], [`LoadBudgeted`], [`Executor`]);
-//! `run.rs` runs one statement under a budget (scope, time limit, ledger); `sink.rs` holds
-//! what collects its rows.
-
-use std::marker::PhantomData;
+//! `cursor.rs` the one metered cursor every read goes through (`load`, `first`, walks, streams,
+//! pages, cache fills); `run.rs` runs one statement through it under a budget (scope, time
+//! limit, ledger).
 
 use crate::backend::BudgetConnection;
-use crate::budget::{Meter, Meterage, Metering, Overflow};
+use crate::budget::{Meter, Metering, Overflow};
 use crate::error::{Error, Result};
 use crate::instrument::CallSite;
 use crate::query::{probe_limit, BudgetQuery, Budgeted};
 
+mod cursor;
 mod run;
-mod sink;
 
-use run::{execute, load, Seen};
+pub(crate) use cursor::All;
+use cursor::One;
+#[cfg(test)]
+pub(crate) use cursor::{Cursor, Take};
+pub(crate) use cursor::{Pull, Stream};
+use run::execute;
+#[doc(hidden)]
+pub use run::RunStatement;
 pub(crate) use run::{load_metered, Loaded};
-use sink::FirstRow;
 
 pub(crate) mod sealed {
     /// Proof that the caller is diesel-budget itself. Its field is private to this module and
@@ -88,7 +93,8 @@ where
     fn internal_load(self, conn: &mut C) -> Result<Self::Output> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load::<_, U, Q, M>(self.query, spec, probe_limit(spec.rows), false, conn)?;
+        let loaded =
+            execute::<_, U, Q, M, All>(self.query, spec, probe_limit(spec.rows), false, conn)?;
         match loaded.exceeded {
             // A locking read cannot probe: a full result may have more (see `crate::query`).
             None => {
@@ -103,7 +109,8 @@ where
     fn internal_get_result(self, conn: &mut C) -> Result<U> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let loaded = load::<_, U, Q, M>(self.query, spec, probe_limit(spec.rows), true, conn)?;
+        let loaded =
+            execute::<_, U, Q, M, All>(self.query, spec, probe_limit(spec.rows), true, conn)?;
         match loaded.exceeded {
             // Not even the first row fits: that is an overflow, not a missing row.
             Some(e) if !O::TRUNCATES || loaded.rows.is_empty() => Err(loaded.into_error(spec, e)),
@@ -114,32 +121,13 @@ where
     fn internal_first(self, conn: &mut C) -> Result<U> {
         let spec = self.budget.spec();
         self.budget.validate()?;
-        let mut sink = FirstRow::<U, M> {
-            row: None,
-            buffered: 0,
-            meter: Meterage::default(),
-            exceeded: None,
-            spec,
-            _meter: PhantomData,
-        };
-        let (ran, _tag) = execute(self.query, spec, 1, M::METERS_BYTES, conn, &mut sink, |s| {
-            Seen {
-                meter: s.meter,
-                buffered: s.buffered,
-                delivered: u64::from(s.row.is_some()),
-            }
-        })?;
-        let sql = ran.sql.unwrap_or_default();
-        match (sink.row, sink.exceeded) {
-            (_, Some(exceeded)) => Err(Error::BudgetExceeded {
-                sql,
-                budget: spec,
-                exceeded,
-                seen_rows: sink.meter.rows,
-                seen_bytes: sink.meter.bytes,
-            }),
-            (Some(row), None) => Ok(row),
-            (None, None) => Err(Error::query(sql, diesel::result::Error::NotFound)),
+        let loaded = execute::<_, U, Q, M, One>(self.query, spec, 1, true, conn)?;
+        match loaded.exceeded {
+            Some(exceeded) => Err(loaded.into_error(spec, exceeded)),
+            None => match loaded.rows {
+                Some(row) => Ok(row),
+                None => Err(Error::query(loaded.sql, diesel::result::Error::NotFound)),
+            },
         }
     }
 }
@@ -284,7 +272,7 @@ impl<Q, M: Metering, O: Overflow, X: Executor> RunBudgetedDsl<X> for Budgeted<Q,
     }
 }
 
-fn first_or_not_found<U>(mut loaded: Loaded<U>) -> Result<U> {
+fn first_or_not_found<U>(mut loaded: Loaded<Vec<U>>) -> Result<U> {
     loaded.tag.delivered(u64::from(!loaded.rows.is_empty()));
     match loaded.rows.into_iter().next() {
         Some(row) => Ok(row),

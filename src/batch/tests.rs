@@ -536,6 +536,17 @@ fn refusals_come_before_any_statement() {
         "{err:?}"
     );
     assert!(w.source.ran.is_empty());
+    // The same, one row at a time.
+    let mut fake = Fake::new(rows(1..=3, 0));
+    fake.own_limit = true;
+    let mut w = walk(fake, Budget::rows(2));
+    let (got, err) = each_row(&mut w);
+    assert!(got.is_empty());
+    assert!(
+        matches!(err, Some(Error::InvalidArgument { name: "query", .. })),
+        "{err:?}"
+    );
+    assert!(w.source.ran.is_empty());
 
     let mut w = walk(Fake::new(rows(1..=3, 0)), Budget::rows(0));
     let (got, err) = each_row(&mut w);

@@ -39,10 +39,10 @@
 //! SQLite has no row locks (Diesel offers no locking clause there).
 //!
 //! # What runs, and its cost
-//! The statement is built as Diesel builds it and run through a by-reference node, so the
-//! executor still owns it afterwards: SQL text is rendered only for an error (a failed
-//! statement, a result over its budget, `first` finding no row). [`Budgeted::debug_sql`]
-//! shows the SQL `load` sends.
+//! This module builds the statement as Diesel builds it and hands it by reference to the
+//! executor ([`crate::exec`]), which runs it and still owns it afterwards: SQL text is rendered
+//! only for an error (a failed statement, a result over its budget, `first` finding no row).
+//! [`Budgeted::debug_sql`] shows the SQL `load` sends.
 
 use diesel::backend::sql_dialect::select_statement_syntax::AnsiSqlSelectStatement;
 use diesel::backend::Backend;

@@ -40,6 +40,11 @@
 //! bounds what is *kept*. Byte-budgeted keyset walks size each next `LIMIT` from the rows that
 //! fitted before (starting at 100 rows), so each row crosses the wire about once; still, give a
 //! byte-budgeted walk a row budget near what you expect to fit.
+//!
+//! `mod.rs` holds the public iterator ([`Batches`]); `machine.rs` the walk state machine,
+//! generic over where its statements run (`source.rs`: the database; `tests.rs`: rows in
+//! memory); `walk.rs` which queries a walk runs; `rows.rs` one row at a time ([`RowsOf`]).
+
 use std::fmt::{self, Debug};
 
 use crate::backend::BudgetConnection;

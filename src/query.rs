@@ -39,16 +39,14 @@
 //! SQLite has no row locks (Diesel offers no locking clause there).
 //!
 //! # What runs, and its cost
-//! The statement is built as Diesel builds it and run through a by-reference node, so the
-//! executor still owns it afterwards: SQL text is rendered only for an error (a failed
-//! statement, a result over its budget, `first` finding no row). [`Budgeted::debug_sql`]
-//! shows the SQL `load` sends.
-
-use std::ops::ControlFlow;
+//! This module builds the statement as Diesel builds it and hands it by reference to the
+//! executor ([`crate::exec`]), which runs it and still owns it afterwards: SQL text is rendered
+//! only for an error (a failed statement, a result over its budget, `first` finding no row).
+//! [`Budgeted::debug_sql`] shows the SQL `load` sends.
 
 use diesel::backend::sql_dialect::select_statement_syntax::AnsiSqlSelectStatement;
 use diesel::backend::Backend;
-use diesel::connection::{DefaultLoadingMode, LoadConnection};
+use diesel::connection::LoadConnection;
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::QueryMetadata;
 use diesel::query_builder::{
@@ -56,12 +54,13 @@ use diesel::query_builder::{
     QueryBuilder, QueryFragment, QueryId, SelectStatement,
 };
 use diesel::query_dsl::methods::LimitDsl;
-use diesel::query_dsl::{CompatibleType, RunQueryDsl};
+use diesel::query_dsl::CompatibleType;
 use diesel::QueryResult;
 
 use crate::backend::{BudgetBackend, BudgetConnection};
 use crate::budget::{Budget, Rows, Strict};
 use crate::error::{Error, Result};
+use crate::exec::RunStatement;
 use crate::timeout::Prefixed;
 
 /// Adds [`budget`](BudgetDsl::budget) to every Diesel query that can take a `LIMIT`: tables,
@@ -464,27 +463,6 @@ where
     }
 }
 
-/// Runs a statement the executor keeps owning (so it can render it for an error afterwards).
-struct ByRef<'a, P>(&'a P);
-
-impl<P: Query> Query for ByRef<'_, P> {
-    type SqlType = P::SqlType;
-}
-
-impl<P: QueryId> QueryId for ByRef<'_, P> {
-    type QueryId = P::QueryId;
-    const HAS_STATIC_QUERY_ID: bool = P::HAS_STATIC_QUERY_ID;
-    const IS_WINDOW_FUNCTION: bool = P::IS_WINDOW_FUNCTION;
-}
-
-impl<P: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for ByRef<'_, P> {
-    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        self.0.walk_ast(out)
-    }
-}
-
-impl<P, C> RunQueryDsl<C> for ByRef<'_, P> {}
-
 /// Decides the statement for `fetch`: the shape's own limit, its locks, the executor's cap.
 /// Returns it with whether a locking read gave up the probe row (see the module docs).
 fn shape<DB, Q>(query: Q, fetch: Fetch) -> Result<(Q::Limited, bool)>
@@ -514,42 +492,18 @@ where
     Ok((query.limited(fetch.limit, own), false))
 }
 
-/// Where the executor hands the rows of one execution.
-#[doc(hidden)]
-pub trait RowSink<U> {
-    /// The result holds `rows` rows (known when the client buffered it); called before any row.
-    fn expect(&mut self, rows: usize);
-    /// One row; `Break` stops loading.
-    fn push(&mut self, row: U) -> ControlFlow<()>;
-    /// Whether the outcome is an error that shows the SQL (over budget, no row for `first`):
-    /// only then is the statement rendered.
-    fn needs_sql(&self) -> bool {
-        false
-    }
-}
-
-/// What one execution reports besides its rows.
-#[doc(hidden)]
-#[derive(Debug, Default)]
-pub struct Ran {
-    /// The SQL with placeholders, rendered only when the sink asked for it.
-    pub sql: Option<String>,
-    /// A locking read fetched at most the budget (no probe row): a full result may have more.
-    pub lock_cut: bool,
-}
-
 /// A Diesel query the executor can run on connection `C`, loading rows of type `U`.
 ///
 /// Implemented for every query Diesel itself could `load` into `U` and put a `LIMIT` on; you
 /// never implement it. When a call does not compile, the cause is usually the same as for
 /// Diesel's `load`: the row type does not match the selected columns.
 pub trait BudgetQuery<'q, C: BudgetConnection, U>: Sized {
-    /// Runs the query as `fetch` asks, handing rows to `sink` until it breaks. `stream` picks
-    /// the connection's streaming loading mode.
+    /// Builds the statement `fetch` asks for and hands it to `run`, the executor (this module
+    /// builds statements, never runs them).
     #[doc(hidden)]
-    fn run_limited<S>(self, fetch: Fetch, stream: bool, conn: &mut C, sink: &mut S) -> Result<Ran>
+    fn run_limited<R>(self, fetch: Fetch, run: R) -> Result<R::Output>
     where
-        S: RowSink<U>;
+        R: RunStatement<C, U>;
 }
 
 impl<'q, C, U, Q> BudgetQuery<'q, C, U> for Q
@@ -573,40 +527,16 @@ where
         C::Backend,
     >>::SqlType: 'static,
 {
-    fn run_limited<S>(self, fetch: Fetch, stream: bool, conn: &mut C, sink: &mut S) -> Result<Ran>
+    fn run_limited<R>(self, fetch: Fetch, run: R) -> Result<R::Output>
     where
-        S: RowSink<U>,
+        R: RunStatement<C, U>,
     {
         let prefix = fetch.prefix.clone();
         let (query, lock_cut) = shape::<C::Backend, _>(self.as_query(), fetch)?;
-        let sql = match prefix {
-            None => run(&query, stream, conn, sink)?,
-            Some(prefix) => run(&Prefixed::new(prefix, query), stream, conn, sink)?,
-        };
-        Ok(Ran { sql, lock_cut })
-    }
-}
-
-/// Runs `query` through [`drive`]; renders it only for an error or when `sink` asks.
-fn run<C, U, P, S>(query: &P, stream: bool, conn: &mut C, sink: &mut S) -> Result<Option<String>>
-where
-    C: BudgetConnection + LoadConnection<C::StreamMode>,
-    P: Query + QueryFragment<C::Backend> + QueryId,
-    C::Backend: QueryMetadata<P::SqlType>,
-    P::SqlType: CompatibleType<U, C::Backend>,
-    U: FromSqlRow<<P::SqlType as CompatibleType<U, C::Backend>>::SqlType, C::Backend> + 'static,
-    <P::SqlType as CompatibleType<U, C::Backend>>::SqlType: 'static,
-    S: RowSink<U>,
-{
-    let outcome = if stream {
-        drive(ByRef(query).load_iter::<U, C::StreamMode>(conn), sink)
-    } else {
-        drive(ByRef(query).load_iter::<U, DefaultLoadingMode>(conn), sink)
-    };
-    match outcome {
-        Ok(()) if sink.needs_sql() => render::<C, _>(query).map(Some),
-        Ok(()) => Ok(None),
-        Err(e) => Err(Error::query(render::<C, _>(query).unwrap_or_default(), e)),
+        match prefix {
+            None => run.run(&query, lock_cut),
+            Some(prefix) => run.run(&Prefixed::new(prefix, query), lock_cut),
+        }
     }
 }
 
@@ -621,22 +551,4 @@ fn render_on<DB: BudgetBackend, Q: QueryFragment<DB> + ?Sized>(query: &Q) -> Que
     let mut out = DB::QueryBuilder::default();
     query.to_sql(&mut out, &DB::default())?;
     Ok(out.finish())
-}
-
-/// Hands each row to `sink` until it breaks or the rows end. Breaking drops the iterator:
-/// SQLite stops at once, PostgreSQL row-by-row reads (and discards) the rest of a result the
-/// `LIMIT` already bounded, MySQL had it buffered.
-fn drive<U, S, I>(rows: QueryResult<I>, sink: &mut S) -> QueryResult<()>
-where
-    I: Iterator<Item = QueryResult<U>>,
-    S: RowSink<U>,
-{
-    let rows = rows?;
-    sink.expect(rows.size_hint().0);
-    for row in rows {
-        if sink.push(row?).is_break() {
-            break;
-        }
-    }
-    Ok(())
 }

@@ -1,5 +1,5 @@
 //! A walk one row at a time: [`RowsOf`], built by [`Batches::rows`] or
-//! [`Budgeted::stream_by`](crate::Budgeted::stream_by)(crate::Budgeted::stream_by).
+//! [`Budgeted::stream_by`](crate::Budgeted::stream_by).
 
 use std::fmt::{self, Debug};
 
@@ -20,10 +20,7 @@ impl<'c, C, Q, K, V, U, F, M> Batches<'c, C, Q, K, V, U, F, M> {
     /// are handed out of keyset batches of the budget's size. [`Budgeted::stream_by`](crate::Budgeted::stream_by) is the
     /// short form.
     pub fn rows(self) -> RowsOf<'c, C, Q, K, V, U, F, M> {
-        RowsOf {
-            batches: self,
-            buffer: Vec::new().into_iter(),
-        }
+        RowsOf { batches: self }
     }
 }
 
@@ -31,15 +28,15 @@ impl<'c, C, Q, K, V, U, F, M> Batches<'c, C, Q, K, V, U, F, M> {
 /// Ends after the first error, which is [`Error::Interrupted`](crate::Error::Interrupted) once rows were delivered.
 #[must_use = "rows are loaded only when iterated"]
 pub struct RowsOf<'c, C, Q, K, V, U, F, M> {
+    /// The walk; the rows of its current keyset batch wait in its state machine.
     batches: Batches<'c, C, Q, K, V, U, F, M>,
-    buffer: std::vec::IntoIter<U>,
 }
 
 impl<C, Q, K: Debug, V: Debug, U, F, M> Debug for RowsOf<'_, C, Q, K, V, U, F, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RowsOf")
             .field("batches", &self.batches)
-            .field("buffered", &self.buffer.len())
+            .field("buffered", &self.batches.walk.buffer.len())
             .finish()
     }
 }
@@ -72,7 +69,7 @@ impl<C, Q, K, V, U, F, M> RowsOf<'_, C, Q, K, V, U, F, M> {
     /// # Ok(()) }
     /// ```
     pub fn after(mut self, key: V) -> Self {
-        self.batches.last = Some(key);
+        self.batches.walk.last = Some(key);
         self
     }
 
@@ -101,24 +98,7 @@ where
     type Item = Result<U>;
 
     fn next(&mut self) -> Option<Result<U>> {
-        let batches = &mut self.batches;
-        let _site = CallSite::enter(batches.site);
-        if let Some(e) = batches.deferred.take() {
-            return Some(Err(batches.fail(e)));
-        }
-        if batches.done && self.buffer.len() == 0 {
-            return None;
-        }
-        match batches.next_row(&mut self.buffer) {
-            Ok(Some(row)) => Some(Ok(row)),
-            Ok(None) => {
-                batches.finish();
-                None
-            }
-            Err(e) => {
-                self.buffer = Vec::new().into_iter();
-                Some(Err(batches.fail(e)))
-            }
-        }
+        let _site = CallSite::enter(self.batches.site);
+        self.batches.walk.next_row()
     }
 }

@@ -1,17 +1,18 @@
-//! `Db`: an r2d2 pool whose connections are instrumented, and the handle it lends out.
+//! [`Db`], the pool, and [`DbBuilder`], its settings; the r2d2 customizer that sets up each
+//! of its connections.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::connection::{Connection, Instrumentation, TransactionManager};
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::connection::Connection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::QueryResult;
 use diesel_migrations::EmbeddedMigrations;
 
+use super::Conn;
 use crate::backend::{BackendKind, BudgetConnection, SessionSettings};
 use crate::error::{Error, Result};
-use crate::exec::sealed::{Access, Token};
 use crate::instrument::{BudgetInstrumentation, InternalScope, Stats, StatsCell};
 
 /// A pool of instrumented connections to one database.
@@ -23,7 +24,7 @@ use crate::instrument::{BudgetInstrumentation, InternalScope, Stats, StatsCell};
 ///
 /// # Example
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../../tests/doc_setup.rs");
 /// use diesel_budget::prelude::*;
 /// use diesel_budget::demo;
 ///
@@ -127,7 +128,7 @@ impl<C: BudgetConnection> Db<C> {
     ///
     /// # Example
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../../tests/doc_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (db, mut conn) = demo_db(3)?;
     /// use diesel::prelude::*;
@@ -284,7 +285,7 @@ impl<C: BudgetConnection> DbBuilder<C> {
     ///
     /// # Example
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../../tests/doc_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     /// use diesel_budget::Db;
@@ -423,357 +424,5 @@ impl<C: BudgetConnection> Instrument<C> {
 impl<C: BudgetConnection> CustomizeConnection<C, diesel::r2d2::Error> for Instrument<C> {
     fn on_acquire(&self, conn: &mut C) -> std::result::Result<(), diesel::r2d2::Error> {
         self.set_up(conn).map_err(diesel::r2d2::Error::QueryError)
-    }
-}
-
-/// Installs [`BudgetInstrumentation`] on a connection you opened yourself, so that what it
-/// runs is counted and can be recorded by [`crate::testing::record`]. Pooled connections from
-/// [`Db`] have it already.
-///
-/// It takes the connection's one instrumentation slot, replacing whatever was there. To keep an
-/// instrumentation of your own, install ours in front of it:
-/// `conn.set_instrumentation(BudgetInstrumentation::default().forward_to(yours))`.
-pub fn instrument<C: BudgetConnection>(conn: &mut C) {
-    conn.set_instrumentation(BudgetInstrumentation::default());
-}
-
-/// A pooled connection on which only budgeted queries run. Returned to the pool on drop.
-///
-/// Not a Diesel `Connection`: `items::table.load(&mut conn)` does not compile, while
-/// `items::table.budget(Budget::rows(100)).load(&mut conn)` does. For statements that have no
-/// budget (writes, DDL, `sql_query`), [`Conn::unbudgeted`] is the named escape hatch; what runs
-/// through it is recorded as unbudgeted.
-///
-/// The compile error for `items::table.load(&mut conn)` says what to do: "`Conn<..>` runs only
-/// budgeted queries: add `.budget(Budget::rows(n))` to the query". Rust lets a crate word
-/// `#[diagnostic::on_unimplemented]` only for its own traits, and the unmet bound would be
-/// Diesel's `LoadConnection`; so `Conn` implements Diesel's connection traits under a bound of
-/// ours that never holds (`NeedsBudget`), and rustc reports that bound with our message. Those
-/// impls show in the trait list below; no code can use them.
-pub struct Conn<C: BudgetConnection> {
-    inner: PooledConnection<ConnectionManager<C>>,
-    /// The pool's statistics (also behind the connection's instrumentation).
-    stats: Arc<StatsCell>,
-    /// The pool's default time limit ([`DbBuilder::time_limit`]).
-    time_limit: Option<Duration>,
-}
-
-impl<C: BudgetConnection> fmt::Debug for Conn<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Conn").field("backend", &C::KIND).finish()
-    }
-}
-
-/// Rolls back a transaction still open (a test transaction: Diesel's r2d2 manager returns
-/// those to the pool as healthy), so the next checkout starts clean.
-impl<C: BudgetConnection> Drop for Conn<C> {
-    fn drop(&mut self) {
-        use diesel::connection::TransactionManagerStatus;
-        type Tm<C> = <C as Connection>::TransactionManager;
-        let conn: &mut C = &mut self.inner;
-        // The borrower's own instrumentation stays with them: forwarding stops
-        // ([`Conn::set_instrumentation`]), and one that replaced ours gives way to ours again
-        // before the pool's next checkout test runs.
-        match conn
-            .instrumentation()
-            .downcast_mut::<BudgetInstrumentation>()
-        {
-            Some(ours) => ours.stop_forwarding(),
-            None => {
-                conn.set_instrumentation(BudgetInstrumentation::with_stats(Arc::clone(&self.stats)))
-            }
-        }
-        while matches!(
-            Tm::<C>::transaction_manager_status_mut(conn),
-            TransactionManagerStatus::Valid(ref s) if s.transaction_depth().is_some()
-        ) {
-            // On failure the manager is in error and r2d2 closes the connection.
-            if Tm::<C>::rollback_transaction(conn).is_err() {
-                break;
-            }
-        }
-    }
-}
-
-impl<C: BudgetConnection> Access for Conn<C> {
-    type Connection = C;
-    fn connection(&mut self, _: Token) -> &mut C {
-        &mut self.inner
-    }
-    fn default_time_limit(&self) -> Option<Duration> {
-        self.time_limit
-    }
-}
-
-impl<C: BudgetConnection> Conn<C> {
-    /// The Diesel connection, for statements without a budget. Everything run through it is
-    /// counted as unbudgeted ([`Stats::unbudgeted`]) and fails
-    /// [`no_unbudgeted_queries`](crate::testing::LedgerAssert::no_unbudgeted_queries).
-    ///
-    /// Session state set here (`SET ..`, session variables, pragmas) stays on this physical
-    /// connection after it goes back to the pool, for whoever checks it out next: the pool does
-    /// not reset sessions. Set such state for every connection in
-    /// [`DbBuilder::on_connect`] instead.
-    ///
-    /// To add an `Instrumentation` of your own, use [`Conn::set_instrumentation`]: Diesel's
-    /// `set_instrumentation` on this connection would replace ours, so nothing would be counted
-    /// or recorded on it until it goes back to the pool ([`Db::get`] puts ours back).
-    pub fn unbudgeted(&mut self) -> &mut C {
-        &mut self.inner
-    }
-
-    /// Sends every event of this connection to `instrumentation` too, after ours has counted
-    /// it, until the connection goes back to the pool (the next borrower does not inherit it).
-    ///
-    /// # Example
-    /// ```
-    /// # include!("../tests/doc_setup.rs");
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let (db, mut conn) = demo_db(3)?;
-    /// use diesel::connection::InstrumentationEvent;
-    /// use diesel_budget::prelude::*;
-    /// use diesel_budget::demo::{items, Item};
-    /// use std::sync::{Arc, Mutex};
-    ///
-    /// let started = Arc::new(Mutex::new(0));
-    /// let counter = Arc::clone(&started);
-    /// conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-    ///     if matches!(event, InstrumentationEvent::StartQuery { .. }) {
-    ///         *counter.lock().expect("not poisoned") += 1;
-    ///     }
-    /// });
-    /// let before = db.stats();
-    /// items::table.budget(Budget::rows(3)).load::<Item>(&mut conn)?;
-    /// assert_eq!(*started.lock().expect("not poisoned"), 1); // yours saw it
-    /// assert_eq!(db.stats().since(&before).budgeted, 1); // and so did the pool
-    /// # Ok(()) }
-    /// ```
-    pub fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
-        let conn: &mut C = &mut self.inner;
-        match conn
-            .instrumentation()
-            .downcast_mut::<BudgetInstrumentation>()
-        {
-            Some(ours) => ours.set_forward(Box::new(instrumentation)),
-            None => conn.set_instrumentation(
-                BudgetInstrumentation::with_stats(Arc::clone(&self.stats))
-                    .forward_to(instrumentation),
-            ),
-        }
-    }
-
-    /// Runs `f` in a transaction (a savepoint when nested): committed when `f` returns `Ok`,
-    /// rolled back when it returns `Err`, and rolled back when `f` panics.
-    ///
-    /// The last point is where it differs from Diesel's `Connection::transaction` (and from
-    /// `conn.unbudgeted().transaction(..)`): there, a panic caught while the connection is
-    /// still held leaves the transaction open, the next `transaction` silently becomes a
-    /// savepoint inside it, and its "committed" write is lost when the connection is returned.
-    /// Here the transaction (or savepoint) of a panicking closure is rolled back while the
-    /// panic unwinds, so a later `transaction` commits for real. Should that rollback fail, the
-    /// connection's transaction manager is broken: later transactions on it fail with an
-    /// error, and the pool closes it instead of handing it out again.
-    ///
-    /// # Errors
-    /// `f`'s error; or [`Error::Query`] whose [`sql`](Error::sql) is `BEGIN`, `COMMIT` or
-    /// `ROLLBACK` (a savepoint's when nested) when that step fails.
-    pub fn transaction<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> std::result::Result<T, E>,
-        E: From<Error>,
-    {
-        type Tm<C> = <C as Connection>::TransactionManager;
-        Tm::<C>::begin_transaction(&mut *self.inner).map_err(|e| Error::query("BEGIN", e))?;
-        let mut guard = RollbackOnUnwind {
-            conn: self,
-            armed: true,
-        };
-        let result = f(&mut *guard.conn);
-        guard.armed = false;
-        let conn = &mut *guard.conn.inner;
-        match result {
-            Ok(value) => {
-                Tm::<C>::commit_transaction(conn).map_err(|e| Error::query("COMMIT", e))?;
-                Ok(value)
-            }
-            Err(user_error) => match Tm::<C>::rollback_transaction(conn) {
-                Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(user_error),
-                Err(rollback_error) => Err(Error::query("ROLLBACK", rollback_error).into()),
-            },
-        }
-    }
-
-    /// Starts a transaction that is never committed (Diesel's `begin_test_transaction`): for
-    /// tests that must leave nothing behind. It is rolled back when the `Conn` is dropped, so
-    /// the pool never hands out a connection with a test transaction open.
-    pub fn begin_test_transaction(&mut self) -> Result<()> {
-        self.inner
-            .begin_test_transaction()
-            .map_err(|e| Error::query("BEGIN", e))
-    }
-
-    /// What this connection's pool has run so far.
-    pub fn stats(&mut self) -> Stats {
-        self.stats.snapshot()
-    }
-
-    /// Which backend this connection talks to.
-    pub fn backend(&self) -> BackendKind {
-        C::KIND
-    }
-}
-
-/// Rolls back the transaction (or savepoint) [`Conn::transaction`] opened when its closure
-/// unwinds instead of returning.
-struct RollbackOnUnwind<'a, C: BudgetConnection> {
-    conn: &'a mut Conn<C>,
-    /// Still set when dropped: the closure panicked.
-    armed: bool,
-}
-
-impl<C: BudgetConnection> Drop for RollbackOnUnwind<'_, C> {
-    fn drop(&mut self) {
-        if self.armed {
-            // A failure leaves the transaction manager broken: later transactions fail and
-            // r2d2 closes the connection when it is returned.
-            let _ =
-                <C as Connection>::TransactionManager::rollback_transaction(&mut *self.conn.inner);
-        }
-    }
-}
-
-/// The compiler's answer to Diesel's own `load`/`first`/`execute` on a [`Conn`].
-///
-/// `Conn` implements Diesel's connection traits only where `Conn<C>: NeedsBudget`, which never
-/// holds: nothing can run through these impls (every body is unreachable by construction), but
-/// rustc then reports the unsatisfied `NeedsBudget` bound, whose message says what to do,
-/// instead of Diesel's "`LoadConnection` is not implemented for `Conn`". (Rust lets a crate
-/// word `#[diagnostic::on_unimplemented]` only for its own traits.)
-mod needs_budget {
-    use std::marker::PhantomData;
-
-    use diesel::connection::{
-        CacheSize, Connection, ConnectionSealed, Instrumentation, LoadConnection, SimpleConnection,
-        TransactionManager, TransactionManagerStatus,
-    };
-    use diesel::query_builder::{Query, QueryFragment, QueryId};
-    use diesel::result::{ConnectionError, ConnectionResult, QueryResult};
-
-    use super::Conn;
-    use crate::backend::BudgetConnection;
-
-    /// Never implemented: the bound under which a [`Conn`] would be a Diesel connection.
-    #[doc(hidden)]
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` runs only budgeted queries: add `.budget(Budget::rows(n))` to the query",
-        label = "this query has no budget",
-        note = "`Conn` is not a Diesel connection: `query.budget(Budget::rows(n)).load(&mut conn)` runs a query under a budget",
-        note = "for writes and statements that need no budget, use `conn.unbudgeted()` (recorded as unbudgeted)"
-    )]
-    pub trait NeedsBudget {}
-
-    impl<C: BudgetConnection> SimpleConnection for Conn<C>
-    where
-        Conn<C>: NeedsBudget,
-    {
-        fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-            self.inner.batch_execute(query)
-        }
-    }
-
-    impl<C: BudgetConnection> ConnectionSealed for Conn<C> where Conn<C>: NeedsBudget {}
-
-    impl<C: BudgetConnection> Connection for Conn<C>
-    where
-        Conn<C>: NeedsBudget,
-    {
-        type Backend = C::Backend;
-        type TransactionManager = Delegate<C>;
-
-        fn establish(_: &str) -> ConnectionResult<Self> {
-            Err(ConnectionError::BadConnection(
-                "a Conn comes from Db::get".into(),
-            ))
-        }
-
-        fn execute_returning_count<T>(&mut self, source: &T) -> QueryResult<usize>
-        where
-            T: QueryFragment<Self::Backend> + QueryId,
-        {
-            <C as Connection>::execute_returning_count(&mut self.inner, source)
-        }
-
-        fn transaction_state(
-            &mut self,
-        ) -> &mut <Delegate<C> as TransactionManager<Self>>::TransactionStateData {
-            <C as Connection>::transaction_state(&mut self.inner)
-        }
-
-        fn instrumentation(&mut self) -> &mut dyn Instrumentation {
-            <C as Connection>::instrumentation(&mut self.inner)
-        }
-
-        fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
-            <C as Connection>::set_instrumentation(&mut self.inner, instrumentation)
-        }
-
-        fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
-            <C as Connection>::set_prepared_statement_cache_size(&mut self.inner, size)
-        }
-    }
-
-    impl<C, B> LoadConnection<B> for Conn<C>
-    where
-        C: BudgetConnection + LoadConnection<B>,
-        Conn<C>: NeedsBudget,
-    {
-        type Cursor<'conn, 'query>
-            = <C as LoadConnection<B>>::Cursor<'conn, 'query>
-        where
-            Self: 'conn;
-        type Row<'conn, 'query>
-            = <C as LoadConnection<B>>::Row<'conn, 'query>
-        where
-            Self: 'conn;
-
-        fn load<'conn, 'query, T>(
-            &'conn mut self,
-            source: T,
-        ) -> QueryResult<Self::Cursor<'conn, 'query>>
-        where
-            T: Query + QueryFragment<Self::Backend> + QueryId + 'query,
-            Self::Backend: diesel::expression::QueryMetadata<T::SqlType>,
-        {
-            <C as LoadConnection<B>>::load(&mut self.inner, source)
-        }
-    }
-
-    /// The transaction manager of the never-usable `Connection` impl: `C`'s.
-    #[doc(hidden)]
-    #[derive(Debug)]
-    pub struct Delegate<C>(PhantomData<C>);
-
-    impl<C: BudgetConnection> TransactionManager<Conn<C>> for Delegate<C>
-    where
-        Conn<C>: NeedsBudget,
-    {
-        type TransactionStateData =
-            <<C as Connection>::TransactionManager as TransactionManager<C>>::TransactionStateData;
-
-        fn begin_transaction(conn: &mut Conn<C>) -> QueryResult<()> {
-            <C as Connection>::TransactionManager::begin_transaction(&mut conn.inner)
-        }
-
-        fn rollback_transaction(conn: &mut Conn<C>) -> QueryResult<()> {
-            <C as Connection>::TransactionManager::rollback_transaction(&mut conn.inner)
-        }
-
-        fn commit_transaction(conn: &mut Conn<C>) -> QueryResult<()> {
-            <C as Connection>::TransactionManager::commit_transaction(&mut conn.inner)
-        }
-
-        fn transaction_manager_status_mut(conn: &mut Conn<C>) -> &mut TransactionManagerStatus {
-            <C as Connection>::TransactionManager::transaction_manager_status_mut(&mut conn.inner)
-        }
     }
 }

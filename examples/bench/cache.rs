@@ -81,13 +81,12 @@ fn shared(scenario: Scenario) -> BoxResult<Option<SharedCache>> {
     let ns = format!("bench-{}", std::process::id());
     let cache = match scenario {
         Scenario::RedisHit | Scenario::RedisHeavyHit => {
-            let url = std::env::var("REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
             SharedCache::builder(RedisTier::new(&url)?, &key)
         }
         Scenario::MemcachedHit | Scenario::MemcachedHeavyHit => {
-            let addr =
-                std::env::var("MEMCACHED_ADDR").unwrap_or_else(|_| "127.0.0.1:11211".into());
+            let addr = std::env::var("MEMCACHED_ADDR").unwrap_or_else(|_| "127.0.0.1:11211".into());
             SharedCache::builder(MemcachedTier::new(&addr)?, &key)
         }
         _ => return Ok(None),

@@ -2,9 +2,9 @@
 //! Shared tiers, behind the one small trait [`SharedTier`]: Redis (feature `redis`) and
 //! Memcached (feature `memcached`), used by [`SharedCache`](crate::cache::SharedCache).
 
-pub(crate) mod memory;
 #[cfg(feature = "memcached")]
 pub mod memcached;
+pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 

@@ -94,7 +94,9 @@ impl SharedTier for RedisTier {
         if values.len() == keys.len() {
             Ok(values)
         } else {
-            Err(TierError::new("redis: MGET answered a different number of values"))
+            Err(TierError::new(
+                "redis: MGET answered a different number of values",
+            ))
         }
     }
 

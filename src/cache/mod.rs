@@ -369,8 +369,7 @@ impl Cache {
     }
 
     fn mode<C: BudgetConnection>(&self, conn: &mut C) -> Mode {
-        let me: Arc<dyn Invalidate> = self.inner.clone();
-        mode_of(&me, conn)
+        mode_of(Arc::as_ptr(&self.inner).cast(), conn)
     }
 
     fn load_ttl<'q, C, Q, M, U>(
@@ -399,15 +398,21 @@ impl Cache {
             inner.bypassed.fetch_add(1, Ordering::Relaxed);
             return budgeted.internal_load(conn).map(Arc::from);
         }
-        let (sql, binds) =
-            crate::instrument::split_query(&diesel::debug_query::<C::Backend, _>(&budgeted.query));
+        let mut query = String::with_capacity(256);
+        {
+            use std::fmt::Write as _;
+            let _ = write!(
+                query,
+                "{:?}",
+                diesel::debug_query::<C::Backend, _>(&budgeted.query)
+            );
+        }
         let key = Key {
             backend: C::KIND,
             row_type: TypeId::of::<U>(),
             row_type_name: std::any::type_name::<U>(),
             budget: budgeted.budget.spec(),
-            sql,
-            binds,
+            query,
         };
         // A hit needs only the key; the tables read are worked out on a miss, outside the lock.
         let hit = inner
@@ -419,7 +424,9 @@ impl Cache {
             inner.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(rows);
         }
-        let deps = Arc::new(sql::read_tables(&key.sql));
+        let (sql, _) =
+            crate::instrument::split_query(&diesel::debug_query::<C::Backend, _>(&budgeted.query));
+        let deps = Arc::new(sql::read_tables(&sql));
         let found = inner
             .store
             .lock()
@@ -500,14 +507,15 @@ pub(crate) fn attach_observer<C: BudgetConnection>(me: Arc<dyn Invalidate>, db: 
     }
 }
 
-/// How a read on `conn` may use the cache `me`.
-pub(crate) fn mode_of<C: BudgetConnection>(me: &Arc<dyn Invalidate>, conn: &mut C) -> Mode {
+/// How a read on `conn` may use the cache at address `me` (compared, never dereferenced: no
+/// reference count is touched on the hit path).
+pub(crate) fn mode_of<C: BudgetConnection>(me: *const (), conn: &mut C) -> Mode {
     let (followed, written, tracked_tx) = match conn
         .instrumentation()
         .downcast_ref::<BudgetInstrumentation>()
     {
         Some(ours) => (
-            ours.stats_cell().writes.contains(me),
+            ours.stats_cell().writes.follows(me),
             ours.writes.has_written(),
             ours.writes.in_transaction(),
         ),

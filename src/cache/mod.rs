@@ -148,8 +148,9 @@ pub struct CacheStats {
     /// Reads that waited for another thread's fill of the same key and got its rows
     /// (single-flight): counted neither as hits nor as misses.
     pub coalesced: u64,
-    /// Reads that bypassed the cache: inside a transaction that has written, or on a
-    /// connection whose writes the cache does not follow.
+    /// Reads that bypassed the cache: inside a transaction that has written, on a
+    /// connection whose writes the cache does not follow, or (shared tier) while the server
+    /// is marked down.
     pub bypassed: u64,
     /// Fills not stored because a write to a table they read committed while they ran.
     pub raced: u64,

@@ -1,6 +1,7 @@
-//! Where cached results live. [`memory`]: this process, an LRU bounded in bytes and entries.
-//! Shared tiers, behind the one small trait [`SharedTier`]: Redis (feature `redis`) and
-//! Memcached (feature `memcached`), used by [`SharedCache`](crate::cache::SharedCache).
+//! Where cached results live. `memory` (crate-private): this process, an LRU bounded in bytes
+//! and entries. Shared tiers, behind the one small trait [`SharedTier`]: Redis (feature `redis`)
+//! and Memcached (feature `memcached`), used by `SharedCache` (feature `shared-cache`, which
+//! both turn on).
 
 #[cfg(feature = "memcached")]
 pub mod memcached;

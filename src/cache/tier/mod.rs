@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// What a shared tier could not do: the server is unreachable, too slow (past the tier's
-/// timeout), or answered something unexpected. A [`SharedCache`](crate::cache::SharedCache)
+/// timeout), or answered something unexpected. A `SharedCache`
 /// never hands this to its callers: it reads from the database instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TierError {
@@ -41,7 +41,7 @@ impl fmt::Display for TierError {
 impl std::error::Error for TierError {}
 
 /// A key-value server shared by several processes: the one trait a
-/// [`SharedCache`](crate::cache::SharedCache) needs. Values are opaque bytes; counters are
+/// `SharedCache` needs. Values are opaque bytes; counters are
 /// decimal text (what Redis `INCR` and Memcached `incr` keep). Every key written has an expiry.
 ///
 /// Implementations bound every call by a timeout and return [`TierError`] rather than wait

@@ -99,6 +99,15 @@ enum Scenario {
     CacheHeavyHit,
     /// Cache: Zipf-distributed point reads through a 1 MiB cache (hit ratio, bytes held).
     CacheZipf,
+    /// Cache: the point read through a `SharedCache` on Redis (`REDIS_URL`, default the local
+    /// server), every read a hit served by the server.
+    RedisHit,
+    /// Cache: the same on Memcached (`MEMCACHED_ADDR`, default 127.0.0.1:11211).
+    MemcachedHit,
+    /// Cache: the aggregate through a `SharedCache` on Redis, every read a hit.
+    RedisHeavyHit,
+    /// Cache: the aggregate through a `SharedCache` on Memcached, every read a hit.
+    MemcachedHeavyHit,
     /// Not a scenario: reads JSON lines (`--input`) and prints a markdown table of medians.
     Report,
 }
@@ -754,7 +763,11 @@ macro_rules! backend {
                     | Scenario::CacheHit
                     | Scenario::DbHeavyRead
                     | Scenario::CacheHeavyHit
-                    | Scenario::CacheZipf => {
+                    | Scenario::CacheZipf
+                    | Scenario::RedisHit
+                    | Scenario::MemcachedHit
+                    | Scenario::RedisHeavyHit
+                    | Scenario::MemcachedHeavyHit => {
                         Err(format!("{} is not a scan", scenario.name()).into())
                     }
                 }

@@ -2,7 +2,7 @@
 # Makes sure everything the test suite needs outside Cargo is there, on Debian/Ubuntu:
 #   - build dependencies: libpq-dev, default-libmysqlclient-dev, libsqlite3-dev (for the diesel
 #     CLI), pkg-config, a C compiler;
-#   - PostgreSQL, MariaDB and Redis installed, running and reachable on 127.0.0.1;
+#   - PostgreSQL, MariaDB, Redis and Memcached installed, running and reachable on 127.0.0.1;
 #   - initdb/pg_ctl and mariadb-install-db/mariadbd for the fault suite's own throwaway servers;
 #   - the test databases (from PG_DATABASE_URL / MYSQL_DATABASE_URL) and the tour's databases.
 #
@@ -18,6 +18,8 @@ PG_DATABASE_URL="${PG_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/diesel_bu
 MYSQL_DATABASE_URL="${MYSQL_DATABASE_URL:-mysql://root@127.0.0.1:3306/diesel_budget_test}"
 REDIS_HOST="${REDIS_HOST:-127.0.0.1}"
 REDIS_PORT="${REDIS_PORT:-6379}"
+MEMCACHED_HOST="${MEMCACHED_HOST:-127.0.0.1}"
+MEMCACHED_PORT="${MEMCACHED_PORT:-11211}"
 WAIT_SECONDS="${WAIT_SECONDS:-30}"
 
 say() { printf '   %s\n' "$*"; }
@@ -259,12 +261,39 @@ throwaway_server_deps() {
     say "throwaway servers for the fault suite: initdb, mariadb-install-db ok"
 }
 
+# --- Memcached -----------------------------------------------------------------------------
+# `version` over bash's /dev/tcp (no client package needed): ready when it answers VERSION.
+memcached_ready() {
+    local reply
+    reply=$(timeout 2 bash -c 'exec 3<>/dev/tcp/"$1"/"$2" && printf "version\r\n" >&3 && head -c 7 <&3' \
+        _ "$MEMCACHED_HOST" "$MEMCACHED_PORT" 2>/dev/null) || return 1
+    [ "$reply" = VERSION ]
+}
+
+memcached_up() {
+    if is_local "$MEMCACHED_HOST"; then
+        ensure_packages memcached
+    fi
+    if ! memcached_ready; then
+        is_local "$MEMCACHED_HOST" ||
+            die "Memcached at $MEMCACHED_HOST:$MEMCACHED_PORT is unreachable (not local: start it yourself)"
+        say "starting Memcached"
+        # -U 0: no UDP. Default item size limit (1 MiB), which the tests rely on.
+        memcached -d -u nobody -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 ||
+            die "memcached did not start"
+        wait_for memcached_ready ||
+            die "Memcached did not become reachable on $MEMCACHED_HOST:$MEMCACHED_PORT within ${WAIT_SECONDS}s"
+    fi
+    say "Memcached: $MEMCACHED_HOST:$MEMCACHED_PORT reachable"
+}
+
 services_up() {
     build_deps
     throwaway_server_deps
     postgres_up
     mariadb_up
     redis_up
+    memcached_up
     pg_recreate_db "$PG_DB"
     pg_recreate_db diesel_budget_tour
     my_recreate_db "$MY_DB"

@@ -2,7 +2,7 @@
 # The test suite, as CI runs it (.ci/run calls this): scripts/test.sh
 #
 #  1. scripts/services.sh: installs (Debian packages) and starts whatever is missing:
-#     build dependencies, PostgreSQL, MariaDB, Redis; creates the test databases.
+#     build dependencies, PostgreSQL, MariaDB, Redis, Memcached; creates the test databases.
 #     A server that stays unreachable is a failure, never a skip.
 #  2. cargo fmt --check, clippy -D warnings, rustdoc -D warnings.
 #  3. cargo test --all-features: unit, integration (SQLite, PostgreSQL, MariaDB) and doc tests;
@@ -180,7 +180,7 @@ tour() {
         --database-url "$(sibling_url "$MYSQL_DATABASE_URL" diesel_budget_tour)"
 }
 
-step "services: packages, PostgreSQL, MariaDB, Redis, databases" services_up
+step "services: packages, PostgreSQL, MariaDB, Redis, Memcached, databases" services_up
 step "toolchain: rustfmt, clippy" toolchain
 step "layout: no connection type or backend feature outside src/backend/" \
     backend_knowledge_in_backend

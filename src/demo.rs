@@ -38,7 +38,11 @@ diesel::table! {
 
 /// One row of [`items`]; its size is known to [`GetSize`], so byte budgets work.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, Identifiable, GetSize)]
-#[cfg_attr(feature = "page", derive(serde::Serialize))]
+#[cfg_attr(
+    any(feature = "page", feature = "shared-cache"),
+    derive(serde::Serialize)
+)]
+#[cfg_attr(feature = "shared-cache", derive(serde::Deserialize))]
 #[diesel(table_name = items, treat_none_as_default_value = false)]
 pub struct Item {
     /// Primary key.

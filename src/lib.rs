@@ -71,6 +71,8 @@ pub use backend::{BackendKind, BudgetConnection, JournalMode};
 pub use batch::{BatchMode, Batches, Composite, RowsOf};
 pub use budget::{Budget, BudgetSpec, Exceeded, Truncated, MAX_TIME};
 pub use cache::{Cache, CacheBuilder, CacheDsl, CacheStats};
+#[cfg(feature = "shared-cache")]
+pub use cache::{SharedCache, SharedCacheBuilder};
 pub use db::{instrument, Conn, Db, DbBuilder};
 pub use error::{Error, OptionalExtension, Result};
 pub use exec::{Executor, LoadBudgeted, RunBudgetedDsl};

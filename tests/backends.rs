@@ -16,7 +16,8 @@
 //! Test numbers (each gives a test its own id range, `common::id_base`; pick a free one):
 //! 1-12, 20-25, 30-31 (budgets, own limits, batches, instrumentation, hygiene), 40-41 (killed),
 //! 42-48 (limits), 50-53, 60, 70 (suite), 80-84 (ledger), 85-86 (pool), 90 (layout),
-//! 91-97 (walks); reserved: 13-19, 26-29 (faults), 32-39 (CI budgets), 54-59, 87-89 (cache),
+//! 91-97 (walks), 89 and 98 (shared cache tiers, `cache_shared.rs`: Redis and Memcached, only
+//! with both features); reserved: 13-19, 26-29 (faults), 32-39 (CI budgets), 54-59, 87-88 (cache),
 //! 61-69 (pages), 71-79 (bulk).
 
 mod common;
@@ -46,6 +47,7 @@ mod sqlite {
     include!("backends/ci.rs");
     include!("backends/pages.rs");
     include!("backends/cache.rs");
+    include!("backends/cache_shared.rs");
     include!("backends/timeout.rs");
     include!("backends/bulk.rs");
 }
@@ -72,6 +74,7 @@ mod postgres {
     row_lock_tests!();
     include!("backends/pages.rs");
     include!("backends/cache.rs");
+    include!("backends/cache_shared.rs");
     include!("backends/bulk.rs");
 }
 
@@ -96,5 +99,6 @@ mod mysql {
     row_lock_tests!();
     include!("backends/pages.rs");
     include!("backends/cache.rs");
+    include!("backends/cache_shared.rs");
     include!("backends/bulk.rs");
 }

@@ -13,6 +13,10 @@
 //!   ids (the whole table when smaller), from the database / from the cache.
 //! - `cache-zipf`: point reads of ids drawn from a Zipf distribution (s = 1) over the whole
 //!   table, through a cache of 1 MiB: hit ratio and bytes held.
+//! - `redis-hit` / `memcached-hit` and `redis-heavy-hit` / `memcached-heavy-hit`: the point
+//!   reads and the aggregate through a `SharedCache` on the local Redis (`REDIS_URL`) or
+//!   Memcached (`MEMCACHED_ADDR`), every read a hit served by the server (one round trip, a MAC
+//!   check and deserialising the rows).
 //!
 //! One JSON line: `ns_per_read` is wall time over reads (all threads), so lower is better and
 //! 8 threads must not be slower than 1 when reads scale.
@@ -22,6 +26,9 @@ use std::time::Instant;
 
 use diesel::dsl::{count_star, max};
 use diesel::prelude::*;
+use diesel_budget::cache::tier::memcached::MemcachedTier;
+use diesel_budget::cache::tier::redis::RedisTier;
+use diesel_budget::cache::SharedCache;
 use diesel_budget::demo::{items, Item};
 use diesel_budget::prelude::*;
 use diesel_budget::BudgetConnection;
@@ -49,6 +56,10 @@ pub(super) fn run(
             | Scenario::DbHeavyRead
             | Scenario::CacheHeavyHit
             | Scenario::CacheZipf
+            | Scenario::RedisHit
+            | Scenario::MemcachedHit
+            | Scenario::RedisHeavyHit
+            | Scenario::MemcachedHeavyHit
     ) {
         return None;
     }
@@ -62,6 +73,30 @@ pub(super) fn run(
         #[allow(unreachable_patterns)]
         _ => Err("backend not compiled in: run with --all-features".into()),
     })
+}
+
+/// The shared cache of a `redis-*` / `memcached-*` scenario (a namespace of its own).
+fn shared(scenario: Scenario) -> BoxResult<Option<SharedCache>> {
+    let key = [0x5a; 32];
+    let ns = format!("bench-{}", std::process::id());
+    let cache = match scenario {
+        Scenario::RedisHit | Scenario::RedisHeavyHit => {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+            SharedCache::builder(RedisTier::new(&url)?, &key)
+        }
+        Scenario::MemcachedHit | Scenario::MemcachedHeavyHit => {
+            let addr = std::env::var("MEMCACHED_ADDR").unwrap_or_else(|_| "127.0.0.1:11211".into());
+            SharedCache::builder(MemcachedTier::new(&addr)?, &key)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(
+        cache
+            .namespace(&ns)
+            .ttl(std::time::Duration::from_secs(300))
+            .build()?,
+    ))
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -106,6 +141,10 @@ macro_rules! cache_backend {
                 })
                 .build()?;
             cache.attach(&db);
+            let shared = shared(scenario)?;
+            if let Some(shared) = &shared {
+                shared.attach(&db);
+            }
             let heavy_to = n.min(100_000);
             let heavy = move || {
                 items::table
@@ -143,6 +182,19 @@ macro_rules! cache_backend {
                     Scenario::CacheHeavyHit => {
                         cache.load::<_, _, _, (i64, Option<i64>)>(heavy(), &mut conn)?;
                     }
+                    Scenario::RedisHit | Scenario::MemcachedHit => {
+                        let shared = shared.as_ref().ok_or("no shared cache")?;
+                        for id in 1..=n.min(100) {
+                            shared.load::<_, _, _, Item>(
+                                items::table.find(id).budget(Budget::rows(1)),
+                                &mut conn,
+                            )?;
+                        }
+                    }
+                    Scenario::RedisHeavyHit | Scenario::MemcachedHeavyHit => {
+                        let shared = shared.as_ref().ok_or("no shared cache")?;
+                        shared.load::<_, _, _, (i64, Option<i64>)>(heavy(), &mut conn)?;
+                    }
                     _ => {}
                 }
             }
@@ -155,6 +207,7 @@ macro_rules! cache_backend {
                 let handles: Vec<_> = (0..threads)
                     .map(|t| {
                         let (db, cache, cdf) = (&db, &cache, Arc::clone(&cdf));
+                        let shared = shared.as_ref();
                         s.spawn(move || -> BoxResult<i64> {
                             let mut conn = db.get()?;
                             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
@@ -196,6 +249,20 @@ macro_rules! cache_backend {
                                             cache.load(heavy(), &mut conn)?;
                                         sum += r[0].0;
                                     }
+                                    Scenario::RedisHit | Scenario::MemcachedHit => {
+                                        let id = (rng.next() % n.min(100) as u64) as i32 + 1;
+                                        let r: Vec<Item> = shared.ok_or("no shared cache")?.load(
+                                            items::table.find(id).budget(Budget::rows(1)),
+                                            &mut conn,
+                                        )?;
+                                        sum += i64::from(r[0].id);
+                                    }
+                                    Scenario::RedisHeavyHit | Scenario::MemcachedHeavyHit => {
+                                        let r: Vec<(i64, Option<i64>)> = shared
+                                            .ok_or("no shared cache")?
+                                            .load(heavy(), &mut conn)?;
+                                        sum += r[0].0;
+                                    }
                                     _ => return Err("not a cache scenario".into()),
                                 }
                             }
@@ -212,7 +279,10 @@ macro_rules! cache_backend {
             let wall = started.elapsed();
             let total_reads = reads * threads as u64;
             let (peak, _) = rss()?;
-            let stats = cache.stats();
+            let stats = match &shared {
+                Some(shared) => shared.stats(),
+                None => cache.stats(),
+            };
             let line = json!({
                 "scenario": scenario.name(),
                 "backend": C::KIND.name(),
@@ -228,6 +298,7 @@ macro_rules! cache_backend {
                 "cache_bytes": stats.bytes,
                 "cache_entries": stats.entries,
                 "cache_evictions": stats.evictions,
+                "tier_errors": stats.tier_errors,
                 "checksum": checksum,
                 "peak_rss_bytes": peak,
                 "profile": if cfg!(debug_assertions) { "debug" } else { "release" },

@@ -62,9 +62,14 @@
 //! `conn.unbudgeted().set_instrumentation(..)` (use [`Conn::set_instrumentation`], which
 //! keeps ours).
 
+#[cfg(feature = "shared-cache")]
+pub mod shared;
 pub(crate) mod sql;
-pub(crate) mod tier;
+pub mod tier;
 pub(crate) mod track;
+
+#[cfg(feature = "shared-cache")]
+pub use shared::{SharedCache, SharedCacheBuilder};
 
 use std::any::TypeId;
 use std::fmt;
@@ -143,8 +148,9 @@ pub struct CacheStats {
     /// Reads that waited for another thread's fill of the same key and got its rows
     /// (single-flight): counted neither as hits nor as misses.
     pub coalesced: u64,
-    /// Reads that bypassed the cache: inside a transaction that has written, or on a
-    /// connection whose writes the cache does not follow.
+    /// Reads that bypassed the cache: inside a transaction that has written, on a
+    /// connection whose writes the cache does not follow, or (shared tier) while the server
+    /// is marked down.
     pub bypassed: u64,
     /// Fills not stored because a write to a table they read committed while they ran.
     pub raced: u64,
@@ -160,6 +166,15 @@ pub struct CacheStats {
     pub entries: u64,
     /// Bytes held now: rows (as byte budgets count them: `GetSize`) plus keys.
     pub bytes: u64,
+    /// Shared tier: entries found and refused (another format version, a MAC that does not
+    /// verify, another row identity): served from the database instead.
+    pub rejected: u64,
+    /// Shared tier: calls to the server that failed or timed out (the reads went to the
+    /// database).
+    pub tier_errors: u64,
+    /// Shared tier: times the server was reached again after a failure (each bumped the
+    /// epoch, invalidating every entry).
+    pub recoveries: u64,
 }
 
 impl CacheStats {
@@ -256,7 +271,7 @@ impl CacheBuilder {
 
 /// How a read may use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Hits, fills, single-flight.
     Full,
     /// In a transaction: hits only; results are not stored.
@@ -281,10 +296,7 @@ impl Cache {
     /// A cache can follow several pools, and a pool feed several caches.
     pub fn attach<C: BudgetConnection>(&self, db: &Db<C>) {
         let me: Arc<dyn Invalidate> = self.inner.clone();
-        let observers = &db.stats_cell().writes;
-        if !observers.contains(&me) {
-            observers.add(Arc::downgrade(&me));
-        }
+        attach_observer(me, db);
     }
 
     /// Drops every entry that read `table` (for writes this cache cannot see: other programs,
@@ -327,6 +339,7 @@ impl Cache {
             invalidated: held.invalidated,
             entries: held.entries,
             bytes: held.bytes,
+            ..CacheStats::default()
         }
     }
 
@@ -357,31 +370,7 @@ impl Cache {
     }
 
     fn mode<C: BudgetConnection>(&self, conn: &mut C) -> Mode {
-        let me: Arc<dyn Invalidate> = self.inner.clone();
-        let (followed, written, tracked_tx) = match conn
-            .instrumentation()
-            .downcast_ref::<BudgetInstrumentation>()
-        {
-            Some(ours) => (
-                ours.stats_cell().writes.contains(&me),
-                ours.writes.has_written(),
-                ours.writes.in_transaction(),
-            ),
-            None => (false, false, false),
-        };
-        if !followed || written {
-            return Mode::Bypass;
-        }
-        let diesel_tx = !matches!(
-            <C as Connection>::TransactionManager::transaction_manager_status_mut(conn)
-                .transaction_depth(),
-            Ok(None)
-        );
-        if tracked_tx || diesel_tx {
-            Mode::HitsOnly
-        } else {
-            Mode::Full
-        }
+        mode_of(Arc::as_ptr(&self.inner).cast(), conn)
     }
 
     fn load_ttl<'q, C, Q, M, U>(
@@ -410,15 +399,21 @@ impl Cache {
             inner.bypassed.fetch_add(1, Ordering::Relaxed);
             return budgeted.internal_load(conn).map(Arc::from);
         }
-        let (sql, binds) =
-            crate::instrument::split_query(&diesel::debug_query::<C::Backend, _>(&budgeted.query));
+        let mut query = String::with_capacity(256);
+        {
+            use std::fmt::Write as _;
+            let _ = write!(
+                query,
+                "{:?}",
+                diesel::debug_query::<C::Backend, _>(&budgeted.query)
+            );
+        }
         let key = Key {
             backend: C::KIND,
             row_type: TypeId::of::<U>(),
             row_type_name: std::any::type_name::<U>(),
             budget: budgeted.budget.spec(),
-            sql,
-            binds,
+            query,
         };
         // A hit needs only the key; the tables read are worked out on a miss, outside the lock.
         let hit = inner
@@ -430,7 +425,9 @@ impl Cache {
             inner.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(rows);
         }
-        let deps = Arc::new(sql::read_tables(&key.sql));
+        let (sql, _) =
+            crate::instrument::split_query(&diesel::debug_query::<C::Backend, _>(&budgeted.query));
+        let deps = Arc::new(sql::read_tables(&sql));
         let found = inner
             .store
             .lock()
@@ -500,6 +497,43 @@ impl Cache {
             }
         }
         Ok(rows)
+    }
+}
+
+/// Makes `me` follow `db`'s writes.
+pub(crate) fn attach_observer<C: BudgetConnection>(me: Arc<dyn Invalidate>, db: &Db<C>) {
+    let observers = &db.stats_cell().writes;
+    if !observers.contains(&me) {
+        observers.add(Arc::downgrade(&me));
+    }
+}
+
+/// How a read on `conn` may use the cache at address `me` (compared, never dereferenced: no
+/// reference count is touched on the hit path).
+pub(crate) fn mode_of<C: BudgetConnection>(me: *const (), conn: &mut C) -> Mode {
+    let (followed, written, tracked_tx) = match conn
+        .instrumentation()
+        .downcast_ref::<BudgetInstrumentation>()
+    {
+        Some(ours) => (
+            ours.stats_cell().writes.follows(me),
+            ours.writes.has_written(),
+            ours.writes.in_transaction(),
+        ),
+        None => (false, false, false),
+    };
+    if !followed || written {
+        return Mode::Bypass;
+    }
+    let diesel_tx = !matches!(
+        <C as Connection>::TransactionManager::transaction_manager_status_mut(conn)
+            .transaction_depth(),
+        Ok(None)
+    );
+    if tracked_tx || diesel_tx {
+        Mode::HitsOnly
+    } else {
+        Mode::Full
     }
 }
 

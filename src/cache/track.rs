@@ -72,6 +72,14 @@ impl Observers {
             .any(|o| o.upgrade().is_some_and(|o| Arc::ptr_eq(&o, observer)))
     }
 
+    /// Whether the observer at address `me` follows this pool: compared by address, without
+    /// upgrading (no reference count touched).
+    pub(crate) fn follows(&self, me: *const ()) -> bool {
+        let list = self.list.read().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .any(|o| std::ptr::eq(o.as_ptr().cast::<()>(), me) && o.strong_count() > 0)
+    }
+
     fn notify(&self, written: &Written) {
         if written.is_empty() {
             return;

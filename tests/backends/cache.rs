@@ -335,26 +335,32 @@ mod cache {
         assert_eq!(load(&cache, &mut reader, base, 2)[0].name, "raw");
     }
 
-    /// Writers bump a version in committed writes (autocommit and transactions, alternately);
-    /// readers note the last committed version before each read and must never read an older
-    /// one. 10^4 operations.
+    /// A writer bumps a version in committed writes (autocommit and transactions, alternately)
+    /// for as long as the readers read; readers note the last committed version before each
+    /// read and must never read an older one. At least 10^5 operations: 3 x 33,000 reads and
+    /// the writes made meanwhile (at least 1,000).
     #[test]
     fn soak_no_read_is_older_than_the_last_committed_write() {
         // Writes through the escape hatch are what these tests invalidate on: allowed by name.
         let _allowed = diesel_budget::testing::allow_unbudgeted_scope("cache test writes");
         let (tdb, cache, rows) = setup(57, 1, default_cache());
+        let started = std::time::Instant::now();
         let id = rows.from;
         let committed = Arc::new(AtomicI64::new(Item::generate(id).created_at));
         let done = Arc::new(AtomicBool::new(false));
-        let (writes, readers, reads) = (1_000, 3, 3_000);
-        std::thread::scope(|s| {
-            {
+        let readers_done = Arc::new(AtomicI64::new(0));
+        let (min_writes, readers, reads) = (1_000, 3, 33_000);
+        let writes = std::thread::scope(|s| {
+            let writer = {
                 let (db, committed, done) = (&tdb.db, Arc::clone(&committed), Arc::clone(&done));
+                let readers_done = Arc::clone(&readers_done);
                 s.spawn(move || {
                     let _allowed = diesel_budget::testing::allow_unbudgeted_scope("cache test writes");
                     let mut conn = db.get().expect("writer checkout");
                     let start = committed.load(Ordering::SeqCst);
-                    for v in 1..=writes {
+                    let mut v = 0;
+                    while v < min_writes || readers_done.load(Ordering::SeqCst) < readers {
+                        v += 1;
                         let version = start + v;
                         let update = diesel::update(items::table.filter(items::id.eq(id)))
                             .set(items::created_at.eq(version));
@@ -369,18 +375,34 @@ mod cache {
                             .expect("transaction write");
                         }
                         committed.store(version, Ordering::SeqCst);
+                        // A breath between writes: SQLite's readers (rollback journal) would
+                        // otherwise wait out their busy timeout behind back-to-back writes.
+                        std::thread::sleep(Duration::from_micros(300));
                     }
                     done.store(true, Ordering::SeqCst);
-                });
-            }
+                    v
+                })
+            };
             for _ in 0..readers {
                 let (db, cache, committed) = (&tdb.db, &cache, Arc::clone(&committed));
+                let readers_done = Arc::clone(&readers_done);
                 s.spawn(move || {
                     let _allowed = diesel_budget::testing::allow_unbudgeted_scope("cache test writes");
+                    // Counted however the reader ends, so the writer stops even if it panics.
+                    struct Finished(Arc<AtomicI64>);
+                    impl Drop for Finished {
+                        fn drop(&mut self) {
+                            self.0.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _finished = Finished(readers_done);
                     let mut conn = db.get().expect("reader checkout");
                     for _ in 0..reads {
                         let floor = committed.load(Ordering::SeqCst);
-                        let row = load(cache, &mut conn, id, 1);
+                        let row = cache
+                            .load(range(id, 1).budget(Budget::rows(100)), &mut conn)
+                            .unwrap_or_else(|e| panic!("soak read: {e:?}"));
+                        let row: Arc<[Item]> = row;
                         assert!(
                             row[0].created_at >= floor,
                             "stale read: version {} after {floor} was committed",
@@ -389,10 +411,16 @@ mod cache {
                     }
                 });
             }
+            writer.join().expect("writer")
         });
         assert!(done.load(Ordering::SeqCst));
         let s = cache.stats();
         assert!(s.hits > 0 && s.fills > 0, "the soak exercised the cache: {s:?}");
-        eprintln!("{} soak: {s:?}", <C as diesel_budget::BudgetConnection>::KIND);
+        eprintln!(
+            "{} soak: {} operations in {:?}: {s:?}",
+            <C as diesel_budget::BudgetConnection>::KIND,
+            writes + readers * i64::from(reads),
+            started.elapsed()
+        );
     }
 }

@@ -427,3 +427,17 @@ impl<C: Backend> Drop for CommittedRows<C> {
         }
     }
 }
+
+/// Another pool on `tdb`'s database: to a cache attached to only one of the two, the other is
+/// another process (its writes are seen only through a shared tier).
+pub fn another_pool<C: BudgetConnection>(tdb: &TestDb<C>, size: u32) -> Db<C> {
+    let url = match (&tdb._dir, C::KIND) {
+        (Some(dir), _) => dir.path().join("test.db").to_string_lossy().into_owned(),
+        #[cfg(feature = "postgres")]
+        (None, diesel_budget::BackendKind::Postgres) => pg_url(),
+        #[cfg(feature = "mysql")]
+        (None, diesel_budget::BackendKind::Mysql) => mysql_url(),
+        (None, kind) => panic!("no second pool for {kind}"),
+    };
+    build(&url, size, 1, CHECKOUT_TIMEOUT)
+}

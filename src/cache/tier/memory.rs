@@ -21,17 +21,16 @@ pub(crate) struct Key {
     pub(crate) row_type: TypeId,
     pub(crate) row_type_name: &'static str,
     pub(crate) budget: BudgetSpec,
-    pub(crate) sql: String,
-    pub(crate) binds: Vec<String>,
+    /// Diesel's `Debug` form of the query: the SQL with placeholders and the bound values,
+    /// unambiguous (strings escaped). Rendered once per read, not parsed: a hit needs nothing
+    /// else.
+    pub(crate) query: String,
 }
 
 impl Key {
     /// Bytes the key holds (counted with the entry).
     pub(crate) fn bytes(&self) -> u64 {
-        let heap = self.sql.capacity()
-            + self.binds.capacity() * std::mem::size_of::<String>()
-            + self.binds.iter().map(String::capacity).sum::<usize>();
-        (std::mem::size_of::<Key>() + heap) as u64
+        (std::mem::size_of::<Key>() + self.query.capacity()) as u64
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{Connection, Instrumentation, TransactionManager};
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{CustomizeConnection, Pool, PooledConnection};
 use diesel::QueryResult;
 use diesel_migrations::EmbeddedMigrations;
 
@@ -13,6 +13,8 @@ use crate::backend::{BackendKind, BudgetConnection, SessionSettings};
 use crate::error::{Error, Result};
 use crate::exec::sealed::{Access, Token};
 use crate::instrument::{BudgetInstrumentation, InternalScope, Stats, StatsCell};
+// Diesel's manager, opening connections through the backend (SQLite's statement interrupt).
+use crate::timeout::PoolManager as ConnectionManager;
 
 /// A pool of instrumented connections to one database.
 ///

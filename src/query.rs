@@ -11,14 +11,16 @@
 //! - no `LIMIT` of its own: `LIMIT budget + 1` is added;
 //! - a `LIMIT n` of its own: the statement keeps its `ORDER BY` and `OFFSET`, and its limit
 //!   becomes the smaller of `n` and `budget + 1`. On PostgreSQL and MySQL `n` is read from the
-//!   bind Diesel would send, so the SQL is the plain `LIMIT ?`; SQLite keeps its binds private
-//!   and gets `LIMIT min(budget + 1, n)`. A limit no larger than the budget therefore bounds
-//!   the rows by itself: the query fits, it is never "exceeded" on rows;
-//! - a boxed query (`into_boxed()`) holds its limit at run time: the same on PostgreSQL and
-//!   MySQL (the value is read from its bind). On SQLite a boxed query with a `LIMIT` of its own
-//!   is the one case left that is wrapped in a derived table,
-//!   `SELECT * FROM (<query>) AS diesel_budget_capped LIMIT ?` (SQLite accepts duplicate
-//!   column names there and reads the inner ordered result in order).
+//!   bind Diesel would send, so the SQL is the plain `LIMIT ?` bound to that smaller value. A
+//!   limit no larger than the budget therefore bounds the rows by itself: the query fits, it
+//!   is never "exceeded" on rows;
+//! - SQLite keeps its binds private, so there the statement is sent **exactly as Diesel
+//!   writes it** (its own `LIMIT ?`) and the executor stops stepping after `budget + 1` rows:
+//!   SQLite computes rows one `sqlite3_step` at a time and Diesel's cursor holds one row, so
+//!   the rows past the probe are never computed, let alone loaded (a sort is done before the
+//!   first row, bounded by the query's own `LIMIT` as in plain Diesel);
+//! - a boxed query (`into_boxed()`) holds its limit at run time: the same as above (its limit
+//!   read from its bind on PostgreSQL and MySQL; sent as it is on SQLite). No derived table.
 //!
 //! # Locking reads
 //! A query with `.for_update()`, `.for_no_key_update()`, `.for_share()`, `.for_key_share()`
@@ -135,11 +137,12 @@ impl<Q, M: crate::budget::Metering, O: crate::budget::Overflow> Budgeted<Q, M, O
     ///     "SELECT `items`.`id`, `items`.`name` FROM `items` \
     ///      WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT ?"
     /// );
-    /// // The query's own LIMIT and OFFSET are kept (SQLite takes the smaller of the two).
+    /// // The query's own LIMIT and OFFSET are kept: on SQLite the statement is Diesel's own
+    /// // (the executor stops stepping after `budget + 1` rows).
     /// assert_eq!(
     ///     q.limit(20).offset(40).budget(Budget::rows(100)).debug_sql::<Sqlite>()?,
     ///     "SELECT `items`.`id`, `items`.`name` FROM `items` \
-    ///      WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT min(?, ?) OFFSET ?"
+    ///      WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT ? OFFSET ?"
     /// );
     /// # }
     /// # #[cfg(feature = "postgres")] {
@@ -172,7 +175,7 @@ impl<Q, M: crate::budget::Metering, O: crate::budget::Overflow> Budgeted<Q, M, O
             truncate: spec.truncate,
             prefix: None,
         };
-        let (query, _) = shape::<DB, _>(self.query.clone().as_query(), fetch)?;
+        let query = shape::<DB, _>(self.query.clone().as_query(), fetch)?.statement;
         render_on::<DB, _>(&query).map_err(|e| Error::query(String::new(), e))
     }
 }
@@ -204,7 +207,8 @@ pub enum OwnLimit {
     None,
     /// A `LIMIT` whose value was read from its bind.
     Known(i64),
-    /// A `LIMIT` whose value the backend does not expose (SQLite).
+    /// A `LIMIT` whose value the backend does not expose (SQLite): the statement is sent as it
+    /// is and the executor stops after its cap.
     Opaque,
 }
 
@@ -290,22 +294,22 @@ where
         };
         OwnLimited {
             statement: self,
-            cap,
             value,
         }
     }
 }
 
 /// A select statement with a `LIMIT` of its own, walked as Diesel walks it (ANSI select
-/// syntax, every backend here) with one change: its limit becomes the smaller of its value
-/// and the executor's `cap`, bound as one value where the backend lets us read the query's
-/// (PostgreSQL, MySQL), else `min(cap, theirs)` (SQLite). Which form a backend gets never
-/// varies, so the type still identifies the SQL (Diesel's prepared-statement cache).
+/// syntax, every backend here) with one change where the backend lets us read the query's
+/// limit (PostgreSQL, MySQL): it becomes the smaller of its value and the executor's cap,
+/// bound as one value. Where it cannot be read (SQLite) the statement is Diesel's own, and the
+/// executor caps the rows it steps. Which form a backend gets never varies, so the type still
+/// identifies the SQL (Diesel's prepared-statement cache).
 #[derive(Debug, Clone, Copy)]
 pub struct OwnLimited<St> {
     statement: St,
-    cap: i64,
-    /// `min(theirs, cap)` when the query's own limit is known.
+    /// `min(theirs, cap)` when the query's own limit is known; else the statement is sent as
+    /// it is.
     value: Option<i64>,
 }
 
@@ -333,8 +337,13 @@ where
     G: QueryFragment<DB>,
     H: QueryFragment<DB>,
     LC: QueryFragment<DB>,
+    OwnLimitSelect<F, S, D, W, O, E, Of, G, H, LC>: QueryFragment<DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let Some(value) = &self.value else {
+            // The limit cannot be read (SQLite): Diesel's own statement, capped by the executor.
+            return self.statement.walk_ast(out);
+        };
         let st = &self.statement;
         // Diesel's `SelectStatement::walk_ast` for `AnsiSqlSelectStatement`, clause by clause.
         out.push_sql("SELECT ");
@@ -347,17 +356,7 @@ where
         st.order.walk_ast(out.reborrow())?;
         // With a limit, every backend here renders ` LIMIT l` then its offset clause.
         out.push_sql(" LIMIT ");
-        match &self.value {
-            Some(value) => DB::push_bigint(&mut out, value)?,
-            None => {
-                out.push_sql(DB::LIMIT_MIN);
-                out.push_sql("(");
-                DB::push_bigint(&mut out, &self.cap)?;
-                out.push_sql(", ");
-                st.limit_offset.limit_clause.0.walk_ast(out.reborrow())?;
-                out.push_sql(")");
-            }
-        }
+        DB::push_bigint(&mut out, value)?;
         st.limit_offset.offset_clause.walk_ast(out.reborrow())?;
         st.locking.walk_ast(out.reborrow())?;
         Ok(())
@@ -369,7 +368,7 @@ where
     DB: BudgetBackend,
     Self: LimitDsl<Output = Self> + Query + QueryId,
 {
-    type Limited = Either<Self, Capped<Self>>;
+    type Limited = Self;
 
     fn own_limit(&self) -> QueryResult<OwnLimit> {
         Ok(match &self.limit_offset.limit {
@@ -390,76 +389,10 @@ where
 
     fn limited(self, cap: i64, own: OwnLimit) -> Self::Limited {
         match own {
-            OwnLimit::None => Either::Left(self.limit(cap)),
-            OwnLimit::Known(n) => Either::Left(self.limit(n.min(cap))),
-            OwnLimit::Opaque => Either::Right(Capped {
-                query: self,
-                limit: cap,
-            }),
-        }
-    }
-}
-
-/// `SELECT * FROM (<query>) AS diesel_budget_capped LIMIT <limit>`: caps a boxed query whose
-/// own `LIMIT` cannot be read (SQLite), without replacing it.
-#[derive(Debug, Clone, Copy)]
-pub struct Capped<Q> {
-    query: Q,
-    limit: i64,
-}
-
-impl<Q: Query> Query for Capped<Q> {
-    type SqlType = Q::SqlType;
-}
-
-impl<Q: QueryId> QueryId for Capped<Q> {
-    type QueryId = Capped<Q::QueryId>;
-    const HAS_STATIC_QUERY_ID: bool = Q::HAS_STATIC_QUERY_ID;
-}
-
-impl<Q, DB> QueryFragment<DB> for Capped<Q>
-where
-    DB: BudgetBackend,
-    Q: QueryFragment<DB>,
-{
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("SELECT * FROM (");
-        self.query.walk_ast(out.reborrow())?;
-        out.push_sql(") AS diesel_budget_capped LIMIT ");
-        DB::push_bigint(&mut out, &self.limit)
-    }
-}
-
-/// One of two statements of the same SQL type, chosen at run time (a boxed query: capped in
-/// place, or wrapped).
-#[derive(Debug, Clone, Copy)]
-pub enum Either<A, B> {
-    /// The first form.
-    Left(A),
-    /// The second form.
-    Right(B),
-}
-
-impl<A: Query, B: Query<SqlType = A::SqlType>> Query for Either<A, B> {
-    type SqlType = A::SqlType;
-}
-
-impl<A, B> QueryId for Either<A, B> {
-    type QueryId = ();
-    // The SQL depends on the value: let Diesel key its statement cache by the SQL.
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<A, B, DB> QueryFragment<DB> for Either<A, B>
-where
-    DB: Backend,
-    A: QueryFragment<DB>,
-    B: QueryFragment<DB>,
-{
-    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        match self {
-            Either::Left(a) => a.walk_ast(out),
-            Either::Right(b) => b.walk_ast(out),
+            OwnLimit::None => self.limit(cap),
+            OwnLimit::Known(n) => self.limit(n.min(cap)),
+            // SQLite: sent as it is, capped by the executor.
+            OwnLimit::Opaque => self,
         }
     }
 }
@@ -485,9 +418,18 @@ impl<P: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for ByRef<'_, P> {
 
 impl<P, C> RunQueryDsl<C> for ByRef<'_, P> {}
 
+/// A statement decided by [`shape`].
+struct Shaped<L> {
+    statement: L,
+    /// A locking read gave up the probe row (see the module docs).
+    lock_cut: bool,
+    /// The statement is sent with its own limit, unread (SQLite): the executor steps at most
+    /// this many rows.
+    client_cap: Option<i64>,
+}
+
 /// Decides the statement for `fetch`: the shape's own limit, its locks, the executor's cap.
-/// Returns it with whether a locking read gave up the probe row (see the module docs).
-fn shape<DB, Q>(query: Q, fetch: Fetch) -> Result<(Q::Limited, bool)>
+fn shape<DB, Q>(query: Q, fetch: Fetch) -> Result<Shaped<Q::Limited>>
 where
     DB: BudgetBackend,
     Q: BudgetShape<DB>,
@@ -509,9 +451,17 @@ where
                     .to_owned(),
             });
         }
-        return Ok((query.limited(budget, own), true));
+        return Ok(Shaped {
+            client_cap: (own == OwnLimit::Opaque).then_some(budget),
+            statement: query.limited(budget, own),
+            lock_cut: true,
+        });
     }
-    Ok((query.limited(fetch.limit, own), false))
+    Ok(Shaped {
+        client_cap: (own == OwnLimit::Opaque).then_some(fetch.limit),
+        statement: query.limited(fetch.limit, own),
+        lock_cut: false,
+    })
 }
 
 /// Where the executor hands the rows of one execution.
@@ -578,17 +528,34 @@ where
         S: RowSink<U>,
     {
         let prefix = fetch.prefix.clone();
-        let (query, lock_cut) = shape::<C::Backend, _>(self.as_query(), fetch)?;
+        let Shaped {
+            statement,
+            lock_cut,
+            client_cap,
+        } = shape::<C::Backend, _>(self.as_query(), fetch)?;
         let sql = match prefix {
-            None => run(&query, stream, conn, sink)?,
-            Some(prefix) => run(&Prefixed::new(prefix, query), stream, conn, sink)?,
+            None => run(&statement, stream, client_cap, conn, sink)?,
+            Some(prefix) => run(
+                &Prefixed::new(prefix, statement),
+                stream,
+                client_cap,
+                conn,
+                sink,
+            )?,
         };
         Ok(Ran { sql, lock_cut })
     }
 }
 
-/// Runs `query` through [`drive`]; renders it only for an error or when `sink` asks.
-fn run<C, U, P, S>(query: &P, stream: bool, conn: &mut C, sink: &mut S) -> Result<Option<String>>
+/// Runs `query` through [`drive`] (at most `cap` rows, when given); renders it only for an
+/// error or when `sink` asks.
+fn run<C, U, P, S>(
+    query: &P,
+    stream: bool,
+    cap: Option<i64>,
+    conn: &mut C,
+    sink: &mut S,
+) -> Result<Option<String>>
 where
     C: BudgetConnection + LoadConnection<C::StreamMode>,
     P: Query + QueryFragment<C::Backend> + QueryId,
@@ -599,9 +566,13 @@ where
     S: RowSink<U>,
 {
     let outcome = if stream {
-        drive(ByRef(query).load_iter::<U, C::StreamMode>(conn), sink)
+        drive(ByRef(query).load_iter::<U, C::StreamMode>(conn), cap, sink)
     } else {
-        drive(ByRef(query).load_iter::<U, DefaultLoadingMode>(conn), sink)
+        drive(
+            ByRef(query).load_iter::<U, DefaultLoadingMode>(conn),
+            cap,
+            sink,
+        )
     };
     match outcome {
         Ok(()) if sink.needs_sql() => render::<C, _>(query).map(Some),
@@ -623,17 +594,25 @@ fn render_on<DB: BudgetBackend, Q: QueryFragment<DB> + ?Sized>(query: &Q) -> Que
     Ok(out.finish())
 }
 
-/// Hands each row to `sink` until it breaks or the rows end. Breaking drops the iterator:
-/// SQLite stops at once, PostgreSQL row-by-row reads (and discards) the rest of a result the
-/// `LIMIT` already bounded, MySQL had it buffered.
-fn drive<U, S, I>(rows: QueryResult<I>, sink: &mut S) -> QueryResult<()>
+/// Hands each row to `sink` until it breaks, `cap` rows were handed over, or the rows end.
+/// Breaking drops the iterator: SQLite stops at once (its cursor steps one row per `next`,
+/// so the rows after are never computed: that is what makes `cap` a limit there),
+/// PostgreSQL row-by-row reads (and discards) the rest of a result the `LIMIT` already
+/// bounded, MySQL had it buffered.
+fn drive<U, S, I>(rows: QueryResult<I>, cap: Option<i64>, sink: &mut S) -> QueryResult<()>
 where
     I: Iterator<Item = QueryResult<U>>,
     S: RowSink<U>,
 {
-    let rows = rows?;
+    let mut rows = rows?;
     sink.expect(rows.size_hint().0);
-    for row in rows {
+    let mut left = cap.unwrap_or(i64::MAX);
+    // The count is checked before `next`: the row after the cap is never stepped.
+    while left > 0 {
+        let Some(row) = rows.next() else {
+            break;
+        };
+        left -= 1;
         if sink.push(row?).is_break() {
             break;
         }

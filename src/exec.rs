@@ -212,7 +212,7 @@ where
         limit,
         budget_rows: spec.rows,
         truncate: spec.truncate,
-        prefix: None,
+        timed: Default::default(),
     };
     let mut tag = StatementTag::next_on(conn.instrumentation());
     let mut sink = Deadline {
@@ -228,7 +228,7 @@ where
                 if C::CLIENT_DEADLINE {
                     sink.deadline = Instant::now().checked_add(time);
                 }
-                fetch.prefix = C::statement_prefix(time);
+                fetch.timed = conn.time_sql(time)?;
                 conn.within_time_limit(time, |conn| {
                     query.run_limited(fetch, meters_bytes, conn, &mut sink)
                 })

@@ -64,7 +64,7 @@ use diesel::QueryResult;
 use crate::backend::{BudgetBackend, BudgetConnection};
 use crate::budget::{Budget, Rows, Strict};
 use crate::error::{Error, Result};
-use crate::timeout::Prefixed;
+use crate::timeout::{Prefixed, TimeSql};
 
 /// Adds [`budget`](BudgetDsl::budget) to every Diesel query that can take a `LIMIT`: tables,
 /// select statements (plain, filtered, ordered, joined, grouped) and boxed selects.
@@ -173,7 +173,7 @@ impl<Q, M: crate::budget::Metering, O: crate::budget::Overflow> Budgeted<Q, M, O
             limit: probe_limit(spec.rows),
             budget_rows: spec.rows,
             truncate: spec.truncate,
-            prefix: None,
+            timed: TimeSql::default(),
         };
         let query = shape::<DB, _>(self.query.clone().as_query(), fetch)?.statement;
         render_on::<DB, _>(&query).map_err(|e| Error::query(String::new(), e))
@@ -195,8 +195,8 @@ pub struct Fetch {
     pub budget_rows: u64,
     /// Whether the budget truncates (else it is strict).
     pub truncate: bool,
-    /// Constant text put before the statement (a time limit's prefix, [`crate::timeout`]).
-    pub prefix: Option<String>,
+    /// What a time limit adds to the statement's SQL ([`crate::timeout`]).
+    pub timed: TimeSql,
 }
 
 /// A `LIMIT` the query has of its own, as far as it can be known without rendering SQL.
@@ -227,9 +227,15 @@ pub trait BudgetShape<DB: BudgetBackend>: Sized {
     #[doc(hidden)]
     fn locks(&self) -> bool;
 
-    /// The statement fetching at most `cap` rows (and at most its own limit, `own`).
+    /// Whether [`limited`](Self::limited) puts its `hint` right after the statement's
+    /// `SELECT` (MySQL's optimizer hints).
     #[doc(hidden)]
-    fn limited(self, cap: i64, own: OwnLimit) -> Self::Limited;
+    const TAKES_HINT: bool = false;
+
+    /// The statement fetching at most `cap` rows (and at most its own limit, `own`), with
+    /// `hint` right after its `SELECT` where [`TAKES_HINT`](Self::TAKES_HINT).
+    #[doc(hidden)]
+    fn limited(self, cap: i64, own: OwnLimit, hint: Option<String>) -> Self::Limited;
 }
 
 /// Whether `locking`, a select statement's locking clause, renders anything. Diesel's
@@ -247,7 +253,9 @@ where
     Self: LimitDsl,
     diesel::dsl::Limit<Self>: Query + QueryId,
 {
-    type Limited = diesel::dsl::Limit<Self>;
+    type Limited = OwnLimited<diesel::dsl::Limit<Self>>;
+
+    const TAKES_HINT: bool = true;
 
     fn own_limit(&self) -> QueryResult<OwnLimit> {
         Ok(OwnLimit::None)
@@ -257,8 +265,13 @@ where
         renders::<DB, _>(&self.locking)
     }
 
-    fn limited(self, cap: i64, _own: OwnLimit) -> Self::Limited {
-        self.limit(cap)
+    fn limited(self, cap: i64, _own: OwnLimit, hint: Option<String>) -> Self::Limited {
+        // Without a hint, Diesel's own statement (its limit is `cap`); with one, walked by us.
+        OwnLimited {
+            statement: self.limit(cap),
+            value: hint.is_some().then_some(cap),
+            hint,
+        }
     }
 }
 
@@ -276,6 +289,8 @@ where
 {
     type Limited = OwnLimited<Self>;
 
+    const TAKES_HINT: bool = true;
+
     fn own_limit(&self) -> QueryResult<OwnLimit> {
         Ok(match DB::limit_value(&self.limit_offset.limit_clause.0)? {
             Some(n) => OwnLimit::Known(n),
@@ -287,7 +302,7 @@ where
         renders::<DB, _>(&self.locking)
     }
 
-    fn limited(self, cap: i64, own: OwnLimit) -> Self::Limited {
+    fn limited(self, cap: i64, own: OwnLimit, hint: Option<String>) -> Self::Limited {
         let value = match own {
             OwnLimit::Known(n) => Some(n.min(cap)),
             OwnLimit::None | OwnLimit::Opaque => None,
@@ -295,6 +310,7 @@ where
         OwnLimited {
             statement: self,
             value,
+            hint,
         }
     }
 }
@@ -304,13 +320,17 @@ where
 /// limit (PostgreSQL, MySQL): it becomes the smaller of its value and the executor's cap,
 /// bound as one value. Where it cannot be read (SQLite) the statement is Diesel's own, and the
 /// executor caps the rows it steps. Which form a backend gets never varies, so the type still
-/// identifies the SQL (Diesel's prepared-statement cache).
-#[derive(Debug, Clone, Copy)]
+/// identifies the SQL (Diesel's prepared-statement cache); a statement with a time limit's
+/// hint (MySQL) runs inside [`Prefixed`], which has no static query id. Also the form of a
+/// statement without a `LIMIT` of its own, whose limit is then the executor's cap.
+#[derive(Debug, Clone)]
 pub struct OwnLimited<St> {
     statement: St,
-    /// `min(theirs, cap)` when the query's own limit is known; else the statement is sent as
-    /// it is.
+    /// The limit to bind (`min(theirs, cap)` when the query's own limit is known); `None`:
+    /// the statement is sent as Diesel writes it.
     value: Option<i64>,
+    /// Text right after `SELECT` (MySQL's `MAX_EXECUTION_TIME` hint); only with a `value`.
+    hint: Option<String>,
 }
 
 impl<St: Query> Query for OwnLimited<St> {
@@ -347,6 +367,9 @@ where
         let st = &self.statement;
         // Diesel's `SelectStatement::walk_ast` for `AnsiSqlSelectStatement`, clause by clause.
         out.push_sql("SELECT ");
+        if let Some(hint) = &self.hint {
+            out.push_sql(hint);
+        }
         st.distinct.walk_ast(out.reborrow())?;
         st.select.walk_ast(out.reborrow())?;
         st.from.walk_ast(out.reborrow())?;
@@ -365,10 +388,12 @@ where
 
 impl<'a, ST, QS, DB, GB> BudgetShape<DB> for BoxedSelectStatement<'a, ST, QS, DB, GB>
 where
-    DB: BudgetBackend,
+    DB: BudgetBackend + 'a,
     Self: LimitDsl<Output = Self> + Query + QueryId,
 {
     type Limited = Self;
+
+    const TAKES_HINT: bool = true;
 
     fn own_limit(&self) -> QueryResult<OwnLimit> {
         Ok(match &self.limit_offset.limit {
@@ -387,13 +412,34 @@ where
         false
     }
 
-    fn limited(self, cap: i64, own: OwnLimit) -> Self::Limited {
-        match own {
+    fn limited(self, cap: i64, own: OwnLimit, hint: Option<String>) -> Self::Limited {
+        let mut limited = match own {
             OwnLimit::None => self.limit(cap),
             OwnLimit::Known(n) => self.limit(n.min(cap)),
             // SQLite: sent as it is, capped by the executor.
             OwnLimit::Opaque => self,
+        };
+        if let Some(hint) = hint {
+            // The distinct clause is walked right after `SELECT `: the hint goes before it.
+            limited.distinct = Box::new(HintThen {
+                hint,
+                then: limited.distinct,
+            });
         }
+        limited
+    }
+}
+
+/// `<hint><clause>`: a boxed statement's distinct clause with a hint before it.
+struct HintThen<T> {
+    hint: String,
+    then: T,
+}
+
+impl<T: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for HintThen<T> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql(&self.hint);
+        self.then.walk_ast(out)
     }
 }
 
@@ -428,12 +474,22 @@ struct Shaped<L> {
     client_cap: Option<i64>,
 }
 
-/// Decides the statement for `fetch`: the shape's own limit, its locks, the executor's cap.
+/// Decides the statement for `fetch`: the shape's own limit, its locks, the executor's cap,
+/// the time limit's hint.
 fn shape<DB, Q>(query: Q, fetch: Fetch) -> Result<Shaped<Q::Limited>>
 where
     DB: BudgetBackend,
     Q: BudgetShape<DB>,
 {
+    let hint = fetch.timed.hint;
+    if hint.is_some() && !Q::TAKES_HINT {
+        return Err(Error::InvalidArgument {
+            name: "time",
+            reason: "this statement cannot carry MySQL's MAX_EXECUTION_TIME hint: run it without \
+                     a time limit"
+                .to_owned(),
+        });
+    }
     let own = query
         .own_limit()
         .map_err(|e| Error::query(String::new(), e))?;
@@ -453,13 +509,13 @@ where
         }
         return Ok(Shaped {
             client_cap: (own == OwnLimit::Opaque).then_some(budget),
-            statement: query.limited(budget, own),
+            statement: query.limited(budget, own, hint),
             lock_cut: true,
         });
     }
     Ok(Shaped {
         client_cap: (own == OwnLimit::Opaque).then_some(fetch.limit),
-        statement: query.limited(fetch.limit, own),
+        statement: query.limited(fetch.limit, own, hint),
         lock_cut: false,
     })
 }
@@ -527,15 +583,17 @@ where
     where
         S: RowSink<U>,
     {
-        let prefix = fetch.prefix.clone();
+        let timed = fetch.timed.prefix.is_some() || fetch.timed.hint.is_some();
+        let prefix = fetch.timed.prefix.clone().unwrap_or_default();
         let Shaped {
             statement,
             lock_cut,
             client_cap,
         } = shape::<C::Backend, _>(self.as_query(), fetch)?;
-        let sql = match prefix {
-            None => run(&statement, stream, client_cap, conn, sink)?,
-            Some(prefix) => run(
+        // A time limit's SQL depends on the limit: no static query id (see `Prefixed`).
+        let sql = match timed {
+            false => run(&statement, stream, client_cap, conn, sink)?,
+            true => run(
                 &Prefixed::new(prefix, statement),
                 stream,
                 client_cap,

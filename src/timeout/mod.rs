@@ -49,9 +49,10 @@ pub trait TimeLimit: Sized + sealed::Sealed {
     #[doc(hidden)]
     const CLIENT_DEADLINE: bool;
 
-    /// Constant text to put before the statement (MariaDB's `SET STATEMENT .. FOR `), if any.
+    /// What a time limit of `limit` adds to this connection's statements: MariaDB's
+    /// `SET STATEMENT .. FOR ` prefix, MySQL's `MAX_EXECUTION_TIME` hint, or nothing.
     #[doc(hidden)]
-    fn statement_prefix(limit: Duration) -> Option<String>;
+    fn time_sql(&mut self, limit: Duration) -> Result<TimeSql>;
 
     /// Runs `run` with `limit` in force for the statements it sends (PostgreSQL: inside a
     /// transaction with `SET LOCAL statement_timeout`).
@@ -116,6 +117,17 @@ impl<C: crate::backend::BudgetConnection> diesel::r2d2::ManageConnection for Poo
     fn has_broken(&self, conn: &mut C) -> bool {
         diesel::r2d2::ManageConnection::has_broken(&self.diesel, conn)
     }
+}
+
+/// What a time limit adds to a statement's SQL: constant text made by the backend from a number,
+/// never from user input.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeSql {
+    /// Text before the statement (MariaDB's `SET STATEMENT max_statement_time=.. FOR `).
+    pub prefix: Option<String>,
+    /// Text right after the statement's `SELECT` (MySQL's `/*+ MAX_EXECUTION_TIME(..) */ `).
+    pub hint: Option<String>,
 }
 
 /// `limit` in whole milliseconds, a fraction rounded up (at least 1 for a non-zero limit).

@@ -15,7 +15,7 @@ use diesel::sql_types::Text;
 use diesel::RunQueryDsl;
 
 use crate::error::{Error, Result};
-use crate::timeout::{millis, sealed, TimeLimit};
+use crate::timeout::{millis, sealed, TimeLimit, TimeSql};
 
 impl sealed::Sealed for PgConnection {}
 
@@ -28,8 +28,8 @@ struct Setting {
 impl TimeLimit for PgConnection {
     const CLIENT_DEADLINE: bool = false;
 
-    fn statement_prefix(_: Duration) -> Option<String> {
-        None
+    fn time_sql(&mut self, _: Duration) -> Result<TimeSql> {
+        Ok(TimeSql::default())
     }
 
     fn within_time_limit<R>(

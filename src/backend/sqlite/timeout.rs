@@ -41,7 +41,7 @@ use diesel::ConnectionResult;
 use libsqlite3_sys as ffi;
 
 use crate::error::Result;
-use crate::timeout::{sealed, TimeLimit};
+use crate::timeout::{sealed, TimeLimit, TimeSql};
 
 /// How many virtual-machine instructions run between two calls of the progress handler. About
 /// 10-50 µs of work each on this machine: the deadline is seen that late at most, and a query
@@ -147,8 +147,8 @@ impl TimeLimit for SqliteConnection {
     // a large sort) is not divided by the handler.
     const CLIENT_DEADLINE: bool = true;
 
-    fn statement_prefix(_: Duration) -> Option<String> {
-        None
+    fn time_sql(&mut self, _: Duration) -> Result<TimeSql> {
+        Ok(TimeSql::default())
     }
 
     fn within_time_limit<R>(

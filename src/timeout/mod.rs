@@ -10,7 +10,8 @@
 //! | Backend | How | Extra round trips |
 //! |---|---|---|
 //! | PostgreSQL | `SET LOCAL statement_timeout` in a transaction around the statement (a savepoint inside yours, the previous value restored after); never a session `SET`, which would stay on the pooled connection | 3 (`BEGIN`, `SET LOCAL`, `COMMIT`) |
-//! | MariaDB | `SET STATEMENT max_statement_time=<s> FOR <statement>`: a prefix of the statement itself | 0 |
+//! | MariaDB | `SET STATEMENT max_statement_time=<s> FOR <statement>`: a prefix of the statement itself | 0 (1 per connection: `SELECT VERSION()`, once) |
+//! | MySQL (Oracle's) | `SELECT /*+ MAX_EXECUTION_TIME(<ms>) */ ..`: the optimizer hint right after `SELECT` (read-only `SELECT`s); **untested against a MySQL server** | 0 (1 per connection, as MariaDB) |
 //! | SQLite | a progress handler interrupts the statement inside its step (`SQLITE_INTERRUPT`), checked every 1,000 virtual-machine instructions; the clock is also read between rows | 0 |
 //!
 //! Limits:
@@ -20,9 +21,11 @@
 //!   client deadline only: the clock is read between rows, so a single long step there (a big
 //!   aggregate or sort before its first row) runs to its end. A single virtual-machine
 //!   instruction is not divided either (the final merge of a very large sort).
-//! - MySQL (Oracle's server, not MariaDB) has no `SET STATEMENT`: a timed statement fails there
-//!   with a syntax error (a typed [`Error::Query`](crate::Error::Query)), never silently
-//!   unbounded. Its `MAX_EXECUTION_TIME` hint is not implemented yet.
+//! - MySQL and MariaDB: which server a connection talks to is read once per connection from
+//!   its version string and noted in its instrumentation (a plain `MysqlConnection` without
+//!   [`instrument`](crate::instrument) asks again for each timed statement). MySQL proper
+//!   has no `SET STATEMENT`; its hint is checked only for rendering (unit tests): no MySQL
+//!   server was available to test it against.
 //! - A streamed walk ([`BatchMode::Stream`](crate::BatchMode::Stream)) under a time limit walks
 //!   in keyset batches instead, so that each statement, not the whole walk, has the limit.
 //!

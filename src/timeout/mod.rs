@@ -23,7 +23,7 @@
 //!   instruction is not divided either (the final merge of a very large sort).
 //! - MySQL and MariaDB: which server a connection talks to is read once per connection from
 //!   its version string and noted in its instrumentation (a plain `MysqlConnection` without
-//!   [`instrument`](crate::instrument) asks again for each timed statement). MySQL proper
+//!   [`instrument()`](crate::instrument()) asks again for each timed statement). MySQL proper
 //!   has no `SET STATEMENT`; its hint is checked only for rendering (unit tests): no MySQL
 //!   server was available to test it against.
 //! - A streamed walk ([`BatchMode::Stream`](crate::BatchMode::Stream)) under a time limit walks

@@ -538,6 +538,7 @@ impl fmt::Debug for BudgetInstrumentation {
             .field("next_seq", &self.next_seq)
             .field("stats", &self.stats.snapshot())
             .field("forwards", &self.forward.is_some())
+            .field("server", &self.server_note)
             .finish_non_exhaustive()
     }
 }

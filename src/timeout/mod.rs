@@ -9,7 +9,7 @@
 //!
 //! | Backend | How | Extra round trips |
 //! |---|---|---|
-//! | PostgreSQL | `SET LOCAL statement_timeout` in a transaction around the statement (a savepoint inside yours, the previous value restored after); never a session `SET`, which would stay on the pooled connection | 3 (`BEGIN`, `SET LOCAL`, `COMMIT`) |
+//! | PostgreSQL | `SET LOCAL statement_timeout` in a transaction around the statement (a savepoint inside yours, the previous value restored after); never a session `SET`, which would stay on the pooled connection | 2 (`BEGIN; SET LOCAL ..` as one batch, `COMMIT`); in your transaction 5 (savepoint, `SHOW`, `SET LOCAL` twice, release) |
 //! | MariaDB | `SET STATEMENT max_statement_time=<s> FOR <statement>`: a prefix of the statement itself | 0 (1 per connection: `SELECT VERSION()`, once) |
 //! | MySQL (Oracle's) | `SELECT /*+ MAX_EXECUTION_TIME(<ms>) */ ..`: the optimizer hint right after `SELECT` (read-only `SELECT`s); **untested against a MySQL server** | 0 (1 per connection, as MariaDB) |
 //! | SQLite | a progress handler interrupts the statement inside its step (`SQLITE_INTERRUPT`), checked every 1,000 virtual-machine instructions; the clock is also read between rows | 0 |

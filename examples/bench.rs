@@ -82,6 +82,12 @@ enum Scenario {
     /// Per-query overhead, the same page with `.budget(Budget::rows(20))` (the same SQL: the
     /// page's own limit is the budget).
     BudgetPage,
+    /// The cost of a time limit, point reads: `budget-point`'s budgeted read without a time
+    /// limit (cells 0 and 2, plain connection and `Db`) against the same budget with
+    /// `.time(5 s)` (cells 1 and 3, reported), interleaved as above.
+    TimedPoint,
+    /// The cost of a time limit, 20-row pages: `budget-page` without and with `.time(5 s)`.
+    TimedPage,
     /// Budgets in CI: instrumentation and recording overhead on point reads and a batched scan,
     /// against a plain connection, in one process (examples/bench/ci.rs).
     CiOverhead,
@@ -757,6 +763,8 @@ macro_rules! backend {
                     | Scenario::BudgetPoint
                     | Scenario::DieselPage
                     | Scenario::BudgetPage
+                    | Scenario::TimedPoint
+                    | Scenario::TimedPage
                     | Scenario::OffsetPage
                     | Scenario::KeysetPage
                     | Scenario::DbPointRead
@@ -781,7 +789,9 @@ macro_rules! backend {
                 plain: &mut RawConn,
                 pooled: &mut Conn<RawConn>,
             ) -> BoxResult<u64> {
-                use latency::Kind::{Page, Point};
+                use latency::Kind::{Page, Point, TimedPage, TimedPoint};
+                let timed = Budget::rows(1).time(Duration::from_secs(5));
+                let timed_page = Budget::rows(20).time(Duration::from_secs(5));
                 let page = || {
                     items::table
                         .filter(items::category.eq(id % 10))
@@ -807,6 +817,26 @@ macro_rules! backend {
                     (Page, 1) => sum(&page().budget(Budget::rows(20)).load::<Item>(plain)?),
                     (Page, 2) => sum(&page().load::<Item>(pooled.unbudgeted())?),
                     (Page, _) => sum(&page().budget(Budget::rows(20)).load::<Item>(pooled)?),
+                    (TimedPoint, 0) => {
+                        items::table.find(id).budget(Budget::rows(1)).first::<Item>(plain)?.id
+                            as u64
+                    }
+                    (TimedPoint, 1) => {
+                        items::table.find(id).budget(timed).first::<Item>(plain)?.id as u64
+                    }
+                    (TimedPoint, 2) => {
+                        items::table.find(id).budget(Budget::rows(1)).first::<Item>(pooled)?.id
+                            as u64
+                    }
+                    (TimedPoint, _) => {
+                        items::table.find(id).budget(timed).first::<Item>(pooled)?.id as u64
+                    }
+                    (TimedPage, 0) => sum(&page().budget(Budget::rows(20)).load::<Item>(plain)?),
+                    (TimedPage, 1) => sum(&page().budget(timed_page).load::<Item>(plain)?),
+                    (TimedPage, 2) => {
+                        sum(&page().budget(Budget::rows(20)).load::<Item>(pooled)?)
+                    }
+                    (TimedPage, _) => sum(&page().budget(timed_page).load::<Item>(pooled)?),
                 })
             }
 
@@ -825,8 +855,10 @@ macro_rules! backend {
                 let mut cells = latency::Cells::default();
                 // Pages need 20 rows of their category after `id`.
                 let span = match kind {
-                    latency::Kind::Point => rows,
-                    latency::Kind::Page => rows.saturating_sub(250).max(1),
+                    latency::Kind::Point | latency::Kind::TimedPoint => rows,
+                    latency::Kind::Page | latency::Kind::TimedPage => {
+                        rows.saturating_sub(250).max(1)
+                    }
                 };
                 // Round 0 warms the statement caches and is not kept.
                 for round in 0..=rounds {
@@ -1122,10 +1154,16 @@ mod latency {
     /// instrumentation).
     pub(super) const CELLS: [&str; 4] = ["diesel_plain", "budget_plain", "diesel_db", "budget_db"];
 
+    /// The cells of `timed-point` / `timed-page`: a budget without and with a time limit.
+    pub(super) const TIMED_CELLS: [&str; 4] =
+        ["untimed_plain", "timed_plain", "untimed_db", "timed_db"];
+
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(super) enum Kind {
         Point,
         Page,
+        TimedPoint,
+        TimedPage,
     }
 
     impl Kind {
@@ -1133,7 +1171,16 @@ mod latency {
             match scenario {
                 Scenario::DieselPoint | Scenario::BudgetPoint => Some(Kind::Point),
                 Scenario::DieselPage | Scenario::BudgetPage => Some(Kind::Page),
+                Scenario::TimedPoint => Some(Kind::TimedPoint),
+                Scenario::TimedPage => Some(Kind::TimedPage),
                 _ => None,
+            }
+        }
+
+        fn cells(self) -> [&'static str; 4] {
+            match self {
+                Kind::Point | Kind::Page => CELLS,
+                Kind::TimedPoint | Kind::TimedPage => TIMED_CELLS,
             }
         }
     }
@@ -1209,7 +1256,7 @@ mod latency {
             "ns_per_query": own,
             "rounds": rounds,
             "per_round": per_round,
-            "cells_ns_per_query": CELLS.iter().zip(&med).map(|(k, v)| (k.to_string(), json!(v)))
+            "cells_ns_per_query": kind.cells().iter().zip(&med).map(|(k, v)| (k.to_string(), json!(v)))
                 .collect::<serde_json::Map<_, _>>(),
             "ratio_plain": med[1] / med[0],
             "ratio_db": med[3] / med[2],

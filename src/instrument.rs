@@ -526,6 +526,9 @@ pub struct BudgetInstrumentation {
     forward: Option<Box<dyn Instrumentation>>,
     /// This connection's transaction and uncommitted writes, for the caches.
     pub(crate) writes: crate::cache::track::WriteTracker,
+    /// What a backend learnt once about this connection's server (MySQL or MariaDB, for time
+    /// limits): instrumentation is the one per-connection slot of ours.
+    pub(crate) server_note: Option<&'static str>,
 }
 
 impl fmt::Debug for BudgetInstrumentation {
@@ -535,6 +538,7 @@ impl fmt::Debug for BudgetInstrumentation {
             .field("next_seq", &self.next_seq)
             .field("stats", &self.stats.snapshot())
             .field("forwards", &self.forward.is_some())
+            .field("server", &self.server_note)
             .finish_non_exhaustive()
     }
 }
@@ -556,6 +560,7 @@ impl BudgetInstrumentation {
             in_flight: Vec::new(),
             forward: None,
             writes: Default::default(),
+            server_note: None,
         }
     }
 

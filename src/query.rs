@@ -11,14 +11,16 @@
 //! - no `LIMIT` of its own: `LIMIT budget + 1` is added;
 //! - a `LIMIT n` of its own: the statement keeps its `ORDER BY` and `OFFSET`, and its limit
 //!   becomes the smaller of `n` and `budget + 1`. On PostgreSQL and MySQL `n` is read from the
-//!   bind Diesel would send, so the SQL is the plain `LIMIT ?`; SQLite keeps its binds private
-//!   and gets `LIMIT min(budget + 1, n)`. A limit no larger than the budget therefore bounds
-//!   the rows by itself: the query fits, it is never "exceeded" on rows;
-//! - a boxed query (`into_boxed()`) holds its limit at run time: the same on PostgreSQL and
-//!   MySQL (the value is read from its bind). On SQLite a boxed query with a `LIMIT` of its own
-//!   is the one case left that is wrapped in a derived table,
-//!   `SELECT * FROM (<query>) AS diesel_budget_capped LIMIT ?` (SQLite accepts duplicate
-//!   column names there and reads the inner ordered result in order).
+//!   bind Diesel would send, so the SQL is the plain `LIMIT ?` bound to that smaller value. A
+//!   limit no larger than the budget therefore bounds the rows by itself: the query fits, it
+//!   is never "exceeded" on rows;
+//! - SQLite keeps its binds private, so there the statement is sent **exactly as Diesel
+//!   writes it** (its own `LIMIT ?`) and the executor stops stepping after `budget + 1` rows:
+//!   SQLite computes rows one `sqlite3_step` at a time and Diesel's cursor holds one row, so
+//!   the rows past the probe are never computed, let alone loaded (a sort is done before the
+//!   first row, bounded by the query's own `LIMIT` as in plain Diesel);
+//! - a boxed query (`into_boxed()`) holds its limit at run time: the same as above (its limit
+//!   read from its bind on PostgreSQL and MySQL; sent as it is on SQLite). No derived table.
 //!
 //! # Locking reads
 //! A query with `.for_update()`, `.for_no_key_update()`, `.for_share()`, `.for_key_share()`
@@ -61,7 +63,7 @@ use crate::backend::{BudgetBackend, BudgetConnection};
 use crate::budget::{Budget, Rows, Strict};
 use crate::error::{Error, Result};
 use crate::exec::RunStatement;
-use crate::timeout::Prefixed;
+use crate::timeout::{Prefixed, TimeSql};
 
 /// Adds [`budget`](BudgetDsl::budget) to every Diesel query that can take a `LIMIT`: tables,
 /// select statements (plain, filtered, ordered, joined, grouped) and boxed selects.
@@ -134,11 +136,12 @@ impl<Q, M: crate::budget::Metering, O: crate::budget::Overflow> Budgeted<Q, M, O
     ///     "SELECT `items`.`id`, `items`.`name` FROM `items` \
     ///      WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT ?"
     /// );
-    /// // The query's own LIMIT and OFFSET are kept (SQLite takes the smaller of the two).
+    /// // The query's own LIMIT and OFFSET are kept: on SQLite the statement is Diesel's own
+    /// // (the executor stops stepping after `budget + 1` rows).
     /// assert_eq!(
     ///     q.limit(20).offset(40).budget(Budget::rows(100)).debug_sql::<Sqlite>()?,
     ///     "SELECT `items`.`id`, `items`.`name` FROM `items` \
-    ///      WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT min(?, ?) OFFSET ?"
+    ///      WHERE (`items`.`category` = ?) ORDER BY `items`.`id` DESC LIMIT ? OFFSET ?"
     /// );
     /// # }
     /// # #[cfg(feature = "postgres")] {
@@ -169,9 +172,9 @@ impl<Q, M: crate::budget::Metering, O: crate::budget::Overflow> Budgeted<Q, M, O
             limit: probe_limit(spec.rows),
             budget_rows: spec.rows,
             truncate: spec.truncate,
-            prefix: None,
+            timed: TimeSql::default(),
         };
-        let (query, _) = shape::<DB, _>(self.query.clone().as_query(), fetch)?;
+        let query = shape::<DB, _>(self.query.clone().as_query(), fetch)?.statement;
         render_on::<DB, _>(&query).map_err(|e| Error::query(String::new(), e))
     }
 }
@@ -191,8 +194,8 @@ pub struct Fetch {
     pub budget_rows: u64,
     /// Whether the budget truncates (else it is strict).
     pub truncate: bool,
-    /// Constant text put before the statement (a time limit's prefix, [`crate::timeout`]).
-    pub prefix: Option<String>,
+    /// What a time limit adds to the statement's SQL ([`crate::timeout`]).
+    pub timed: TimeSql,
 }
 
 /// A `LIMIT` the query has of its own, as far as it can be known without rendering SQL.
@@ -203,7 +206,8 @@ pub enum OwnLimit {
     None,
     /// A `LIMIT` whose value was read from its bind.
     Known(i64),
-    /// A `LIMIT` whose value the backend does not expose (SQLite).
+    /// A `LIMIT` whose value the backend does not expose (SQLite): the statement is sent as it
+    /// is and the executor stops after its cap.
     Opaque,
 }
 
@@ -222,9 +226,15 @@ pub trait BudgetShape<DB: BudgetBackend>: Sized {
     #[doc(hidden)]
     fn locks(&self) -> bool;
 
-    /// The statement fetching at most `cap` rows (and at most its own limit, `own`).
+    /// Whether [`limited`](Self::limited) puts its `hint` right after the statement's
+    /// `SELECT` (MySQL's optimizer hints).
     #[doc(hidden)]
-    fn limited(self, cap: i64, own: OwnLimit) -> Self::Limited;
+    const TAKES_HINT: bool = false;
+
+    /// The statement fetching at most `cap` rows (and at most its own limit, `own`), with
+    /// `hint` right after its `SELECT` where [`TAKES_HINT`](Self::TAKES_HINT).
+    #[doc(hidden)]
+    fn limited(self, cap: i64, own: OwnLimit, hint: Option<String>) -> Self::Limited;
 }
 
 /// Whether `locking`, a select statement's locking clause, renders anything. Diesel's
@@ -242,7 +252,9 @@ where
     Self: LimitDsl,
     diesel::dsl::Limit<Self>: Query + QueryId,
 {
-    type Limited = diesel::dsl::Limit<Self>;
+    type Limited = OwnLimited<diesel::dsl::Limit<Self>>;
+
+    const TAKES_HINT: bool = true;
 
     fn own_limit(&self) -> QueryResult<OwnLimit> {
         Ok(OwnLimit::None)
@@ -252,8 +264,13 @@ where
         renders::<DB, _>(&self.locking)
     }
 
-    fn limited(self, cap: i64, _own: OwnLimit) -> Self::Limited {
-        self.limit(cap)
+    fn limited(self, cap: i64, _own: OwnLimit, hint: Option<String>) -> Self::Limited {
+        // Without a hint, Diesel's own statement (its limit is `cap`); with one, walked by us.
+        OwnLimited {
+            statement: self.limit(cap),
+            value: hint.is_some().then_some(cap),
+            hint,
+        }
     }
 }
 
@@ -271,6 +288,8 @@ where
 {
     type Limited = OwnLimited<Self>;
 
+    const TAKES_HINT: bool = true;
+
     fn own_limit(&self) -> QueryResult<OwnLimit> {
         Ok(match DB::limit_value(&self.limit_offset.limit_clause.0)? {
             Some(n) => OwnLimit::Known(n),
@@ -282,30 +301,35 @@ where
         renders::<DB, _>(&self.locking)
     }
 
-    fn limited(self, cap: i64, own: OwnLimit) -> Self::Limited {
+    fn limited(self, cap: i64, own: OwnLimit, hint: Option<String>) -> Self::Limited {
         let value = match own {
             OwnLimit::Known(n) => Some(n.min(cap)),
             OwnLimit::None | OwnLimit::Opaque => None,
         };
         OwnLimited {
             statement: self,
-            cap,
             value,
+            hint,
         }
     }
 }
 
 /// A select statement with a `LIMIT` of its own, walked as Diesel walks it (ANSI select
-/// syntax, every backend here) with one change: its limit becomes the smaller of its value
-/// and the executor's `cap`, bound as one value where the backend lets us read the query's
-/// (PostgreSQL, MySQL), else `min(cap, theirs)` (SQLite). Which form a backend gets never
-/// varies, so the type still identifies the SQL (Diesel's prepared-statement cache).
-#[derive(Debug, Clone, Copy)]
+/// syntax, every backend here) with one change where the backend lets us read the query's
+/// limit (PostgreSQL, MySQL): it becomes the smaller of its value and the executor's cap,
+/// bound as one value. Where it cannot be read (SQLite) the statement is Diesel's own, and the
+/// executor caps the rows it steps. Which form a backend gets never varies, so the type still
+/// identifies the SQL (Diesel's prepared-statement cache); a statement with a time limit's
+/// hint (MySQL) runs inside [`Prefixed`], which has no static query id. Also the form of a
+/// statement without a `LIMIT` of its own, whose limit is then the executor's cap.
+#[derive(Debug, Clone)]
 pub struct OwnLimited<St> {
     statement: St,
-    cap: i64,
-    /// `min(theirs, cap)` when the query's own limit is known.
+    /// The limit to bind (`min(theirs, cap)` when the query's own limit is known); `None`:
+    /// the statement is sent as Diesel writes it.
     value: Option<i64>,
+    /// Text right after `SELECT` (MySQL's `MAX_EXECUTION_TIME` hint); only with a `value`.
+    hint: Option<String>,
 }
 
 impl<St: Query> Query for OwnLimited<St> {
@@ -332,11 +356,19 @@ where
     G: QueryFragment<DB>,
     H: QueryFragment<DB>,
     LC: QueryFragment<DB>,
+    OwnLimitSelect<F, S, D, W, O, E, Of, G, H, LC>: QueryFragment<DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let Some(value) = &self.value else {
+            // The limit cannot be read (SQLite): Diesel's own statement, capped by the executor.
+            return self.statement.walk_ast(out);
+        };
         let st = &self.statement;
         // Diesel's `SelectStatement::walk_ast` for `AnsiSqlSelectStatement`, clause by clause.
         out.push_sql("SELECT ");
+        if let Some(hint) = &self.hint {
+            out.push_sql(hint);
+        }
         st.distinct.walk_ast(out.reborrow())?;
         st.select.walk_ast(out.reborrow())?;
         st.from.walk_ast(out.reborrow())?;
@@ -346,17 +378,7 @@ where
         st.order.walk_ast(out.reborrow())?;
         // With a limit, every backend here renders ` LIMIT l` then its offset clause.
         out.push_sql(" LIMIT ");
-        match &self.value {
-            Some(value) => DB::push_bigint(&mut out, value)?,
-            None => {
-                out.push_sql(DB::LIMIT_MIN);
-                out.push_sql("(");
-                DB::push_bigint(&mut out, &self.cap)?;
-                out.push_sql(", ");
-                st.limit_offset.limit_clause.0.walk_ast(out.reborrow())?;
-                out.push_sql(")");
-            }
-        }
+        DB::push_bigint(&mut out, value)?;
         st.limit_offset.offset_clause.walk_ast(out.reborrow())?;
         st.locking.walk_ast(out.reborrow())?;
         Ok(())
@@ -365,10 +387,12 @@ where
 
 impl<'a, ST, QS, DB, GB> BudgetShape<DB> for BoxedSelectStatement<'a, ST, QS, DB, GB>
 where
-    DB: BudgetBackend,
+    DB: BudgetBackend + 'a,
     Self: LimitDsl<Output = Self> + Query + QueryId,
 {
-    type Limited = Either<Self, Capped<Self>>;
+    type Limited = Self;
+
+    const TAKES_HINT: bool = true;
 
     fn own_limit(&self) -> QueryResult<OwnLimit> {
         Ok(match &self.limit_offset.limit {
@@ -387,89 +411,63 @@ where
         false
     }
 
-    fn limited(self, cap: i64, own: OwnLimit) -> Self::Limited {
-        match own {
-            OwnLimit::None => Either::Left(self.limit(cap)),
-            OwnLimit::Known(n) => Either::Left(self.limit(n.min(cap))),
-            OwnLimit::Opaque => Either::Right(Capped {
-                query: self,
-                limit: cap,
-            }),
+    fn limited(self, cap: i64, own: OwnLimit, hint: Option<String>) -> Self::Limited {
+        let mut limited = match own {
+            OwnLimit::None => self.limit(cap),
+            OwnLimit::Known(n) => self.limit(n.min(cap)),
+            // SQLite: sent as it is, capped by the executor.
+            OwnLimit::Opaque => self,
+        };
+        if let Some(hint) = hint {
+            // The distinct clause is walked right after `SELECT `: the hint goes before it.
+            limited.distinct = Box::new(HintThen {
+                hint,
+                then: limited.distinct,
+            });
         }
+        limited
     }
 }
 
-/// `SELECT * FROM (<query>) AS diesel_budget_capped LIMIT <limit>`: caps a boxed query whose
-/// own `LIMIT` cannot be read (SQLite), without replacing it.
-#[derive(Debug, Clone, Copy)]
-pub struct Capped<Q> {
-    query: Q,
-    limit: i64,
+/// `<hint><clause>`: a boxed statement's distinct clause with a hint before it.
+struct HintThen<T> {
+    hint: String,
+    then: T,
 }
 
-impl<Q: Query> Query for Capped<Q> {
-    type SqlType = Q::SqlType;
-}
-
-impl<Q: QueryId> QueryId for Capped<Q> {
-    type QueryId = Capped<Q::QueryId>;
-    const HAS_STATIC_QUERY_ID: bool = Q::HAS_STATIC_QUERY_ID;
-}
-
-impl<Q, DB> QueryFragment<DB> for Capped<Q>
-where
-    DB: BudgetBackend,
-    Q: QueryFragment<DB>,
-{
+impl<T: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for HintThen<T> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("SELECT * FROM (");
-        self.query.walk_ast(out.reborrow())?;
-        out.push_sql(") AS diesel_budget_capped LIMIT ");
-        DB::push_bigint(&mut out, &self.limit)
+        out.push_sql(&self.hint);
+        self.then.walk_ast(out)
     }
 }
 
-/// One of two statements of the same SQL type, chosen at run time (a boxed query: capped in
-/// place, or wrapped).
-#[derive(Debug, Clone, Copy)]
-pub enum Either<A, B> {
-    /// The first form.
-    Left(A),
-    /// The second form.
-    Right(B),
+/// A statement decided by [`shape`].
+struct Shaped<L> {
+    statement: L,
+    /// A locking read gave up the probe row (see the module docs).
+    lock_cut: bool,
+    /// The statement is sent with its own limit, unread (SQLite): the executor steps at most
+    /// this many rows.
+    client_cap: Option<i64>,
 }
 
-impl<A: Query, B: Query<SqlType = A::SqlType>> Query for Either<A, B> {
-    type SqlType = A::SqlType;
-}
-
-impl<A, B> QueryId for Either<A, B> {
-    type QueryId = ();
-    // The SQL depends on the value: let Diesel key its statement cache by the SQL.
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<A, B, DB> QueryFragment<DB> for Either<A, B>
-where
-    DB: Backend,
-    A: QueryFragment<DB>,
-    B: QueryFragment<DB>,
-{
-    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        match self {
-            Either::Left(a) => a.walk_ast(out),
-            Either::Right(b) => b.walk_ast(out),
-        }
-    }
-}
-
-/// Decides the statement for `fetch`: the shape's own limit, its locks, the executor's cap.
-/// Returns it with whether a locking read gave up the probe row (see the module docs).
-fn shape<DB, Q>(query: Q, fetch: Fetch) -> Result<(Q::Limited, bool)>
+/// Decides the statement for `fetch`: the shape's own limit, its locks, the executor's cap,
+/// the time limit's hint.
+fn shape<DB, Q>(query: Q, fetch: Fetch) -> Result<Shaped<Q::Limited>>
 where
     DB: BudgetBackend,
     Q: BudgetShape<DB>,
 {
+    let hint = fetch.timed.hint;
+    if hint.is_some() && !Q::TAKES_HINT {
+        return Err(Error::InvalidArgument {
+            name: "time",
+            reason: "this statement cannot carry MySQL's MAX_EXECUTION_TIME hint: run it without \
+                     a time limit"
+                .to_owned(),
+        });
+    }
     let own = query
         .own_limit()
         .map_err(|e| Error::query(String::new(), e))?;
@@ -487,9 +485,17 @@ where
                     .to_owned(),
             });
         }
-        return Ok((query.limited(budget, own), true));
+        return Ok(Shaped {
+            client_cap: (own == OwnLimit::Opaque).then_some(budget),
+            statement: query.limited(budget, own, hint),
+            lock_cut: true,
+        });
     }
-    Ok((query.limited(fetch.limit, own), false))
+    Ok(Shaped {
+        client_cap: (own == OwnLimit::Opaque).then_some(fetch.limit),
+        statement: query.limited(fetch.limit, own, hint),
+        lock_cut: false,
+    })
 }
 
 /// A Diesel query the executor can run on connection `C`, loading rows of type `U`.
@@ -531,11 +537,17 @@ where
     where
         R: RunStatement<C, U>,
     {
-        let prefix = fetch.prefix.clone();
-        let (query, lock_cut) = shape::<C::Backend, _>(self.as_query(), fetch)?;
-        match prefix {
-            None => run.run(&query, lock_cut),
-            Some(prefix) => run.run(&Prefixed::new(prefix, query), lock_cut),
+        let timed = fetch.timed.prefix.is_some() || fetch.timed.hint.is_some();
+        let prefix = fetch.timed.prefix.clone().unwrap_or_default();
+        let Shaped {
+            statement,
+            lock_cut,
+            client_cap,
+        } = shape::<C::Backend, _>(self.as_query(), fetch)?;
+        // A time limit's SQL depends on the limit: no static query id (see `Prefixed`).
+        match timed {
+            false => run.run(&statement, lock_cut, client_cap),
+            true => run.run(&Prefixed::new(prefix, statement), lock_cut, client_cap),
         }
     }
 }

@@ -192,14 +192,10 @@ macro_rules! impl_budget_connection {
 pub trait BudgetBackend:
     Backend<QueryBuilder: Default> + HasSqlType<BigInt> + Default + sealed::Sealed
 {
-    /// The SQL function taking the smaller of two integers, as the `LIMIT` of a query whose own
-    /// limit cannot be read ([`BudgetBackend::limit_value`] is `None`): `min` on SQLite.
-    #[doc(hidden)]
-    const LIMIT_MIN: &'static str;
-
     /// The value bound by `fragment`, a query's `LIMIT` clause or its expression, read from the
     /// bind the backend would send (no SQL is rendered). `None` where the backend's binds are
-    /// opaque (SQLite); an error when `fragment` binds anything but one `BIGINT`.
+    /// opaque (SQLite: the statement is then sent as it is and the executor caps the rows it
+    /// steps); an error when `fragment` binds anything but one `BIGINT`.
     #[doc(hidden)]
     fn limit_value<F: QueryFragment<Self> + ?Sized>(fragment: &F) -> QueryResult<Option<i64>>;
 

@@ -23,8 +23,6 @@ impl_budget_connection!(
 impl sealed::Sealed for Mysql {}
 
 impl BudgetBackend for Mysql {
-    const LIMIT_MIN: &'static str = "LEAST";
-
     fn limit_value<F: QueryFragment<Self> + ?Sized>(fragment: &F) -> QueryResult<Option<i64>> {
         let mut out = diesel::query_builder::bind_collector::RawBytesBindCollector::<Mysql>::new();
         fragment.collect_binds(&mut out, &mut (), &Mysql)?;

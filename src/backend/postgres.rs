@@ -35,8 +35,6 @@ impl diesel::pg::PgMetadataLookup for NoTypeLookup {
 impl sealed::Sealed for Pg {}
 
 impl BudgetBackend for Pg {
-    const LIMIT_MIN: &'static str = "LEAST";
-
     fn limit_value<F: QueryFragment<Self> + ?Sized>(fragment: &F) -> QueryResult<Option<i64>> {
         let mut out = diesel::query_builder::bind_collector::RawBytesBindCollector::<Pg>::new();
         fragment.collect_binds(&mut out, &mut NoTypeLookup, &Pg)?;

@@ -45,10 +45,9 @@ fn sqlite_session(conn: &mut SqliteConnection, settings: &SessionSettings) -> Qu
 impl sealed::Sealed for Sqlite {}
 
 impl BudgetBackend for Sqlite {
-    const LIMIT_MIN: &'static str = "min";
-
     fn limit_value<F: QueryFragment<Self> + ?Sized>(_: &F) -> QueryResult<Option<i64>> {
-        // `SqliteBindCollector` keeps its values private: SQLite takes `LIMIT min(?, ?)`.
+        // `SqliteBindCollector` keeps its values private: the statement goes as it is and the
+        // executor stops stepping at its cap (`crate::query`).
         Ok(None)
     }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{Connection, Instrumentation, TransactionManager};
-use diesel::r2d2::{ConnectionManager, PooledConnection};
+use diesel::r2d2::PooledConnection;
+
+use crate::timeout::PoolManager as ConnectionManager;
 
 #[cfg(doc)]
 use super::{Db, DbBuilder};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::Connection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::r2d2::{CustomizeConnection, Pool};
 use diesel::QueryResult;
 use diesel_migrations::EmbeddedMigrations;
 
@@ -14,6 +14,8 @@ use super::Conn;
 use crate::backend::{BackendKind, BudgetConnection, SessionSettings};
 use crate::error::{Error, Result};
 use crate::instrument::{BudgetInstrumentation, InternalScope, Stats, StatsCell};
+// Diesel's manager, opening connections through the backend (SQLite's statement interrupt).
+use crate::timeout::PoolManager as ConnectionManager;
 
 /// A pool of instrumented connections to one database.
 ///

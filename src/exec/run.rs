@@ -70,8 +70,11 @@ pub trait RunStatement<C: BudgetConnection, U> {
     /// What reading the statement gives.
     type Output;
 
-    /// Runs `statement`; `lock_cut`: a locking read fetches at most the budget.
-    fn run<P>(self, statement: &P, lock_cut: bool) -> Result<Self::Output>
+    /// Runs `statement`; `lock_cut`: a locking read fetches at most the budget; `cap`: the
+    /// statement went out with its own LIMIT unread (SQLite), so at most `cap` rows are
+    /// stepped (the row after the cap is never computed: SQLite's cursor steps one row per
+    /// `next`).
+    fn run<P>(self, statement: &P, lock_cut: bool, cap: Option<i64>) -> Result<Self::Output>
     where
         C: LoadConnection<C::StreamMode>,
         P: Query + QueryFragment<C::Backend> + QueryId,
@@ -134,7 +137,7 @@ where
     type Output = Ran<T::Rows>;
 
     #[inline]
-    fn run<P>(self, statement: &P, lock_cut: bool) -> Result<Ran<T::Rows>>
+    fn run<P>(self, statement: &P, lock_cut: bool, cap: Option<i64>) -> Result<Ran<T::Rows>>
     where
         C: LoadConnection<C::StreamMode>,
         P: Query + QueryFragment<C::Backend> + QueryId,
@@ -160,11 +163,21 @@ where
             lock_cut,
             _types: PhantomData,
         };
+        // `Iterator::take` checks its count before `next`: the row after the cap is never
+        // stepped.
+        let cap = cap.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
         if stream {
-            read.rows(ByRef(statement).load_iter::<U, C::StreamMode>(conn), seen)
+            read.rows(
+                ByRef(statement)
+                    .load_iter::<U, C::StreamMode>(conn)
+                    .map(|rows| rows.take(cap)),
+                seen,
+            )
         } else {
             read.rows(
-                ByRef(statement).load_iter::<U, DefaultLoadingMode>(conn),
+                ByRef(statement)
+                    .load_iter::<U, DefaultLoadingMode>(conn)
+                    .map(|rows| rows.take(cap)),
                 seen,
             )
         }
@@ -245,7 +258,7 @@ where
         limit,
         budget_rows: spec.rows,
         truncate: spec.truncate,
-        prefix: None,
+        timed: Default::default(),
     };
     let mut tag = StatementTag::next_on(conn.instrumentation());
     let mut seen = Seen::default();
@@ -264,7 +277,7 @@ where
                 } else {
                     None
                 };
-                fetch.prefix = C::statement_prefix(time);
+                fetch.timed = conn.time_sql(time)?;
                 conn.within_time_limit(time, |conn| {
                     query.run_limited(
                         fetch,

@@ -65,7 +65,7 @@ where
         false
     }
 
-    fn limited(self, _cap: i64, _own: crate::query::OwnLimit) -> Self {
+    fn limited(self, _cap: i64, _own: crate::query::OwnLimit, _hint: Option<String>) -> Self {
         self
     }
 }

@@ -9,17 +9,23 @@
 //!
 //! | Backend | How | Extra round trips |
 //! |---|---|---|
-//! | PostgreSQL | `SET LOCAL statement_timeout` in a transaction around the statement (a savepoint inside yours, the previous value restored after); never a session `SET`, which would stay on the pooled connection | 3 (`BEGIN`, `SET LOCAL`, `COMMIT`) |
-//! | MariaDB | `SET STATEMENT max_statement_time=<s> FOR <statement>`: a prefix of the statement itself | 0 |
-//! | SQLite | the clock is checked between rows; the statement is reset when it is past | 0 |
+//! | PostgreSQL | `SET LOCAL statement_timeout` in a transaction around the statement (a savepoint inside yours, the previous value restored after); never a session `SET`, which would stay on the pooled connection | 2 (`BEGIN; SET LOCAL ..` as one batch, `COMMIT`); in your transaction 5 (savepoint, `SHOW`, `SET LOCAL` twice, release) |
+//! | MariaDB | `SET STATEMENT max_statement_time=<s> FOR <statement>`: a prefix of the statement itself | 0 (1 per connection: `SELECT VERSION()`, once) |
+//! | MySQL (Oracle's) | `SELECT /*+ MAX_EXECUTION_TIME(<ms>) */ ..`: the optimizer hint right after `SELECT` (read-only `SELECT`s); **untested against a MySQL server** | 0 (1 per connection, as MariaDB) |
+//! | SQLite | a progress handler interrupts the statement inside its step (`SQLITE_INTERRUPT`), checked every 1,000 virtual-machine instructions; the clock is also read between rows | 0 |
 //!
 //! Limits:
-//! - SQLite: Diesel exposes no handle for `sqlite3_interrupt` or a progress handler, so a
-//!   single step that produces no row for a long time (a big sort or aggregate before its first
-//!   row) runs to its end before the limit is seen.
-//! - MySQL (Oracle's server, not MariaDB) has no `SET STATEMENT`: a timed statement fails there
-//!   with a syntax error (a typed [`Error::Query`](crate::Error::Query)), never silently
-//!   unbounded. Its `MAX_EXECUTION_TIME` hint is not implemented yet.
+//! - SQLite: the progress handler is installed on the connections of a [`Db`](crate::Db)
+//!   pool, while each is opened (Diesel exposes no raw handle; see
+//!   `src/backend/sqlite/timeout.rs`). A plain `SqliteConnection` you open yourself keeps the
+//!   client deadline only: the clock is read between rows, so a single long step there (a big
+//!   aggregate or sort before its first row) runs to its end. A single virtual-machine
+//!   instruction is not divided either (the final merge of a very large sort).
+//! - MySQL and MariaDB: which server a connection talks to is read once per connection from
+//!   its version string and noted in its instrumentation (a plain `MysqlConnection` without
+//!   [`instrument()`](crate::instrument()) asks again for each timed statement). MySQL proper
+//!   has no `SET STATEMENT`; its hint is checked only for rendering (unit tests): no MySQL
+//!   server was available to test it against.
 //! - A streamed walk ([`BatchMode::Stream`](crate::BatchMode::Stream)) under a time limit walks
 //!   in keyset batches instead, so that each statement, not the whole walk, has the limit.
 //!
@@ -46,9 +52,10 @@ pub trait TimeLimit: Sized + sealed::Sealed {
     #[doc(hidden)]
     const CLIENT_DEADLINE: bool;
 
-    /// Constant text to put before the statement (MariaDB's `SET STATEMENT .. FOR `), if any.
+    /// What a time limit of `limit` adds to this connection's statements: MariaDB's
+    /// `SET STATEMENT .. FOR ` prefix, MySQL's `MAX_EXECUTION_TIME` hint, or nothing.
     #[doc(hidden)]
-    fn statement_prefix(limit: Duration) -> Option<String>;
+    fn time_sql(&mut self, limit: Duration) -> Result<TimeSql>;
 
     /// Runs `run` with `limit` in force for the statements it sends (PostgreSQL: inside a
     /// transaction with `SET LOCAL statement_timeout`).
@@ -62,6 +69,68 @@ pub trait TimeLimit: Sized + sealed::Sealed {
     /// Whether `e` is the server cancelling a statement for its time limit.
     #[doc(hidden)]
     fn is_time_out(e: &diesel::result::Error) -> bool;
+
+    /// Opens a connection for a [`Db`](crate::Db) pool (SQLite: with its statement interrupt,
+    /// see the module docs); elsewhere as `establish`.
+    #[doc(hidden)]
+    fn establish_for_pool(url: &str) -> diesel::ConnectionResult<Self>
+    where
+        Self: diesel::Connection,
+    {
+        Self::establish(url)
+    }
+}
+
+/// The pool's connection manager: Diesel's r2d2 `ConnectionManager`, but connections are opened
+/// by [`TimeLimit::establish_for_pool`], so that a backend can set up its statement interrupt
+/// while the connection is being opened (SQLite). Checks and breakage as Diesel's.
+pub(crate) struct PoolManager<C> {
+    url: String,
+    diesel: diesel::r2d2::ConnectionManager<C>,
+}
+
+impl<C> PoolManager<C> {
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        PoolManager {
+            diesel: diesel::r2d2::ConnectionManager::new(url.clone()),
+            url,
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for PoolManager<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolManager").finish_non_exhaustive()
+    }
+}
+
+impl<C: crate::backend::BudgetConnection> diesel::r2d2::ManageConnection for PoolManager<C> {
+    type Connection = C;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> std::result::Result<C, Self::Error> {
+        C::establish_for_pool(&self.url).map_err(diesel::r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut C) -> std::result::Result<(), Self::Error> {
+        diesel::r2d2::ManageConnection::is_valid(&self.diesel, conn)
+    }
+
+    fn has_broken(&self, conn: &mut C) -> bool {
+        diesel::r2d2::ManageConnection::has_broken(&self.diesel, conn)
+    }
+}
+
+/// What a time limit adds to a statement's SQL: constant text made by the backend from a number,
+/// never from user input.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeSql {
+    /// Text before the statement (MariaDB's `SET STATEMENT max_statement_time=.. FOR `).
+    pub prefix: Option<String>,
+    /// Text right after the statement's `SELECT` (MySQL's `/*+ MAX_EXECUTION_TIME(..) */ `).
+    pub hint: Option<String>,
 }
 
 /// `limit` in whole milliseconds, a fraction rounded up (at least 1 for a non-zero limit).

@@ -1,6 +1,6 @@
 // Time budgets (issue 9, item 3): the server cancels a statement past its budget's time limit;
 // a typed error, a usable connection, nothing left running, no setting left on the session.
-// Test numbers 13..=17.
+// Test numbers 13..=19.
 
 use std::time::{Duration, Instant};
 
@@ -209,4 +209,75 @@ fn a_walk_past_its_time_limit_is_interrupted_with_the_resume_key() {
         } => assert_timed_out(source),
         other => panic!("expected Interrupted, got {other:?}"),
     }
+}
+
+/// One statement whose single step runs long: an aggregate over a 10^9-row cross join of a
+/// generated series, returning one row (no row arrives before the work is done, so a clock
+/// read between rows cannot stop it). MariaDB caps recursion at 1,000 iterations by default,
+/// hence the cross join.
+fn one_long_step() -> diesel::dsl::select<diesel::expression::SqlLiteral<diesel::sql_types::BigInt>> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000) \
+         SELECT count(*) FROM c a, c b, c d)",
+    ))
+}
+
+#[test]
+fn a_time_budget_interrupts_a_statement_inside_one_long_step() {
+    let mut ctx = C::ctx(18);
+    let start = Instant::now();
+    let err = one_long_step()
+        .budget(Budget::rows(1).time(Duration::from_millis(200)))
+        .get_result::<i64>(&mut *ctx.conn)
+        .unwrap_err();
+    let took = start.elapsed();
+    assert_timed_out(&err);
+    // Unbounded it runs for tens of seconds; interrupted, 200 ms and the time to notice.
+    assert!(took < Duration::from_millis(1_500), "took {took:?}");
+    // The connection serves the next query at once (no limit), and a timed one.
+    let one: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("count(*)"))
+        .budget(Budget::rows(1))
+        .get_result(&mut *ctx.conn)
+        .expect("the connection is usable after the interrupt");
+    assert_eq!(one, 1);
+    let two: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("count(*) + 1"))
+        .budget(Budget::rows(1).time(Duration::from_secs(20)))
+        .get_result(&mut *ctx.conn)
+        .expect("a timed query after the interrupt");
+    assert_eq!(two, 2);
+}
+
+#[test]
+fn an_interrupted_step_keeps_the_callers_transaction_and_its_writes() {
+    // The pool's default limit interrupts the statement inside the caller's transaction: the
+    // transaction and the rows it wrote are still there afterwards, and it commits.
+    let tdb = <C as Slow>::timed_db(1, Duration::from_millis(200));
+    let base = crate::common::id_base(19);
+    let mut conn = tdb.conn();
+    let result: Result<usize, Error> = conn.transaction(|conn| {
+        diesel_budget::testing::allow_unbudgeted("fixture: rows of the transaction", || {
+            diesel_budget::demo::seed(conn, base, base + 5, |_| {})
+        })?;
+        let start = Instant::now();
+        let err = one_long_step()
+            .budget(Budget::rows(1))
+            .get_result::<i64>(conn)
+            .unwrap_err();
+        assert_timed_out(&err);
+        assert!(start.elapsed() < Duration::from_millis(1_500), "took {:?}", start.elapsed());
+        Ok(items::table
+            .filter(in_range(base, 5))
+            .budget(Budget::rows(10))
+            .load::<Item>(conn)?
+            .len())
+    });
+    assert_eq!(result.expect("the transaction commits"), 5);
+    let committed = items::table
+        .filter(in_range(base, 5))
+        .budget(Budget::rows(10))
+        .load::<Item>(&mut *conn)
+        .expect("read back")
+        .len();
+    let deleted = C::delete_range(&mut conn, base, base + 5);
+    assert_eq!((committed, deleted), (5, 5));
 }

@@ -1,6 +1,6 @@
 //! PostgreSQL's half of time budgets: `SET LOCAL statement_timeout` inside a transaction around
-//! the statement. Outside a transaction, one of our own (`BEGIN`, `SET LOCAL`, the statement,
-//! `COMMIT`): the setting ends with it. Inside the caller's transaction, a savepoint: the
+//! the statement. Outside a transaction, one of our own (`BEGIN; SET LOCAL ..` in one round
+//! trip, the statement, `COMMIT`): the setting ends with it. Inside the caller's transaction, a savepoint: the
 //! previous value is read first and set again after the statement (a `SET LOCAL` would
 //! otherwise last to the end of the caller's transaction); when the statement fails the
 //! savepoint is rolled back, which undoes the setting and keeps the caller's transaction
@@ -15,7 +15,7 @@ use diesel::sql_types::Text;
 use diesel::RunQueryDsl;
 
 use crate::error::{Error, Result};
-use crate::timeout::{millis, sealed, TimeLimit};
+use crate::timeout::{millis, sealed, TimeLimit, TimeSql};
 
 impl sealed::Sealed for PgConnection {}
 
@@ -28,8 +28,8 @@ struct Setting {
 impl TimeLimit for PgConnection {
     const CLIENT_DEADLINE: bool = false;
 
-    fn statement_prefix(_: Duration) -> Option<String> {
-        None
+    fn time_sql(&mut self, _: Duration) -> Result<TimeSql> {
+        Ok(TimeSql::default())
     }
 
     fn within_time_limit<R>(
@@ -42,6 +42,24 @@ impl TimeLimit for PgConnection {
             .transaction_depth()
             .map_err(Error::from)?
             .is_some();
+        if !nested {
+            // Our own transaction: `BEGIN` and `SET LOCAL` in one round trip (a simple-protocol
+            // batch; the number is ours, never user input), the statement, `COMMIT`.
+            let begin = format!("BEGIN; SET LOCAL statement_timeout = {ms}");
+            AnsiTransactionManager::begin_transaction_sql(self, &begin)
+                .map_err(|e| Error::query(begin.as_str(), e))?;
+            return match run(self) {
+                Ok(out) => {
+                    AnsiTransactionManager::commit_transaction(self)
+                        .map_err(|e| Error::query("COMMIT", e))?;
+                    Ok(out)
+                }
+                Err(e) => match AnsiTransactionManager::rollback_transaction(self) {
+                    Ok(()) | Err(D::BrokenTransactionManager) => Err(e),
+                    Err(rollback) => Err(Error::query("ROLLBACK", rollback)),
+                },
+            };
+        }
         self.transaction::<R, Error, _>(|conn| {
             let previous = if nested {
                 let s: Setting = diesel::sql_query("SHOW statement_timeout")

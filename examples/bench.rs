@@ -38,6 +38,8 @@ use serde_json::json;
 mod cache;
 #[path = "bench/page.rs"]
 mod page;
+#[path = "bench/page_core.rs"]
+mod page_core;
 
 #[path = "bench/bulk.rs"]
 mod bulk;
@@ -172,8 +174,8 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     warmup: usize,
     /// Page scenarios: the key the pages are ordered by.
-    #[arg(long, value_enum, default_value_t = page::PageKeyArg::Id)]
-    page_key: page::PageKeyArg,
+    #[arg(long, value_enum, default_value_t = page_core::PageKeyArg::Id)]
+    page_key: page_core::PageKeyArg,
     /// Threads of the cache scenarios.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -423,7 +425,7 @@ fn main() -> BoxResult<()> {
         );
     }
     if matches!(args.scenario, Scenario::OffsetPage | Scenario::KeysetPage) {
-        let page_args = page::PageArgs {
+        let page_args = page_core::PageArgs {
             depths: &args.depth,
             size: args.page_size,
             reps: args.reps,
@@ -431,7 +433,7 @@ fn main() -> BoxResult<()> {
             key: args.page_key,
             rows,
         };
-        return page::run(args.scenario, backend, &url, rows, &page_args);
+        return page::run(args.scenario, backend, &url, &page_args);
     }
     let load_before = loadavg();
     let (hwm_before, _) = rss()?;

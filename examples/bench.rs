@@ -176,6 +176,10 @@ struct Args {
     /// Page scenarios: the key the pages are ordered by.
     #[arg(long, value_enum, default_value_t = page_core::PageKeyArg::Id)]
     page_key: page_core::PageKeyArg,
+    /// Page scenarios: measure only this implementation (`ours`, `diesel`, `diesel-row`), for
+    /// `perf stat` or callgrind of one of them.
+    #[arg(long)]
+    only: Option<String>,
     /// Threads of the cache scenarios.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -406,7 +410,7 @@ fn main() -> BoxResult<()> {
         return done;
     }
     if args.scenario == Scenario::CiOverhead {
-        return ci::run(backend, rows, &url, args.batch);
+        return ci::run(backend, rows, &url, args.batch, args.rounds, args.per_round);
     }
     if let Some(kind) = latency::Kind::of(args.scenario) {
         let cells = match args.cell {
@@ -432,6 +436,7 @@ fn main() -> BoxResult<()> {
             warmup: args.warmup,
             key: args.page_key,
             rows,
+            only: args.only.as_deref(),
         };
         return page::run(args.scenario, backend, &url, &page_args);
     }

@@ -20,14 +20,10 @@
 //! Prints one JSON line: per implementation and depth, `page_ms` (median) and `p90_ms`, and the
 //! process's peak RSS (`VmHWM`).
 
-use super::page_core::{keyset_runner, measure, pager, PageArgs, PageKeyArg};
+use super::page_core::{cells, keyset_runner, measure, pager, PageArgs, PageKeyArg};
 use super::*;
 use diesel_budget::page::Page;
 
-/// Every depth for ours only.
-fn ours(depths: &[u64]) -> Vec<(&'static str, u64)> {
-    depths.iter().map(|d| ("ours", *d)).collect()
-}
 
 macro_rules! page_runner {
     ($name:ident, $keyset:ident, $conn:ty, row_values: $row_values:expr) => {
@@ -46,14 +42,14 @@ macro_rules! page_runner {
             let pager = pager(args.size)?;
             let size = args.size;
             match args.key {
-                PageKeyArg::Id => measure(&ours(args.depths), args, |_, d| {
+                PageKeyArg::Id => measure(&cells(&["ours"], args), args, |_, d| {
                     let p: Page<Item> = items::table
                         .order(items::id)
                         .budget(Budget::rows(size))
                         .offset_page(&pager, d, &mut conn)?;
                     Ok(p.items.len())
                 }),
-                PageKeyArg::CreatedId => measure(&ours(args.depths), args, |_, d| {
+                PageKeyArg::CreatedId => measure(&cells(&["ours"], args), args, |_, d| {
                     let p: Page<Item> = items::table
                         .order((items::created_at.desc(), items::id.desc()))
                         .budget(Budget::rows(size))

@@ -32,6 +32,8 @@ pub(crate) struct PageArgs<'a> {
     pub(crate) warmup: usize,
     pub(crate) key: PageKeyArg,
     pub(crate) rows: u64,
+    /// Measure only this implementation's cells (for `perf stat` / callgrind of one of them).
+    pub(crate) only: Option<&'a str>,
 }
 
 /// The pager of every page scenario: one key, pages up to `size`, no depth cap.
@@ -94,11 +96,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[at.min(sorted.len() - 1)]
 }
 
-/// Every depth for each implementation in `impls`.
-pub(crate) fn cells(impls: &[&'static str], depths: &[u64]) -> Vec<(&'static str, u64)> {
-    depths
+/// Every depth for each implementation in `impls` (only `args.only`'s when given).
+pub(crate) fn cells(impls: &[&'static str], args: &PageArgs<'_>) -> Vec<(&'static str, u64)> {
+    args.depths
         .iter()
         .flat_map(|d| impls.iter().map(move |i| (*i, *d)))
+        .filter(|(i, _)| args.only.is_none_or(|only| only == *i))
         .collect()
 }
 
@@ -219,7 +222,7 @@ macro_rules! keyset_runner {
                 PageKeyArg::Id => {
                     let key = asc(items::id);
                     let key_of = |i: &Item| i.id;
-                    let cells = cells(&[&["ours", "diesel"][..], &extra_names].concat(), args.depths);
+                    let cells = cells(&[&["ours", "diesel"][..], &extra_names].concat(), args);
                     let tokens = collect_tokens(args.depths, |t| {
                         Ok(items::table
                             .budget(Budget::rows(size))
@@ -257,7 +260,7 @@ macro_rules! keyset_runner {
                         &["ours", "diesel"]
                     };
                     let impls = [ours, &extra_names].concat();
-                    let cells = cells(&impls, args.depths);
+                    let cells = cells(&impls, args);
                     let tokens = collect_tokens(args.depths, |t| {
                         Ok(items::table
                             .budget(Budget::rows(size))

@@ -64,8 +64,8 @@ impl<Q> RunQueryDsl<PgConnection> for Run<Q> {}
 
 keyset_runner!(postgres_keyset, PgConnection, row_values: true);
 
-/// One keyset page of i-love-jesus.
-fn ilj_page(conn: &mut PgConnection, args: &PageArgs<'_>, depth: u64) -> BoxResult<usize> {
+/// One keyset page of i-love-jesus: its rows.
+fn ilj_page(conn: &mut PgConnection, args: &PageArgs<'_>, depth: u64) -> BoxResult<Vec<Item>> {
     use diesel::query_builder::AsQuery as _;
     let cursor = boundary(args, depth)?.map(|(created_at, id)| ItemCursor { id, created_at });
     let limit = i64::try_from(args.size + 1)?;
@@ -85,7 +85,25 @@ fn ilj_page(conn: &mut PgConnection, args: &PageArgs<'_>, depth: u64) -> BoxResu
             Run(page.as_query()).load(conn)?
         }
     };
-    Ok(rows.len().min(args.size as usize))
+    Ok(rows)
+}
+
+/// Page `depth` has the rows it should (the ids of the demo table, in key order; one row more
+/// than the page, the look-ahead).
+fn check_page(rows: &[Item], args: &PageArgs<'_>, depth: u64) -> BoxResult<()> {
+    let ids: Vec<u64> = rows
+        .iter()
+        .map(|i| u64::try_from(i.id))
+        .collect::<Result<_, _>>()?;
+    let first = (depth - 1) * args.size;
+    let want: Vec<u64> = match args.key {
+        PageKeyArg::Id => (first + 1..=first + args.size + 1).collect(),
+        PageKeyArg::CreatedId => (0..=args.size).map(|i| args.rows - first - i).collect(),
+    };
+    if ids != want {
+        return Err(format!("ilj page {depth}: ids {ids:?}, expected {want:?}").into());
+    }
+    Ok(())
 }
 
 /// `ilj-page` (PostgreSQL): i-love-jesus, ours and the hand-written keyset queries at each
@@ -113,6 +131,10 @@ struct Args {
     /// The key the pages are ordered by.
     #[arg(long, value_enum, default_value_t = PageKeyArg::Id)]
     page_key: PageKeyArg,
+    /// Measure only this implementation (`ilj`, `ours`, `diesel`, `diesel-row`), for
+    /// `perf stat` or callgrind of one of them.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn main() -> BoxResult<()> {
@@ -128,9 +150,13 @@ fn main() -> BoxResult<()> {
         warmup: a.warmup,
         key: a.page_key,
         rows: a.rows,
+        only: a.only.as_deref(),
     };
     let mut ilj = PgConnection::establish(&url)?;
-    let mut fetch = |d: u64| ilj_page(&mut ilj, &args, d);
+    for &d in args.depths {
+        check_page(&ilj_page(&mut ilj, &args, d)?, &args, d)?;
+    }
+    let mut fetch = |d: u64| Ok(ilj_page(&mut ilj, &args, d)?.len().min(args.size as usize));
     let results = postgres_keyset(&url, &args, &mut [("ilj", &mut fetch)])?;
     println!(
         "{}",

@@ -157,8 +157,9 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     per_round: u32,
     /// Point/page scenarios: run only this cell (0 diesel_plain, 1 budget_plain, 2 diesel_db,
-    /// 3 budget_db), for counting instructions under `valgrind --tool=callgrind`, which the
-    /// machine's noise does not disturb.
+    /// 3 budget_db); ci-overhead: 0-5 (point plain, instrumented, recording, scan plain,
+    /// instrumented, recording). For counting instructions under `valgrind --tool=callgrind`,
+    /// which the machine's noise does not disturb.
     #[arg(long)]
     cell: Option<usize>,
     /// Page scenarios: the page numbers to measure (repeat the flag).
@@ -410,7 +411,15 @@ fn main() -> BoxResult<()> {
         return done;
     }
     if args.scenario == Scenario::CiOverhead {
-        return ci::run(backend, rows, &url, args.batch, args.rounds, args.per_round);
+        return ci::run(
+            backend,
+            rows,
+            &url,
+            args.batch,
+            args.rounds,
+            args.per_round,
+            args.cell,
+        );
     }
     if let Some(kind) = latency::Kind::of(args.scenario) {
         let cells = match args.cell {

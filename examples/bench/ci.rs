@@ -16,7 +16,9 @@
 //! rounds runs the six cells once, in a freshly shuffled order. One JSON line: per cell the
 //! median `ns_per_query` (point) or `ns_per_row` (scan), and the ratios to `plain` as the
 //! median of the per-round ratios (each round's pair measured close together, so drift of a
-//! loaded machine cancels) beside the ratio of the medians.
+//! loaded machine cancels) beside the ratio of the medians. `--cell N` (0-5, in the order of
+//! [`CELLS`]) runs one cell alone, for counting its instructions under
+//! `valgrind --tool=callgrind`, which a loaded machine does not disturb.
 
 use super::*;
 use diesel_budget::testing;
@@ -50,7 +52,7 @@ const CELLS: [&str; 6] = [
 ];
 
 macro_rules! overhead {
-    ($conn:ty, $seed:path, $url:expr, $rows:expr, $batch:expr, $rounds:expr, $per_round:expr) => {{
+    ($conn:ty, $seed:path, $url:expr, $rows:expr, $batch:expr, $rounds:expr, $per_round:expr, $only:expr) => {{
         $seed($url, $rows)?;
         let rows_i32 = i32::try_from($rows)?;
         let per_round = i32::try_from($per_round)?;
@@ -82,7 +84,7 @@ macro_rules! overhead {
         };
         // One warm-up round, then the measured ones.
         let mut t: [Vec<f64>; 6] = Default::default();
-        let mut order: Vec<usize> = (0..6).collect();
+        let mut order: Vec<usize> = (0..6).filter(|c| $only.is_none_or(|o| o == *c)).collect();
         let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
         for round in 0..=$rounds {
             shuffle(&mut order, &mut seed);
@@ -120,6 +122,7 @@ pub(super) fn run(
     batch: u32,
     rounds: u32,
     per_round: u32,
+    only: Option<usize>,
 ) -> BoxResult<()> {
     let t: BoxResult<[Vec<f64>; 6]> = match backend {
         #[cfg(feature = "sqlite")]
@@ -130,7 +133,8 @@ pub(super) fn run(
             rows,
             batch,
             rounds,
-            per_round
+            per_round,
+            only
         ),
         #[cfg(feature = "postgres")]
         Backend::Postgres => overhead!(
@@ -140,7 +144,8 @@ pub(super) fn run(
             rows,
             batch,
             rounds,
-            per_round
+            per_round,
+            only
         ),
         #[cfg(feature = "mysql")]
         Backend::Mysql => overhead!(
@@ -150,7 +155,8 @@ pub(super) fn run(
             rows,
             batch,
             rounds,
-            per_round
+            per_round,
+            only
         ),
         #[allow(unreachable_patterns)]
         _ => Err("built without this backend's feature: run with --all-features".into()),

@@ -165,13 +165,7 @@ pub(super) fn run(
     let ns = |cell: usize| median(t[cell].clone()) * 1e9;
     // Median of the per-round ratios of `cell` to `base`.
     let paired = |cell: usize, base: usize| {
-        median(
-            t[cell]
-                .iter()
-                .zip(&t[base])
-                .map(|(c, b)| c / b)
-                .collect(),
-        )
+        median(t[cell].iter().zip(&t[base]).map(|(c, b)| c / b).collect())
     };
     let (hwm, _) = rss()?;
     let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());

@@ -24,7 +24,6 @@ use super::page_core::{cells, keyset_runner, measure, pager, PageArgs, PageKeyAr
 use super::*;
 use diesel_budget::page::Page;
 
-
 macro_rules! page_runner {
     ($name:ident, $keyset:ident, $conn:ty, row_values: $row_values:expr) => {
         keyset_runner!($keyset, $conn, row_values: $row_values);

@@ -167,7 +167,14 @@ fn print_explain(sql: &str, report: &SqlExplain, raw: bool, colour: bool) {
         .estimated_rows
         .map_or_else(|| "none".to_owned(), |r| r.to_string());
     println!("plan: {}; estimated rows: {estimate}", plan.shape());
-    let header = ["table", "access", "index", "est. rows", "table rows", "verdict"];
+    let header = [
+        "table",
+        "access",
+        "index",
+        "est. rows",
+        "table rows",
+        "verdict",
+    ];
     let mut rows: Vec<([String; 6], Option<&str>)> = Vec::new();
     for node in &plan.nodes {
         let table = node.table.clone().unwrap_or_else(|| "-".to_owned());
@@ -206,7 +213,11 @@ fn print_explain(sql: &str, report: &SqlExplain, raw: bool, colour: bool) {
                 } else {
                     format!("FAIL: full scan over {} rows", options.max_scan_rows)
                 };
-                (size, verdict, if s.fails { Some(RED) } else { Some(YELLOW) })
+                (
+                    size,
+                    verdict,
+                    if s.fails { Some(RED) } else { Some(YELLOW) },
+                )
             }
             None => ("-".to_owned(), "ok".to_owned(), None),
         };

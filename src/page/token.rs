@@ -60,11 +60,12 @@ struct Keyed(HmacSha256);
 impl Keyed {
     fn new(secret: &[u8]) -> Result<Self> {
         check_secret(secret)?;
-        let mut mac =
-            <HmacSha256 as KeyInit>::new_from_slice(secret).map_err(|_| Error::InvalidArgument {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).map_err(|_| {
+            Error::InvalidArgument {
                 name: "secret",
                 reason: "not usable as an HMAC-SHA256 key".into(),
-            })?;
+            }
+        })?;
         mac.update(CONTEXT);
         Ok(Keyed(mac))
     }

@@ -141,7 +141,11 @@ fn main() -> BoxResult<()> {
     let a = Args::parse();
     let url = a
         .url
-        .or_else(|| std::env::var("PG_DATABASE_URL").ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            std::env::var("PG_DATABASE_URL")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/diesel_budget_bench".to_owned());
     let args = PageArgs {
         depths: &a.depth,

@@ -152,6 +152,12 @@ struct ThreadState {
     internal: Cell<u32>,
     /// Open recordings (see `crate::testing::record`), innermost last.
     recordings: RefCell<Vec<Vec<Statement>>>,
+    /// The SQL and binds of the statement the executor is about to run, handed over while a
+    /// recording is open ([`hint_statement`]), so the instrumentation need not render it.
+    hint: RefCell<Option<(String, Vec<String>)>>,
+    /// The SQL of statically identified statements (Diesel's `QueryId`), by query and backend
+    /// type: rendered once per thread.
+    static_sql: RefCell<std::collections::HashMap<(TypeId, TypeId), Arc<str>>>,
     /// Where the executor entry point running on this thread was called from.
     site: Cell<Option<&'static Location<'static>>>,
     /// Depth of `crate::testing::allow_unbudgeted` scopes (strict mode lets their statements
@@ -666,7 +672,12 @@ impl BudgetInstrumentation {
                     } else {
                         None
                     };
-                    let (sql, binds) = split_query(*query);
+                    let hinted = if kind == StatementKind::Budgeted {
+                        STATE.with(|s| s.hint.try_borrow_mut().ok().and_then(|mut h| h.take()))
+                    } else {
+                        None
+                    };
+                    let (sql, binds) = hinted.unwrap_or_else(|| split_query(*query));
                     let statement = Statement {
                         id,
                         sql,
@@ -768,6 +779,80 @@ pub(crate) fn slot(instrumentation: &mut dyn Instrumentation) -> Slot {
     } else {
         Slot::Foreign
     }
+}
+
+/// `query`'s bind values alone through Diesel's `debug_query`: a wrapper whose SQL is empty
+/// (`to_sql` writes nothing), so only the binds are formatted.
+struct BindsOnly<'a, Q>(&'a Q);
+
+impl<DB: diesel::backend::Backend, Q: diesel::query_builder::QueryFragment<DB>>
+    diesel::query_builder::QueryFragment<DB> for BindsOnly<'_, Q>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn to_sql(&self, _: &mut DB::QueryBuilder, _: &DB) -> diesel::QueryResult<()> {
+        Ok(())
+    }
+}
+
+/// Before the executor runs `query` while a recording is open on this thread: hands the
+/// instrumentation the statement's SQL and binds, so it does not render the SQL again. The SQL
+/// of a statically identified query (its type fixes its SQL: Diesel's statement cache relies on
+/// the same) is rendered once per thread; other queries are rendered here. Nothing happens
+/// without a recording.
+pub(crate) fn hint_statement<DB, Q>(query: &Q)
+where
+    DB: crate::backend::BudgetBackend + 'static,
+    Q: diesel::query_builder::QueryFragment<DB> + diesel::query_builder::QueryId,
+{
+    if !recording() {
+        return;
+    }
+    let render = || -> Option<String> {
+        let mut out = <DB::QueryBuilder as Default>::default();
+        query.to_sql(&mut out, &DB::default()).ok()?;
+        Some(diesel::query_builder::QueryBuilder::finish(out))
+    };
+    let sql = match Q::query_id() {
+        Some(id) => STATE.with(|s| {
+            let key = (id, TypeId::of::<DB>());
+            if let Some(sql) = s.static_sql.try_borrow().ok()?.get(&key) {
+                return Some(sql.to_string());
+            }
+            let sql = render()?;
+            if let Ok(mut cache) = s.static_sql.try_borrow_mut() {
+                cache.insert(key, Arc::from(sql.as_str()));
+            }
+            Some(sql)
+        }),
+        None => render(),
+    };
+    let Some(sql) = sql else { return };
+    let shown = diesel::debug_query::<DB, _>(&BindsOnly(query)).to_string();
+    let binds = shown
+        .strip_prefix(" -- binds: [")
+        .and_then(|l| l.strip_suffix(']'))
+        .map(split_list)
+        .unwrap_or_default();
+    STATE.with(|s| {
+        if let Ok(mut hint) = s.hint.try_borrow_mut() {
+            *hint = Some((sql, binds));
+        }
+    });
+}
+
+/// Drops a hint no statement took (the executor's statement failed before it started).
+pub(crate) fn clear_hint() {
+    STATE.with(|s| {
+        if let Ok(mut hint) = s.hint.try_borrow_mut() {
+            hint.take();
+        }
+    });
 }
 
 /// Splits a query as Diesel's instrumentation shows it into the SQL (with placeholders) and the

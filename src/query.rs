@@ -598,11 +598,13 @@ where
     <P::SqlType as CompatibleType<U, C::Backend>>::SqlType: 'static,
     S: RowSink<U>,
 {
+    crate::instrument::hint_statement::<C::Backend, P>(query);
     let outcome = if stream {
         drive(ByRef(query).load_iter::<U, C::StreamMode>(conn), sink)
     } else {
         drive(ByRef(query).load_iter::<U, DefaultLoadingMode>(conn), sink)
     };
+    crate::instrument::clear_hint();
     match outcome {
         Ok(()) if sink.needs_sql() => render::<C, _>(query).map(Some),
         Ok(()) => Ok(None),

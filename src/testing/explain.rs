@@ -318,10 +318,7 @@ pub(crate) fn explain_text<C: ExplainConnection>(
         .map_err(|e| crate::Error::query(fingerprint(sql), e))?;
     let mut scans = Vec::new();
     for table in plan.full_scans() {
-        let rows = match conn.count_rows_capped(table, options.max_scan_rows) {
-            Ok(n) => Some(n),
-            Err(_) => None,
-        };
+        let rows = conn.count_rows_capped(table, options.max_scan_rows).ok();
         let over = rows.is_none_or(|n| n > options.max_scan_rows);
         scans.push(ScannedTable {
             table: table.to_owned(),

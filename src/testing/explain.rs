@@ -357,7 +357,8 @@ pub(crate) fn explain_text<C: ExplainConnection>(
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// # let url = path.to_str().ok_or("path")?;
-/// # let db = diesel_budget::Db::builder(url).migrations(diesel_budget::demo::MIGRATIONS).build()?;
+/// # let db: diesel_budget::Db<DbConnection> =
+/// #     diesel_budget::Db::builder(url).migrations(diesel_budget::demo::MIGRATIONS).build()?;
 /// use diesel_budget::testing::{explain_sql, ExplainOptions};
 ///
 /// let strict = ExplainOptions::default().require_index(true);

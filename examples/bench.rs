@@ -38,6 +38,8 @@ use serde_json::json;
 mod cache;
 #[path = "bench/page.rs"]
 mod page;
+#[path = "bench/page_core.rs"]
+mod page_core;
 
 #[path = "bench/bulk.rs"]
 mod bulk;
@@ -170,8 +172,9 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     per_round: u32,
     /// Point/page scenarios: run only this cell (0 diesel_plain, 1 budget_plain, 2 diesel_db,
-    /// 3 budget_db), for counting instructions under `valgrind --tool=callgrind`, which the
-    /// machine's noise does not disturb.
+    /// 3 budget_db); ci-overhead: 0-5 (point plain, instrumented, recording, scan plain,
+    /// instrumented, recording). For counting instructions under `valgrind --tool=callgrind`,
+    /// which the machine's noise does not disturb.
     #[arg(long)]
     cell: Option<usize>,
     /// Page scenarios: the page numbers to measure (repeat the flag).
@@ -187,8 +190,12 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     warmup: usize,
     /// Page scenarios: the key the pages are ordered by.
-    #[arg(long, value_enum, default_value_t = page::PageKeyArg::Id)]
-    page_key: page::PageKeyArg,
+    #[arg(long, value_enum, default_value_t = page_core::PageKeyArg::Id)]
+    page_key: page_core::PageKeyArg,
+    /// Page scenarios: measure only this implementation (`ours`, `diesel`, `diesel-row`), for
+    /// `perf stat` or callgrind of one of them.
+    #[arg(long)]
+    only: Option<String>,
     /// Threads of the cache scenarios.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -419,7 +426,15 @@ fn main() -> BoxResult<()> {
         return done;
     }
     if args.scenario == Scenario::CiOverhead {
-        return ci::run(backend, rows, &url, args.batch);
+        return ci::run(
+            backend,
+            rows,
+            &url,
+            args.batch,
+            args.rounds,
+            args.per_round,
+            args.cell,
+        );
     }
     if let Some(kind) = latency::Kind::of(args.scenario) {
         let cells = match args.cell {
@@ -438,15 +453,16 @@ fn main() -> BoxResult<()> {
         );
     }
     if matches!(args.scenario, Scenario::OffsetPage | Scenario::KeysetPage) {
-        let page_args = page::PageArgs {
+        let page_args = page_core::PageArgs {
             depths: &args.depth,
             size: args.page_size,
             reps: args.reps,
             warmup: args.warmup,
             key: args.page_key,
             rows,
+            only: args.only.as_deref(),
         };
-        return page::run(args.scenario, backend, &url, rows, &page_args);
+        return page::run(args.scenario, backend, &url, &page_args);
     }
     let load_before = loadavg();
     let (hwm_before, _) = rss()?;

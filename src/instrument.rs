@@ -152,6 +152,12 @@ struct ThreadState {
     internal: Cell<u32>,
     /// Open recordings (see `crate::testing::record`), innermost last.
     recordings: RefCell<Vec<Vec<Statement>>>,
+    /// The SQL and binds of the statement the executor is about to run, handed over while a
+    /// recording is open ([`hint_statement`]), so the instrumentation need not render it.
+    hint: RefCell<Option<(String, Vec<String>)>>,
+    /// The SQL of statically identified statements (Diesel's `QueryId`), by query and backend
+    /// type: rendered once per thread.
+    static_sql: RefCell<std::collections::HashMap<(TypeId, TypeId), Arc<str>>>,
     /// Where the executor entry point running on this thread was called from.
     site: Cell<Option<&'static Location<'static>>>,
     /// Depth of `crate::testing::allow_unbudgeted` scopes (strict mode lets their statements
@@ -671,21 +677,33 @@ impl BudgetInstrumentation {
                     } else {
                         None
                     };
-                    let (sql, binds) = split_query(*query);
-                    with_recordings(|rec| {
-                        rec.push(Statement {
-                            id,
-                            sql: sql.clone(),
-                            binds: binds.clone(),
-                            kind,
-                            budget,
-                            rows: None,
-                            rows_delivered: None,
-                            bytes: None,
-                            elapsed: Duration::ZERO,
-                            failed: false,
-                            location,
-                        })
+                    let hinted = if kind == StatementKind::Budgeted {
+                        STATE.with(|s| s.hint.try_borrow_mut().ok().and_then(|mut h| h.take()))
+                    } else {
+                        None
+                    };
+                    let (sql, binds) = hinted.unwrap_or_else(|| split_query(*query));
+                    let statement = Statement {
+                        id,
+                        sql,
+                        binds,
+                        kind,
+                        budget,
+                        rows: None,
+                        rows_delivered: None,
+                        bytes: None,
+                        elapsed: Duration::ZERO,
+                        failed: false,
+                        location,
+                    };
+                    // A copy for each outer recording, the statement itself for the innermost.
+                    STATE.with(|s| {
+                        if let Ok(mut recs) = s.recordings.try_borrow_mut() {
+                            if let Some((innermost, outer)) = recs.split_last_mut() {
+                                outer.iter_mut().for_each(|rec| rec.push(statement.clone()));
+                                innermost.push(statement);
+                            }
+                        }
                     });
                 }
             }
@@ -768,69 +786,100 @@ pub(crate) fn slot(instrumentation: &mut dyn Instrumentation) -> Slot {
     }
 }
 
+/// `query`'s bind values alone through Diesel's `debug_query`: a wrapper whose SQL is empty
+/// (`to_sql` writes nothing), so only the binds are formatted.
+struct BindsOnly<'a, Q>(&'a Q);
+
+impl<DB: diesel::backend::Backend, Q: diesel::query_builder::QueryFragment<DB>>
+    diesel::query_builder::QueryFragment<DB> for BindsOnly<'_, Q>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn to_sql(&self, _: &mut DB::QueryBuilder, _: &DB) -> diesel::QueryResult<()> {
+        Ok(())
+    }
+}
+
+/// Before the executor runs `query` while a recording is open on this thread: hands the
+/// instrumentation the statement's SQL and binds, so it does not render the SQL again. The SQL
+/// of a statically identified query (its type fixes its SQL: Diesel's statement cache relies on
+/// the same) is rendered once per thread; other queries are rendered here. Nothing happens
+/// without a recording.
+pub(crate) fn hint_statement<DB, Q>(query: &Q)
+where
+    DB: crate::backend::BudgetBackend + 'static,
+    Q: diesel::query_builder::QueryFragment<DB> + diesel::query_builder::QueryId,
+{
+    if !recording() {
+        return;
+    }
+    let render = || -> Option<String> {
+        let mut out = <DB::QueryBuilder as Default>::default();
+        query.to_sql(&mut out, &DB::default()).ok()?;
+        Some(diesel::query_builder::QueryBuilder::finish(out))
+    };
+    let sql = match Q::query_id() {
+        Some(id) => STATE.with(|s| {
+            let key = (id, TypeId::of::<DB>());
+            if let Some(sql) = s.static_sql.try_borrow().ok()?.get(&key) {
+                return Some(sql.to_string());
+            }
+            let sql = render()?;
+            if let Ok(mut cache) = s.static_sql.try_borrow_mut() {
+                cache.insert(key, Arc::from(sql.as_str()));
+            }
+            Some(sql)
+        }),
+        None => render(),
+    };
+    let Some(sql) = sql else { return };
+    let shown = diesel::debug_query::<DB, _>(&BindsOnly(query)).to_string();
+    let binds = shown
+        .strip_prefix(" -- binds: [")
+        .and_then(|l| l.strip_suffix(']'))
+        .map(split_list)
+        .unwrap_or_default();
+    STATE.with(|s| {
+        if let Ok(mut hint) = s.hint.try_borrow_mut() {
+            *hint = Some((sql, binds));
+        }
+    });
+}
+
+/// Drops a hint no statement took (the executor's statement failed before it started).
+pub(crate) fn clear_hint() {
+    STATE.with(|s| {
+        if let Ok(mut hint) = s.hint.try_borrow_mut() {
+            hint.take();
+        }
+    });
+}
+
 /// Splits a query as Diesel's instrumentation shows it into the SQL (with placeholders) and the
 /// bound values (each in its `Debug` form).
 ///
-/// Diesel's `Debug` form of a statement is `Query { sql: "<sql>", binds: [<b1>, <b2>] }`, and of
-/// raw SQL text (`batch_execute`) the string literal alone. The SQL literal is unescaped; the
-/// bind list is split at its top-level commas. Anything else is kept as SQL up to Diesel's
-/// `-- binds:` comment of the `Display` form, so values never end up in the SQL.
+/// Diesel's `Display` form of a statement is `<sql> -- binds: [<b1>, <b2>]`, and of raw SQL text
+/// (`batch_execute`) the text alone. The SQL ends at the first ` -- binds: [` (bound values come
+/// after the SQL, so no value can move it; only SQL text that itself holds that comment would cut
+/// the SQL short, never put a value in it); the bind list is split at its top-level commas.
+/// (`Display` rather than `Debug`: the SQL is neither escaped nor unescaped, which made a
+/// recording cost a third more per point read on SQLite.)
 pub(crate) fn split_query(query: &dyn DebugQuery) -> (String, Vec<String>) {
-    let debug = format!("{query:?}");
-    if let Some(rest) = debug.strip_prefix("Query { sql: ") {
-        if let Some((sql, rest)) = parse_str_literal(rest) {
-            if let Some(list) = rest
-                .strip_prefix(", binds: [")
-                .and_then(|r| r.strip_suffix("] }"))
-            {
-                return (sql, split_list(list));
-            }
-        }
-    } else if let Some((sql, "")) = parse_str_literal(&debug) {
-        return (sql, Vec::new());
-    }
-    let display = query.to_string();
-    let sql = match display.find(" -- binds: ") {
-        Some(at) => display[..at].to_owned(),
-        None => display,
-    };
-    (sql, Vec::new())
-}
-
-/// Parses a Rust string literal as `Debug` writes it (`"..."` with `escape_debug` escapes) at
-/// the start of `s`; returns its value and the rest of `s`.
-fn parse_str_literal(s: &str) -> Option<(String, &str)> {
-    let body = s.strip_prefix('"')?;
-    let mut out = String::with_capacity(body.len());
-    let mut chars = body.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '"' => return Some((out, &body[i + 1..])),
-            '\\' => match chars.next()?.1 {
-                'n' => out.push('\n'),
-                'r' => out.push('\r'),
-                't' => out.push('\t'),
-                '0' => out.push('\0'),
-                'u' => {
-                    if chars.next()?.1 != '{' {
-                        return None;
-                    }
-                    let mut code = 0u32;
-                    loop {
-                        let d = chars.next()?.1;
-                        if d == '}' {
-                            break;
-                        }
-                        code = code.checked_mul(16)?.checked_add(d.to_digit(16)?)?;
-                    }
-                    out.push(char::from_u32(code)?);
-                }
-                other => out.push(other),
-            },
-            c => out.push(c),
+    const MARK: &str = " -- binds: [";
+    let mut text = query.to_string();
+    if let Some(at) = text.find(MARK) {
+        if let Some(list) = text[at + MARK.len()..].strip_suffix(']') {
+            let binds = split_list(list);
+            text.truncate(at);
+            return (text, binds);
         }
     }
-    None
+    (text, Vec::new())
 }
 
 /// Splits the inside of a `Debug` list (`a, "b, c", [d, e]`) at its top-level commas.
@@ -868,26 +917,6 @@ fn split_list(list: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn string_literals_round_trip() {
-        for s in [
-            "plain",
-            "with \"quotes\" and \\ backslash",
-            "new\nline\ttab\r\0",
-            "unicode é ☃ \u{200b} \u{7f}",
-            "", // empty
-        ] {
-            let lit = format!("{s:?}rest");
-            assert_eq!(
-                parse_str_literal(&lit),
-                Some((s.to_owned(), "rest")),
-                "{lit}"
-            );
-        }
-        assert_eq!(parse_str_literal("\"unterminated"), None);
-        assert_eq!(parse_str_literal("no quote"), None);
-    }
 
     #[test]
     fn lists_split_at_top_level_commas() {

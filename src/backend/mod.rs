@@ -304,3 +304,72 @@ pub(crate) fn on_conflict_clause<'b, DB: diesel::backend::Backend>(
     }
     Ok(())
 }
+
+/// `diesel-budget explain`: which backend `url` names, then that backend connects and explains.
+/// `postgres://` / `postgresql://`, `mysql://`, anything else an SQLite file (`sqlite://`
+/// dropped), which must exist (connecting would create an empty one).
+#[cfg(feature = "ci")]
+pub(crate) fn explain_at(
+    url: &str,
+    sql: &str,
+    options: crate::testing::ExplainOptions,
+) -> crate::error::Result<crate::testing::SqlExplain> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return explain_postgres(url, sql, options);
+    }
+    if url.starts_with("mysql://") {
+        return explain_mysql(url, sql, options);
+    }
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    let in_memory = path == ":memory:" || path.starts_with("file:");
+    if !in_memory && !std::path::Path::new(path).is_file() {
+        return Err(crate::Error::InvalidArgument {
+            name: "url",
+            reason: format!(
+                "no SQLite database file at {path} (or give a postgres:// or mysql:// URL)"
+            ),
+        });
+    }
+    explain_sqlite(path, sql, options)
+}
+
+/// This build lacks the backend a URL names.
+#[cfg(all(
+    feature = "ci",
+    not(all(feature = "sqlite", feature = "postgres", feature = "mysql"))
+))]
+fn missing_backend(backend: &str, feature: &str) -> crate::Error {
+    crate::Error::InvalidArgument {
+        name: "url",
+        reason: format!(
+            "this build of diesel-budget has no {backend} backend: build it with the `{feature}` \
+             feature (`--features cli,{feature}`)"
+        ),
+    }
+}
+
+macro_rules! explain_backend {
+    ($fn:ident, $feature:literal, $module:ident, $name:literal) => {
+        #[cfg(all(feature = "ci", feature = $feature))]
+        fn $fn(
+            url: &str,
+            sql: &str,
+            options: crate::testing::ExplainOptions,
+        ) -> crate::error::Result<crate::testing::SqlExplain> {
+            $module::explain::explain_at(url, sql, options)
+        }
+
+        #[cfg(all(feature = "ci", not(feature = $feature)))]
+        fn $fn(
+            _: &str,
+            _: &str,
+            _: crate::testing::ExplainOptions,
+        ) -> crate::error::Result<crate::testing::SqlExplain> {
+            Err(missing_backend($name, $feature))
+        }
+    };
+}
+
+explain_backend!(explain_postgres, "postgres", postgres, "PostgreSQL");
+explain_backend!(explain_mysql, "mysql", mysql, "MySQL");
+explain_backend!(explain_sqlite, "sqlite", sqlite, "SQLite");

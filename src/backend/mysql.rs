@@ -53,7 +53,7 @@ impl Db<MysqlConnection> {
 
 mod bulk;
 #[cfg(feature = "ci")]
-mod explain;
+pub(super) mod explain;
 #[cfg(feature = "page")]
 mod page;
 mod timeout;

@@ -65,7 +65,7 @@ impl Db<PgConnection> {
 
 mod bulk;
 #[cfg(feature = "ci")]
-mod explain;
+pub(super) mod explain;
 #[cfg(feature = "page")]
 mod page;
 mod timeout;

@@ -109,7 +109,7 @@ impl DbBuilder<SqliteConnection> {
 
 mod bulk;
 #[cfg(feature = "ci")]
-mod explain;
+pub(super) mod explain;
 #[cfg(feature = "page")]
 mod page;
 mod timeout;

@@ -166,7 +166,9 @@ where
         // `Iterator::take` checks its count before `next`: the row after the cap is never
         // stepped.
         let cap = cap.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-        if stream {
+        // An open recording takes the statement's SQL from here rather than rendering it.
+        crate::instrument::hint_statement::<C::Backend, P>(statement);
+        let ran = if stream {
             read.rows(
                 ByRef(statement)
                     .load_iter::<U, C::StreamMode>(conn)
@@ -180,7 +182,9 @@ where
                     .map(|rows| rows.take(cap)),
                 seen,
             )
-        }
+        };
+        crate::instrument::clear_hint();
+        ran
     }
 }
 

@@ -48,8 +48,27 @@ type HmacSha256 = Hmac<Sha256>;
 /// ```
 #[derive(Clone)]
 pub struct PageKeys {
-    current: (u8, Vec<u8>),
-    previous: Vec<(u8, Vec<u8>)>,
+    current: (u8, Keyed),
+    previous: Vec<(u8, Keyed)>,
+}
+
+/// A key's HMAC state with the secret and the domain context already absorbed: each token then
+/// costs a clone of it, not the two SHA-256 blocks of keying HMAC again.
+#[derive(Clone)]
+struct Keyed(HmacSha256);
+
+impl Keyed {
+    fn new(secret: &[u8]) -> Result<Self> {
+        check_secret(secret)?;
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).map_err(|_| {
+            Error::InvalidArgument {
+                name: "secret",
+                reason: "not usable as an HMAC-SHA256 key".into(),
+            }
+        })?;
+        mac.update(CONTEXT);
+        Ok(Keyed(mac))
+    }
 }
 
 impl fmt::Debug for PageKeys {
@@ -71,9 +90,8 @@ impl PageKeys {
     /// # Errors
     /// [`Error::InvalidArgument`] for a secret shorter than 32 bytes.
     pub fn new(id: u8, secret: &[u8]) -> Result<Self> {
-        check_secret(secret)?;
         Ok(PageKeys {
-            current: (id, secret.to_vec()),
+            current: (id, Keyed::new(secret)?),
             previous: Vec::new(),
         })
     }
@@ -84,14 +102,14 @@ impl PageKeys {
     /// # Errors
     /// [`Error::InvalidArgument`] for a short secret or an id already in the ring.
     pub fn with_previous(mut self, id: u8, secret: &[u8]) -> Result<Self> {
-        check_secret(secret)?;
+        let keyed = Keyed::new(secret)?;
         if id == self.current.0 || self.previous.iter().any(|(p, _)| *p == id) {
             return Err(Error::InvalidArgument {
                 name: "id",
                 reason: "a key with this id is already in the ring".into(),
             });
         }
-        self.previous.push((id, secret.to_vec()));
+        self.previous.push((id, keyed));
         Ok(self)
     }
 
@@ -100,14 +118,11 @@ impl PageKeys {
         self.current.0
     }
 
-    fn secret(&self, id: u8) -> Option<&[u8]> {
+    fn keyed(&self, id: u8) -> Option<&Keyed> {
         if self.current.0 == id {
             return Some(&self.current.1);
         }
-        self.previous
-            .iter()
-            .find(|(p, _)| *p == id)
-            .map(|(_, s)| s.as_slice())
+        self.previous.iter().find(|(p, _)| *p == id).map(|(_, k)| k)
     }
 }
 
@@ -143,15 +158,13 @@ pub(crate) fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8;
     h.finalize().into()
 }
 
-fn mac(secret: &[u8], header: [u8; 2], fingerprint: &[u8; 32]) -> Result<HmacSha256> {
-    let mut mac =
-        <HmacSha256 as KeyInit>::new_from_slice(secret).map_err(|_| Error::InvalidPageToken {
-            reason: "unusable key",
-        })?;
-    mac.update(CONTEXT);
+/// The MAC of a token under `key`: context (already absorbed), header, query fingerprint; the
+/// caller adds the payload.
+fn mac(key: &Keyed, header: [u8; 2], fingerprint: &[u8; 32]) -> HmacSha256 {
+    let mut mac = key.0.clone();
     mac.update(&header);
     mac.update(fingerprint);
-    Ok(mac)
+    mac
 }
 
 /// Signs `body` for the query `fingerprint` with the current key.
@@ -161,17 +174,16 @@ pub(crate) fn encode<V: Serialize>(
     body: &Body<V>,
 ) -> Result<String> {
     let header = [VERSION, keys.current.0];
-    let payload = postcard::to_allocvec(body).map_err(|_| Error::InvalidArgument {
+    // `header | payload | tag` in one buffer (a short key's token fits the first allocation).
+    let mut bytes = Vec::with_capacity(64);
+    bytes.extend_from_slice(&header);
+    let mut bytes = postcard::to_extend(body, bytes).map_err(|_| Error::InvalidArgument {
         name: "key value",
         reason: "the key value cannot be serialised into a page token".into(),
     })?;
-    let mut m = mac(&keys.current.1, header, fingerprint)?;
-    m.update(&payload);
-    let tag = m.finalize().into_bytes();
-    let mut bytes = Vec::with_capacity(2 + payload.len() + TAG_LEN);
-    bytes.extend_from_slice(&header);
-    bytes.extend_from_slice(&payload);
-    bytes.extend_from_slice(&tag);
+    let mut m = mac(&keys.current.1, header, fingerprint);
+    m.update(&bytes[2..]);
+    bytes.extend_from_slice(&m.finalize().into_bytes());
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -199,12 +211,12 @@ pub(crate) fn decode<V: DeserializeOwned>(
     if bytes[0] != VERSION {
         return Err(invalid("unknown format version"));
     }
-    let secret = keys
-        .secret(bytes[1])
+    let key = keys
+        .keyed(bytes[1])
         .ok_or_else(|| invalid("signed by a key not in the ring"))?;
     let (signed, tag) = bytes.split_at(bytes.len() - TAG_LEN);
     let payload = &signed[2..];
-    let mut m = mac(secret, [bytes[0], bytes[1]], fingerprint)?;
+    let mut m = mac(key, [bytes[0], bytes[1]], fingerprint);
     m.update(payload);
     m.verify_slice(tag).map_err(|_| {
         invalid("signature does not match: another query, other filter values, another key, or a modified token")

@@ -169,6 +169,210 @@ pub trait ExplainConnection: BudgetConnection + seal::Sealed {
     fn explain_plan<Q>(&mut self, query: &Q, index_usable: bool) -> QueryResult<Plan>
     where
         Q: QueryFragment<Self::Backend> + QueryId;
+
+    /// The rows of `table`, counted up to `cap + 1` ([`CappedCount`]).
+    #[doc(hidden)]
+    fn count_rows_capped(&mut self, table: &str, cap: u64) -> QueryResult<u64>;
+}
+
+/// How many rows a table holds, counted up to a cap: `SELECT COUNT(*) FROM (SELECT 1 FROM
+/// <table> LIMIT <cap + 1>) AS diesel_budget_rows`; the table is an identifier, the cap a bound
+/// value. Never cached as a prepared statement.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct CappedCount<'a> {
+    table: &'a str,
+    limit: i64,
+}
+
+impl<'a> CappedCount<'a> {
+    pub(crate) fn new(table: &'a str, cap: u64) -> Self {
+        CappedCount {
+            table,
+            limit: i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl QueryId for CappedCount<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for CappedCount<'_> {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl<DB: crate::backend::BudgetBackend> QueryFragment<DB> for CappedCount<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("SELECT COUNT(*) FROM (SELECT 1 FROM ");
+        out.push_identifier(self.table)?;
+        out.push_sql(" LIMIT ");
+        DB::push_bigint(&mut out, &self.limit)?;
+        out.push_sql(") AS diesel_budget_rows");
+        Ok(())
+    }
+}
+
+impl<Conn> diesel::RunQueryDsl<Conn> for CappedCount<'_> {}
+
+/// SQL text given by the operator of the `diesel-budget explain` command (the tool's input, never
+/// a value from an application's user), explained as it is. Never cached as a prepared
+/// statement.
+#[derive(Debug, Clone, Copy)]
+struct SqlText<'a>(&'a str);
+
+impl QueryId for SqlText<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<DB: Backend> QueryFragment<DB> for SqlText<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql(self.0);
+        Ok(())
+    }
+}
+
+/// What [`explain_sql`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExplainOptions {
+    /// Ask whether an index *can* serve the query (as [`check_index_usable`]) and fail on any
+    /// full scan, whatever the table's size. Default: `false` (the plan the planner chooses).
+    pub require_index: bool,
+    /// A full scan fails only on a table of more rows than this (counted up to this number plus
+    /// one): small lookup tables, and the nearly empty tables of a CI database where the planner
+    /// prefers a scan, pass. Default: 1,000.
+    pub max_scan_rows: u64,
+}
+
+impl Default for ExplainOptions {
+    fn default() -> Self {
+        ExplainOptions {
+            require_index: false,
+            max_scan_rows: 1_000,
+        }
+    }
+}
+
+impl ExplainOptions {
+    /// Sets [`ExplainOptions::require_index`].
+    pub fn require_index(mut self, on: bool) -> Self {
+        self.require_index = on;
+        self
+    }
+
+    /// Sets [`ExplainOptions::max_scan_rows`].
+    pub fn max_scan_rows(mut self, rows: u64) -> Self {
+        self.max_scan_rows = rows;
+        self
+    }
+}
+
+/// A table read in full by an explained query, and its size as far as it matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScannedTable {
+    /// The table, as the plan names it.
+    pub table: String,
+    /// Its rows, counted up to [`ExplainOptions::max_scan_rows`] plus one (`None`: the name in
+    /// the plan is not a table that can be counted, such as an alias or a derived table).
+    pub rows: Option<u64>,
+    /// Whether this scan fails the check: a table over the threshold (or of unknown size), or
+    /// any table under [`ExplainOptions::require_index`].
+    pub fails: bool,
+}
+
+/// The outcome of [`explain_sql`]: the plan and each table it reads in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqlExplain {
+    /// The plan.
+    pub plan: Plan,
+    /// The tables read in full, in plan order, each once.
+    pub scans: Vec<ScannedTable>,
+    /// The options it was checked with.
+    pub options: ExplainOptions,
+}
+
+impl SqlExplain {
+    /// Whether any full scan fails the check.
+    pub fn failed(&self) -> bool {
+        self.scans.iter().any(|s| s.fails)
+    }
+}
+
+/// Explains `sql` on `conn` and sizes the tables it reads in full (the generic half of
+/// [`explain_sql`]; each backend connects and calls it).
+pub(crate) fn explain_text<C: ExplainConnection>(
+    conn: &mut C,
+    sql: &str,
+    options: ExplainOptions,
+) -> Result<SqlExplain> {
+    let _internal = InternalScope::enter();
+    let plan = conn
+        .explain_plan(&SqlText(sql), options.require_index)
+        .map_err(|e| crate::Error::query(fingerprint(sql), e))?;
+    let mut scans = Vec::new();
+    for table in plan.full_scans() {
+        let rows = conn.count_rows_capped(table, options.max_scan_rows).ok();
+        let over = rows.is_none_or(|n| n > options.max_scan_rows);
+        scans.push(ScannedTable {
+            table: table.to_owned(),
+            rows,
+            fails: options.require_index || over,
+        });
+    }
+    Ok(SqlExplain {
+        plan,
+        scans,
+        options,
+    })
+}
+
+/// Connects to the database at `url` and explains `sql` there: the plan (full scans, indexes,
+/// estimated rows) and, for each table read in full, its rows counted up to
+/// [`ExplainOptions::max_scan_rows`]. What `diesel-budget explain` runs.
+///
+/// `url` picks the backend: `postgres://` or `postgresql://` (feature `postgres`), `mysql://`
+/// (feature `mysql`, MySQL and MariaDB), anything else an SQLite file (feature `sqlite`; a
+/// `sqlite://` prefix is dropped; the file must exist). `sql` is the operator's SQL text, run
+/// as given under `EXPLAIN` (PostgreSQL's planner does not execute it; neither do the others),
+/// so it must not come from an application's users. Bound values cannot be given: write
+/// literals.
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] for a backend this build lacks or an SQLite file that is
+/// not there; [`crate::Error::Connection`]; [`crate::Error::Query`] when the database rejects
+/// the `EXPLAIN`.
+///
+/// # Example
+/// ```
+/// # include!("../../tests/doc_setup.rs");
+/// # #[cfg(feature = "sqlite")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("app.db");
+/// # let url = path.to_str().ok_or("path")?;
+/// # let db: diesel_budget::Db<DbConnection> =
+/// #     diesel_budget::Db::builder(url).migrations(diesel_budget::demo::MIGRATIONS).build()?;
+/// use diesel_budget::testing::{explain_sql, ExplainOptions};
+///
+/// let strict = ExplainOptions::default().require_index(true);
+/// let report = explain_sql(url, "SELECT * FROM items WHERE payload = 'x'", strict)?;
+/// assert_eq!(report.plan.full_scans(), ["items"]);
+/// assert!(report.failed());
+/// let report = explain_sql(url, "SELECT * FROM items WHERE id = 3", strict)?;
+/// assert!(!report.failed());
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
+pub fn explain_sql(url: &str, sql: &str, options: ExplainOptions) -> Result<SqlExplain> {
+    crate::backend::explain_at(url, sql, options)
 }
 
 /// `<prefix><query>`: the query, explained. Loaded as rows of `ST`. Never cached as a prepared

@@ -69,7 +69,8 @@ pub use checks::{CheckError, LedgerAssert, LedgerCheck, Shape};
 #[cfg(feature = "ci")]
 pub use explain::{
     assert_index_usable, assert_no_full_scan, check_index_usable, check_no_full_scan, explain,
-    preflight, Access, ExplainConnection, Plan, PlanError, PlanNode, PreflightError,
+    explain_sql, preflight, Access, ExplainConnection, ExplainOptions, Plan, PlanError, PlanNode,
+    PreflightError, ScannedTable, SqlExplain,
 };
 #[cfg(feature = "ci")]
 pub use lockfile::{

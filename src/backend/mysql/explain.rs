@@ -10,7 +10,11 @@ use diesel::{QueryResult, RunQueryDsl};
 use serde_json::Value;
 
 use crate::backend::BackendKind;
-use crate::testing::explain::{Access, ExplainConnection, ExplainQuery, Plan, PlanNode, Sealed};
+use crate::error::Result;
+use crate::testing::explain::{
+    explain_text, Access, CappedCount, ExplainConnection, ExplainOptions, ExplainQuery, Plan,
+    PlanNode, Sealed, SqlExplain,
+};
 
 impl Sealed for MysqlConnection {}
 
@@ -26,6 +30,11 @@ impl ExplainConnection for MysqlConnection {
             served_by_possible_keys(&mut plan);
         }
         Ok(plan)
+    }
+
+    fn count_rows_capped(&mut self, table: &str, cap: u64) -> QueryResult<u64> {
+        let rows: i64 = CappedCount::new(table, cap).get_result(self)?;
+        Ok(u64::try_from(rows).unwrap_or(0))
     }
 }
 
@@ -99,6 +108,12 @@ fn walk(value: &Value, out: &mut Vec<PlanNode>) {
         Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
         _ => {}
     }
+}
+
+/// `diesel-budget explain` on mysql: connects to `url` and explains `sql` there.
+pub(crate) fn explain_at(url: &str, sql: &str, options: ExplainOptions) -> Result<SqlExplain> {
+    let mut conn = <MysqlConnection as diesel::Connection>::establish(url)?;
+    explain_text(&mut conn, sql, options)
 }
 
 #[cfg(test)]

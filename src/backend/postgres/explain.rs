@@ -10,7 +10,11 @@ use diesel::{QueryResult, RunQueryDsl};
 use serde_json::Value;
 
 use crate::backend::BackendKind;
-use crate::testing::explain::{Access, ExplainConnection, ExplainQuery, Plan, PlanNode, Sealed};
+use crate::error::Result;
+use crate::testing::explain::{
+    explain_text, Access, CappedCount, ExplainConnection, ExplainOptions, ExplainQuery, Plan,
+    PlanNode, Sealed, SqlExplain,
+};
 
 impl Sealed for PgConnection {}
 
@@ -41,6 +45,11 @@ impl ExplainConnection for PgConnection {
             (None, Ok(())) => Err(DieselError::NotFound),
             (Some(plan), Ok(())) => Ok(plan),
         }
+    }
+
+    fn count_rows_capped(&mut self, table: &str, cap: u64) -> QueryResult<u64> {
+        let rows: i64 = CappedCount::new(table, cap).get_result(self)?;
+        Ok(u64::try_from(rows).unwrap_or(0))
     }
 }
 
@@ -96,6 +105,12 @@ fn walk(node: &Value, parent_table: Option<&str>, out: &mut Vec<PlanNode>) {
             walk(child, table, out);
         }
     }
+}
+
+/// `diesel-budget explain` on postgres: connects to `url` and explains `sql` there.
+pub(crate) fn explain_at(url: &str, sql: &str, options: ExplainOptions) -> Result<SqlExplain> {
+    let mut conn = <PgConnection as diesel::Connection>::establish(url)?;
+    explain_text(&mut conn, sql, options)
 }
 
 #[cfg(test)]

@@ -6,7 +6,11 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{QueryResult, RunQueryDsl};
 
 use crate::backend::BackendKind;
-use crate::testing::explain::{Access, ExplainConnection, ExplainQuery, Plan, PlanNode, Sealed};
+use crate::error::Result;
+use crate::testing::explain::{
+    explain_text, Access, CappedCount, ExplainConnection, ExplainOptions, ExplainQuery, Plan,
+    PlanNode, Sealed, SqlExplain,
+};
 
 impl Sealed for SqliteConnection {}
 
@@ -21,6 +25,11 @@ impl ExplainConnection for SqliteConnection {
             ExplainQuery::<Q, (Integer, Integer, Integer, Text)>::new("EXPLAIN QUERY PLAN ", query)
                 .load(self)?;
         Ok(parse(rows.into_iter().map(|(_, _, _, detail)| detail)))
+    }
+
+    fn count_rows_capped(&mut self, table: &str, cap: u64) -> QueryResult<u64> {
+        let rows: i64 = CappedCount::new(table, cap).get_result(self)?;
+        Ok(u64::try_from(rows).unwrap_or(0))
     }
 }
 
@@ -77,6 +86,12 @@ pub(crate) fn parse(lines: impl IntoIterator<Item = String>) -> Plan {
         estimated_rows: None,
         raw,
     }
+}
+
+/// `diesel-budget explain` on sqlite: connects to `url` and explains `sql` there.
+pub(crate) fn explain_at(url: &str, sql: &str, options: ExplainOptions) -> Result<SqlExplain> {
+    let mut conn = <SqliteConnection as diesel::Connection>::establish(url)?;
+    explain_text(&mut conn, sql, options)
 }
 
 #[cfg(test)]

@@ -124,10 +124,12 @@ impl<T, Col, I, P> BulkDelete<T, Col, I, P> {
     /// loaded at most budget + 1 rows, and **nothing is deleted** (a delete with `RETURNING`
     /// is always [`atomic`](Self::atomic): its transaction, or savepoint, is rolled back).
     /// How the server is kept from sending more: PostgreSQL `WITH d AS (DELETE .. RETURNING
-    /// ..) SELECT * FROM d LIMIT $n`; MariaDB 10.5+ `DELETE .. LIMIT ? RETURNING ..`; SQLite
-    /// 3.35+ `DELETE .. RETURNING ..`, read a row at a time and stopped at the limit (SQLite
-    /// applies the whole delete at the first step and keeps the returned rows of the chunk
-    /// inside the library). MySQL has no `RETURNING`.
+    /// ..) SELECT * FROM d LIMIT $n`; SQLite 3.35+ `DELETE .. RETURNING ..`, read a row at a
+    /// time and stopped at the limit (SQLite applies the whole delete at the first step and
+    /// keeps the chunk's returned rows inside the library); MySQL/MariaDB `SELECT .. WHERE k IN
+    /// (..) LIMIT ? FOR UPDATE` then the `DELETE` of the same keys in the same transaction,
+    /// checked to delete exactly the rows read (MariaDB's own `DELETE .. RETURNING` cannot be
+    /// read through Diesel's prepared statements; MySQL has none).
     ///
     /// # Example
     /// ```

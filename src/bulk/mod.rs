@@ -313,7 +313,10 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// rows than the budget fails with [`Error::BudgetExceeded`] before the chunk that would
     /// pass it is sent, and nothing is written (a write with `RETURNING` is always
     /// [`atomic`](Self::atomic)). Chunks are multi-row `INSERT .. RETURNING` (never `COPY`).
-    /// PostgreSQL, SQLite (3.35+; bundled 3.50) and MariaDB 10.5+ (MySQL has no `RETURNING`).
+    /// PostgreSQL and SQLite (3.35+; bundled 3.50). **Not MySQL/MariaDB**: MariaDB 10.5+ has
+    /// `INSERT .. RETURNING`, but Diesel's MySQL client reads results through prepared
+    /// statements, which MariaDB gives no result metadata for it ("No metadata exists",
+    /// checked on 10.11); the first chunk fails with [`Error::Query`] before any SQL is sent.
     ///
     /// Order: each backend returns the rows of a multi-row `VALUES` in the order of the
     /// `VALUES` (observed and tested on all three; PostgreSQL and SQLite document no order for

@@ -174,8 +174,11 @@ pub enum ReturningStyle {
     /// `WITH d AS (DELETE .. RETURNING ..) SELECT * FROM d LIMIT $n`: the server sends at most
     /// `n` rows (PostgreSQL).
     CteLimit,
-    /// `DELETE .. LIMIT ? RETURNING ..`: at most `n` rows are deleted and sent (MariaDB 10.5+).
-    DeleteLimit,
+    /// `SELECT .. WHERE k IN (..) LIMIT ? FOR UPDATE`, then the `DELETE` of the same keys in
+    /// the same transaction, its count checked against the rows read (MySQL/MariaDB: Diesel's
+    /// client reads its results through prepared statements, which get no result metadata for
+    /// MariaDB's `DELETE .. RETURNING`).
+    LockThenDelete,
     /// `DELETE .. RETURNING ..`, the client stops stepping after `n` rows (SQLite 3.35+).
     ClientStop,
 }
@@ -385,12 +388,15 @@ where
                 out.push_sql(" LIMIT ");
                 <C::Backend as BudgetBackend>::push_bigint(&mut out, limit)
             }
-            ReturningStyle::DeleteLimit => {
+            ReturningStyle::LockThenDelete => {
+                // `query` is the key predicate's table and keys (a `SelectKeys`).
+                out.push_sql("SELECT ");
+                self.returning.walk_ast(out.reborrow())?;
                 self.query.walk_ast(out.reborrow())?;
                 out.push_sql(" LIMIT ");
                 <C::Backend as BudgetBackend>::push_bigint(&mut out, limit)?;
-                out.push_sql(" RETURNING ");
-                self.returning.walk_ast(out.reborrow())
+                out.push_sql(" FOR UPDATE");
+                Ok(())
             }
             ReturningStyle::ClientStop => {
                 self.query.walk_ast(out.reborrow())?;
@@ -461,6 +467,8 @@ where
 pub(crate) struct DeleteKeys<'a, C, T: Table, Col, K> {
     from: T::FromClause,
     keys: &'a [K],
+    /// Only ` FROM t WHERE t.k ..`: the tail of a locking `SELECT` of the same rows.
+    select: bool,
     _marker: PhantomData<fn() -> (C, Col)>,
 }
 
@@ -477,7 +485,7 @@ where
     Col: Column<Table = T>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, C::Backend>) -> QueryResult<()> {
-        out.push_sql("DELETE FROM ");
+        out.push_sql(if self.select { " FROM " } else { "DELETE FROM " });
         self.from.walk_ast(out.reborrow())?;
         out.push_sql(" WHERE ");
         self.from.walk_ast(out.reborrow())?;
@@ -498,6 +506,7 @@ where
     let node = DeleteKeys::<C, T, Col, K> {
         from: table.from_clause(),
         keys,
+        select: false,
         _marker: PhantomData,
     };
     conn.execute_returning_count(&node)
@@ -520,12 +529,28 @@ where
     C::Backend: QueryMetadata<S::SqlType>,
     U: FromSqlRow<S::SqlType, C::Backend> + 'static,
 {
+    let lock_first = C::RETURNING_STYLE == ReturningStyle::LockThenDelete;
     let node = DeleteKeys::<C, T, Col, K> {
         from: table.from_clause(),
         keys,
+        select: lock_first,
         _marker: PhantomData,
     };
-    load_returning(conn, node, returning, Some(limit))
+    let rows: Vec<U> = load_returning(conn, node, returning, Some(limit))?;
+    if lock_first && (rows.len() as u64) < limit {
+        // Every row of the keys is read and locked: delete exactly those.
+        let deleted = delete_keys::<C, T, Col, K>(conn, table, keys)?;
+        if deleted != rows.len() {
+            return Err(diesel::result::Error::QueryBuilderError(
+                format!(
+                    "a bulk delete removed {deleted} rows where its locking read found {}",
+                    rows.len()
+                )
+                .into(),
+            ));
+        }
+    }
+    Ok(rows)
 }
 
 /// ` IN (?, ?, ..)`: one bind per key (SQLite, MySQL).

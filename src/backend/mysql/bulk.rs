@@ -1,6 +1,6 @@
 //! MySQL/MariaDB's half of bulk writes: the bind limit and `max_allowed_packet` (read from the
 //! server), `ON DUPLICATE KEY UPDATE`, multi-table `UPDATE` joined to the chunk's rows,
-//! `DELETE .. IN (..)`, MariaDB's `RETURNING` (10.5+).
+//! `DELETE .. IN (..)` (its budgeted `RETURNING`: a locking read of the same keys first).
 
 use diesel::expression::QueryMetadata;
 use diesel::deserialize::FromSqlRow;
@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, HasSqlType, Unsigned};
 use diesel::{Column, QueryResult, RunQueryDsl as _, Table};
 
 use crate::bulk::sql::{
-    delete_keys, delete_returning, insert_chunk, insert_returning, push_in_list, row_shape,
+    delete_keys, delete_returning, insert_chunk, push_in_list, row_shape,
     update_chunk, ReturningStyle, RowShape, UpdateStyle,
 };
 use crate::bulk::{
@@ -37,7 +37,7 @@ impl sealed::Sealed for MysqlConnection {}
 
 impl BulkConnection for MysqlConnection {
     const UPDATE_STYLE: UpdateStyle = UpdateStyle::UnionJoin;
-    const RETURNING_STYLE: ReturningStyle = ReturningStyle::DeleteLimit;
+    const RETURNING_STYLE: ReturningStyle = ReturningStyle::LockThenDelete;
 
     fn bind_limit(&mut self) -> QueryResult<usize> {
         Ok(BIND_LIMIT)
@@ -143,7 +143,15 @@ where
         Mysql: QueryMetadata<S::SqlType>,
         U: FromSqlRow<S::SqlType, Mysql> + 'static,
     {
-        insert_returning(self, table, rows, conflict, returning)
+        // MariaDB 10.5+ has `INSERT .. RETURNING`, but its prepared statements report no
+        // result metadata for it, and Diesel's MySQL client reads every result through one
+        // ("No metadata exists"): refuse before any SQL instead.
+        let _ = (table, rows, conflict, returning);
+        Err(diesel::result::Error::QueryBuilderError(
+            "bulk INSERT .. RETURNING is not supported on MySQL/MariaDB through Diesel's \
+             client (MariaDB's prepared statements give it no result metadata)"
+                .into(),
+        ))
     }
 }
 

@@ -8,7 +8,8 @@
 //!   `own_limit.rs` and `limits.rs` (the query's own LIMIT, ORDER BY, locks), `batches.rs` and
 //!   `walks.rs` (keyset walks and streams), `instrumentation.rs` and `ledger.rs`, `hygiene.rs`
 //!   and `pool.rs` (pools, transactions, migrations), `layout.rs`;
-//! - a server to kill sessions on (PostgreSQL, MySQL): `killed.rs`, `ledger_killed.rs`;
+//! - a server to kill sessions on (PostgreSQL, MySQL): `killed.rs`, `ledger_killed.rs`,
+//!   `bulk_killed.rs`;
 //! - an OFFSET without a LIMIT (SQLite, PostgreSQL): `offset.rs`;
 //! - row locks (PostgreSQL, MySQL): `row_lock_tests!()` from `limits.rs`;
 //! - SQLite's own builder settings: `pool_sqlite.rs`.
@@ -16,8 +17,9 @@
 //! Test numbers (each gives a test its own id range, `common::id_base`; pick a free one):
 //! 1-12, 20-25, 30-31 (budgets, own limits, batches, instrumentation, hygiene), 40-41 (killed),
 //! 42-48 (limits), 50-53, 60, 70 (suite), 80-84 (ledger), 85-86 (pool), 90 (layout),
-//! 91-97 (walks); reserved: 13-19, 26-29 (faults), 32-39 (CI budgets), 54-59, 87-89 (cache),
-//! 61-69 (pages), 71-79 (bulk).
+//! 91-97 (walks), 26-28 (bulk: 64 columns, killed between chunks, command-line read-back);
+//! reserved: 13-19, 29 (faults), 32-39 (CI budgets), 54-59, 87-89 (cache), 61-69 (pages),
+//! 71-79 (bulk).
 
 mod common;
 
@@ -73,6 +75,7 @@ mod postgres {
     include!("backends/pages.rs");
     include!("backends/cache.rs");
     include!("backends/bulk.rs");
+    include!("backends/bulk_killed.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -97,4 +100,5 @@ mod mysql {
     include!("backends/pages.rs");
     include!("backends/cache.rs");
     include!("backends/bulk.rs");
+    include!("backends/bulk_killed.rs");
 }

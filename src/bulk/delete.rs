@@ -297,7 +297,9 @@ where
         if atomic {
             conn.transaction::<_, Error, _>(&mut body)?;
         } else {
-            body(conn)?;
+            let result = body(conn);
+            drop(body);
+            result.map_err(|e| tally.interrupted(e, resume))?;
         }
         Ok(tally.finish(started))
     }

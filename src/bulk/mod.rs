@@ -506,12 +506,12 @@ where
             tally: Tally::new(atomic, resume, total, progress),
             checked: false,
         };
-        let result = if atomic {
-            conn.transaction::<_, Error, _>(|conn| run.all(conn, rows, &mut write))
+        if atomic {
+            conn.transaction::<_, Error, _>(|conn| run.all(conn, rows, &mut write))?;
         } else {
-            run.all(conn, rows, &mut write)
-        };
-        result?;
+            let result = run.all(conn, rows, &mut write);
+            result.map_err(|e| run.tally.interrupted(e, resume))?;
+        }
         Ok(run.tally.finish(started))
     }
 }
@@ -632,6 +632,20 @@ impl<P: OnProgress> Tally<P> {
             chunks_done: self.done.chunks_done,
         });
         Ok(())
+    }
+
+    /// A `per_chunk` failure outside a chunk's own transaction (planning the next chunk, a
+    /// row refused, the connection gone between chunks) as [`Error::BulkInterrupted`] with the
+    /// checkpoint reached; a refused argument before anything was written stays as it is.
+    pub(crate) fn interrupted(&self, e: Error, started_at: Checkpoint) -> Error {
+        match e {
+            Error::BulkInterrupted { .. } => e,
+            Error::InvalidArgument { .. } if self.done == started_at => e,
+            e => Error::BulkInterrupted {
+                checkpoint: self.done,
+                source: Box::new(e),
+            },
+        }
     }
 
     pub(crate) fn finish(mut self, started: Instant) -> Report {

@@ -25,6 +25,13 @@
 //!   the input follow one rule whatever the chunk boundaries: **the last row wins** for
 //!   `do_update`, **the first row wins** for `do_nothing` (rows a chunk would write twice are
 //!   dropped from it before it is sent; PostgreSQL refuses a statement that touches a row twice).
+//!   On PostgreSQL an upsert of rows that set every column goes through a `COPY`-fed staging
+//!   table ([`staging`](BulkInsert::staging)).
+//! - **Update by key** ([`update`]) and **delete by keys** ([`delete`]): one statement a chunk,
+//!   the same transaction modes, progress and report.
+//! - **`RETURNING` under a budget**: [`BulkInsert::returning`] and [`BulkDelete::returning`]
+//!   load what was written or deleted, never more than the budget + 1 rows, all or nothing.
+//! - **MySQL's `max_allowed_packet`** (read from the server) bounds a chunk's bytes as well.
 //!
 //! # Example
 //! ```

@@ -144,7 +144,11 @@ type ItemBatches<'c, C> = Batches<'c, C, items::table, items::id, i32, Item, Key
 /// inferred).
 trait BulkSeed: BudgetConnection {
     /// Writes the demo rows `1..=last` with `bulk::insert_into`, moving `bar` after each chunk.
-    fn bulk_seed(conn: &mut Conn<Self>, last: i32, bar: &ProgressBar) -> Result<bulk::Report, Error>;
+    fn bulk_seed(
+        conn: &mut Conn<Self>,
+        last: i32,
+        bar: &ProgressBar,
+    ) -> Result<bulk::Report, Error>;
 }
 
 macro_rules! bulk_seed {

@@ -4,9 +4,9 @@ use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::time::Instant;
 
-use diesel::expression::QueryMetadata;
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
+use diesel::expression::QueryMetadata;
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::{Column, QueryResult, Table};
 

@@ -1,9 +1,9 @@
 //! `RETURNING` under a row budget: the rows a bulk insert wrote or a bulk delete removed,
 //! loaded at most up to the budget.
 
-use diesel::expression::QueryMetadata;
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
+use diesel::expression::QueryMetadata;
 use diesel::query_builder::{QueryFragment, ValuesClause};
 use diesel::{Insertable, Table};
 

@@ -4,10 +4,10 @@
 use std::marker::PhantomData;
 
 use diesel::backend::Backend;
-use diesel::expression::QueryMetadata;
 use diesel::connection::{DefaultLoadingMode, LoadConnection};
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
+use diesel::expression::QueryMetadata;
 use diesel::insertable::InsertValues;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId, ValuesClause};
 use diesel::{Column, QueryResult, Table};
@@ -208,7 +208,11 @@ where
     V: InsertValues<C::Backend, T>,
 {
     /// `"t"."k"`: a column of the target table, qualified.
-    fn target<'b>(&'b self, column: &'b str, out: &mut AstPass<'_, 'b, C::Backend>) -> QueryResult<()> {
+    fn target<'b>(
+        &'b self,
+        column: &'b str,
+        out: &mut AstPass<'_, 'b, C::Backend>,
+    ) -> QueryResult<()> {
         self.from.walk_ast(out.reborrow())?;
         out.push_sql(".");
         out.push_identifier(column)
@@ -285,7 +289,11 @@ where
                 self.rows_name(&mut out)?;
                 out.push_sql(" AS (");
                 for (i, row) in self.rows.iter().enumerate() {
-                    out.push_sql(if i > 0 { " UNION ALL SELECT " } else { "SELECT " });
+                    out.push_sql(if i > 0 {
+                        " UNION ALL SELECT "
+                    } else {
+                        "SELECT "
+                    });
                     row.values.walk_ast(out.reborrow())?;
                 }
                 out.push_sql(") SELECT * FROM ");
@@ -485,7 +493,11 @@ where
     Col: Column<Table = T>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, C::Backend>) -> QueryResult<()> {
-        out.push_sql(if self.select { " FROM " } else { "DELETE FROM " });
+        out.push_sql(if self.select {
+            " FROM "
+        } else {
+            "DELETE FROM "
+        });
         self.from.walk_ast(out.reborrow())?;
         out.push_sql(" WHERE ");
         self.from.walk_ast(out.reborrow())?;
@@ -555,7 +567,10 @@ where
 
 /// ` IN (?, ?, ..)`: one bind per key (SQLite, MySQL).
 #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
-pub(crate) fn push_in_list<'b, DB, ST, K>(keys: &'b [K], mut out: AstPass<'_, 'b, DB>) -> QueryResult<()>
+pub(crate) fn push_in_list<'b, DB, ST, K>(
+    keys: &'b [K],
+    mut out: AstPass<'_, 'b, DB>,
+) -> QueryResult<()>
 where
     DB: Backend + diesel::sql_types::HasSqlType<ST>,
     K: diesel::serialize::ToSql<ST, DB>,

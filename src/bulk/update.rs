@@ -6,7 +6,7 @@ use diesel::query_builder::ValuesClause;
 use diesel::{Column, Insertable, Table};
 
 use super::{insert_into, BulkInsert, BulkWrite, Checkpoint, Conflict, KeyOf, NoProgress};
-use super::{Op, OnProgress, Progress, Report};
+use super::{OnProgress, Op, Progress, Report};
 use crate::error::Result;
 use crate::exec::{ConnectionOf, Executor};
 

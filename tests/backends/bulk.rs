@@ -272,7 +272,7 @@ mod bulk_tests {
                 None => input.iter().find(|r| r.a == k).cloned().expect("key"),
             })
             .collect();
-        for update in [true, false] {
+        for (update, staging) in [(true, false), (false, false), (true, true), (false, true)] {
             for chunk in [1000, 7, 1] {
                 diesel::delete(bulk_c3::table).execute(&mut conn).expect("clear");
                 diesel::insert_into(bulk_c3::table)
@@ -280,8 +280,12 @@ mod bulk_tests {
                     .execute(&mut conn)
                     .expect("existing");
                 let chunk_rows = NonZeroUsize::new(chunk).expect("non-zero");
-                let insert = bulk::insert_into(bulk_c3::table, input.iter().cloned())
+                let mut insert = bulk::insert_into(bulk_c3::table, input.iter().cloned())
                     .chunk_rows(chunk_rows);
+                if staging {
+                    // PostgreSQL: through the COPY-fed staging table (the others ignore it).
+                    insert = insert.staging();
+                }
                 let report = if update {
                     insert
                         .on_conflict_do_update(bulk_c3::a, |r: &R3| r.a)
@@ -293,6 +297,9 @@ mod bulk_tests {
                 }
                 .unwrap_or_else(|e| panic!("update {update}, chunk {chunk}: {e:?}"));
                 assert_eq!(report.rows, 300);
+                if C::KIND == BackendKind::Postgres {
+                    assert_eq!(report.copy_chunks > 0, staging, "staging {staging}");
+                }
                 let back: Vec<R3> = bulk_c3::table
                     .order(bulk_c3::a)
                     .load(&mut conn)
@@ -300,7 +307,7 @@ mod bulk_tests {
                 let expected = if update { &last_wins } else { &first_wins };
                 assert!(
                     &back == expected,
-                    "update {update}, chunk {chunk}: {back:?}"
+                    "update {update}, staging {staging}, chunk {chunk}: {back:?}"
                 );
             }
         }

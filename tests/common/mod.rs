@@ -238,7 +238,10 @@ impl Backend for diesel::sqlite::SqliteConnection {
     }
 
     fn url(tdb: &TestDb<Self>) -> String {
-        let dir = tdb._dir.as_ref().expect("an SQLite test database has its directory");
+        let dir = tdb
+            ._dir
+            .as_ref()
+            .expect("an SQLite test database has its directory");
         dir.path().join("test.db").to_string_lossy().into_owned()
     }
 

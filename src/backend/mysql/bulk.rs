@@ -2,9 +2,9 @@
 //! server), `ON DUPLICATE KEY UPDATE`, multi-table `UPDATE` joined to the chunk's rows,
 //! `DELETE .. IN (..)` (its budgeted `RETURNING`: a locking read of the same keys first).
 
-use diesel::expression::QueryMetadata;
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
+use diesel::expression::QueryMetadata;
 use diesel::insertable::InsertValues;
 use diesel::mysql::{Mysql, MysqlConnection};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
@@ -14,12 +14,12 @@ use diesel::sql_types::{BigInt, HasSqlType, Unsigned};
 use diesel::{Column, QueryResult, RunQueryDsl as _, Table};
 
 use crate::bulk::sql::{
-    delete_keys, delete_returning, insert_chunk, push_in_list, row_shape,
-    update_chunk, ReturningStyle, RowShape, UpdateStyle,
+    delete_keys, delete_returning, insert_chunk, push_in_list, row_shape, update_chunk,
+    ReturningStyle, RowShape, UpdateStyle,
 };
 use crate::bulk::{
-    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf,
-    Plan, Want,
+    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Plan,
+    Want,
 };
 
 /// Placeholders a prepared statement may hold (the protocol's 16-bit count).

@@ -1,10 +1,10 @@
 //! SQLite's half of bulk writes: the bind limit read from the connection, `ON CONFLICT`,
 //! `UPDATE .. FROM` (3.33+), `RETURNING` (3.35+; the bundled library is 3.50).
 
-use diesel::expression::QueryMetadata;
 use diesel::connection::SimpleConnection as _;
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
+use diesel::expression::QueryMetadata;
 use diesel::insertable::InsertValues;
 use diesel::query_builder::{AstPass, QueryFragment, ValuesClause};
 use diesel::serialize::ToSql;
@@ -17,8 +17,8 @@ use crate::bulk::sql::{
     update_chunk, ReturningStyle, RowShape, UpdateStyle,
 };
 use crate::bulk::{
-    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf,
-    Plan, Want,
+    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Plan,
+    Want,
 };
 
 /// SQLite's smallest limit ever (`SQLITE_MAX_VARIABLE_NUMBER` before 3.32): the fallback when

@@ -298,7 +298,6 @@ where
             conn.transaction::<_, Error, _>(&mut body)?;
         } else {
             let result = body(conn);
-            drop(body);
             result.map_err(|e| tally.interrupted(e, resume))?;
         }
         Ok(tally.finish(started))

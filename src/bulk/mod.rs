@@ -986,6 +986,7 @@ mod tests {
             shape: RowShape {
                 columns: String::new(),
                 binds: 1,
+                bytes: 0,
             },
             key: Some(key),
         }

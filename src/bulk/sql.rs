@@ -446,6 +446,7 @@ where
 }
 
 /// Inserts one chunk (with its conflict clause) and loads `returning` of each row written.
+#[allow(dead_code)] // unused by the backends without a readable `INSERT .. RETURNING`
 pub(crate) fn insert_returning<C, T, V, S, U>(
     conn: &mut C,
     table: T,
@@ -566,7 +567,7 @@ where
 }
 
 /// ` IN (?, ?, ..)`: one bind per key (SQLite, MySQL).
-#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
+#[allow(dead_code)] // used by the backends whose deletes bind one key a placeholder
 pub(crate) fn push_in_list<'b, DB, ST, K>(
     keys: &'b [K],
     mut out: AstPass<'_, 'b, DB>,

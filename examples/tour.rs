@@ -1,7 +1,8 @@
 //! A tour of diesel-budget: `cargo run --release --example tour`.
 //!
 //! With no arguments it needs nothing installed: an SQLite file in a temporary directory is
-//! migrated, filled with a million rows, and then shows budgets being enforced, the whole table
+//! migrated, filled with a million rows by `bulk::insert_into` (a progress bar fed by its
+//! progress callback), and then shows budgets being enforced, the whole table
 //! streamed in batches with peak memory measured against loading it all at once, and what the
 //! instrumentation saw.
 //!
@@ -27,7 +28,7 @@ use diesel_budget::budget::Rows;
 use diesel_budget::demo::{self, items, Item};
 use diesel_budget::prelude::*;
 use diesel_budget::query::BudgetQuery;
-use diesel_budget::{testing, BudgetConnection, Error};
+use diesel_budget::{bulk, testing, BudgetConnection, Error};
 use indicatif::{ProgressBar, ProgressStyle};
 
 type BoxError = Box<dyn StdError>;
@@ -139,15 +140,43 @@ type KeyOf = fn(&Item) -> i32;
 /// The batches of a walk over `items` by `id`.
 type ItemBatches<'c, C> = Batches<'c, C, items::table, items::id, i32, Item, KeyOf, Rows>;
 
+/// The bulk load of section 1, for each connection type (where the rows' value type is
+/// inferred).
+trait BulkSeed: BudgetConnection {
+    /// Writes the demo rows `1..=last` with `bulk::insert_into`, moving `bar` after each chunk.
+    fn bulk_seed(
+        conn: &mut Conn<Self>,
+        last: i32,
+        bar: &ProgressBar,
+    ) -> Result<bulk::Report, Error>;
+}
+
+macro_rules! bulk_seed {
+    ($feature:literal, $conn:ty) => {
+        #[cfg(feature = $feature)]
+        impl BulkSeed for $conn {
+            fn bulk_seed(
+                conn: &mut Conn<Self>,
+                last: i32,
+                bar: &ProgressBar,
+            ) -> Result<bulk::Report, Error> {
+                bulk::insert_into(items::table, (1..=last).map(Item::generate))
+                    .on_progress(|p: bulk::Progress| bar.set_position(p.rows_done))
+                    .execute(conn)
+            }
+        }
+    };
+}
+
+bulk_seed!("sqlite", diesel::SqliteConnection);
+bulk_seed!("postgres", diesel::PgConnection);
+bulk_seed!("mysql", diesel::MysqlConnection);
+
 /// The whole tour, once for every backend. The bounds name each query the tour runs; for
 /// `SqliteConnection`, `PgConnection` and `MysqlConnection` they all hold.
 fn tour<C>(url: &str, place: &str, server: bool, args: &Args) -> Result<(), BoxError>
 where
     C: BudgetConnection,
-    diesel::query_builder::InsertStatement<
-        items::table,
-        <Vec<Item> as Insertable<items::table>>::Values,
-    >: ExecuteDsl<C>,
     diesel::query_builder::SqlQuery: ExecuteDsl<C>,
     items::table: BudgetQuery<'static, C, Item> + LoadQuery<'static, C, Item>,
     FirstIds: BudgetQuery<'static, C, Item> + diesel::query_builder::QueryFragment<C::Backend>,
@@ -157,6 +186,7 @@ where
         diesel_budget::LoadBudgeted<'static, C, Item, Output = Vec<Item>>,
     CountAll: BudgetQuery<'static, C, i64> + LoadQuery<'static, C, i64>,
     for<'c> ItemBatches<'c, C>: Iterator<Item = diesel_budget::Result<Vec<Item>>>,
+    C: BulkSeed,
 {
     let started = Instant::now();
     let rows = args.rows;
@@ -205,20 +235,26 @@ where
             secs(t.elapsed())
         );
     }
+    // The load: `bulk::insert_into` over a lazy iterator (never collected), chunked by the bind
+    // limit (COPY on PostgreSQL), its progress callback driving the bar.
     let bar = ProgressBar::new(rows);
     bar.set_style(ProgressStyle::with_template(
-        "  seeding {bar:40} {human_pos}/{human_len} rows, {per_sec}, eta {eta}",
+        "  bulk load {bar:40} {human_pos}/{human_len} rows, {per_sec}, eta {eta}",
     )?);
     let t = Instant::now();
     let before = db.stats().unbudgeted;
     let last = i32::try_from(rows)?;
-    let seeded = demo::seed(&mut conn, 1, last + 1, |done| bar.set_position(done))?;
+    let report = C::bulk_seed(&mut conn, last, &bar)?;
     bar.finish_and_clear();
     println!(
-        "  demo::seed: {} rows in {} ({}), one transaction, {} INSERT statements",
-        thousands(seeded),
+        "  bulk::insert_into: {} rows from an iterator in {} ({}), one transaction, {} chunks \
+         ({} by COPY), {} statements, {} unbudgeted",
+        thousands(report.rows),
         secs(t.elapsed()),
-        rate(seeded, t.elapsed()),
+        rate(report.rows, t.elapsed()),
+        thousands(report.chunks),
+        thousands(report.copy_chunks),
+        thousands(report.statements),
         thousands(db.stats().unbudgeted - before)
     );
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure everything the test suite needs outside Cargo is there, on Debian/Ubuntu:
 #   - build dependencies: libpq-dev, default-libmysqlclient-dev, libsqlite3-dev (for the diesel
-#     CLI), pkg-config, a C compiler;
+#     CLI), pkg-config, a C compiler; the sqlite3 command (the bulk tests' read-back);
 #   - PostgreSQL, MariaDB, Redis and Memcached installed, running and reachable on 127.0.0.1;
 #   - initdb/pg_ctl and mariadb-install-db/mariadbd for the fault suite's own throwaway servers;
 #   - the test databases (from PG_DATABASE_URL / MYSQL_DATABASE_URL) and the tour's databases.
@@ -90,6 +90,9 @@ wait_for() {
 build_deps() {
     local pkgs=(libpq-dev default-libmysqlclient-dev libsqlite3-dev pkg-config)
     command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
+    # The bulk tests read their rows back with each backend's own client: sqlite3 here, psql
+    # and mariadb with the server packages below.
+    command -v sqlite3 >/dev/null 2>&1 || pkgs+=(sqlite3)
     ensure_packages "${pkgs[@]}"
     say "build dependencies: ok"
 }

@@ -8,7 +8,8 @@
 //!   `own_limit.rs` and `limits.rs` (the query's own LIMIT, ORDER BY, locks), `batches.rs` and
 //!   `walks.rs` (keyset walks and streams), `instrumentation.rs` and `ledger.rs`, `hygiene.rs`
 //!   and `pool.rs` (pools, transactions, migrations), `layout.rs`;
-//! - a server to kill sessions on (PostgreSQL, MySQL): `killed.rs`, `ledger_killed.rs`;
+//! - a server to kill sessions on (PostgreSQL, MySQL): `killed.rs`, `ledger_killed.rs`,
+//!   `bulk_killed.rs`;
 //! - an OFFSET without a LIMIT (SQLite, PostgreSQL): `offset.rs`;
 //! - row locks (PostgreSQL, MySQL): `row_lock_tests!()` from `limits.rs`;
 //! - SQLite's own builder settings: `pool_sqlite.rs`.
@@ -18,8 +19,9 @@
 //! 42-48 (limits), 50-53, 60, 70 (suite), 80-84 (ledger), 85-86 (pool), 90 (layout),
 //! 91-97 (walks), 13-19 (time budgets: `timeout.rs`), 89 and 98 (shared cache tiers,
 //! `cache_shared.rs`: Redis and Memcached, only with both features), 38 (tests/cli.rs: the
-//! tables of `diesel-budget explain`); reserved: 26-29 (faults), 32-37, 39 (CI budgets), 54-59,
-//! 87-88 (cache), 61-69 (pages), 71-79 (bulk).
+//! tables of `diesel-budget explain`), 26-28 (bulk: 64 columns, killed between chunks,
+//! command-line read-back); reserved: 29 (faults), 32-37, 39 (CI budgets), 54-59, 87-88
+//! (cache), 61-69 (pages), 71-79 (bulk).
 
 mod common;
 
@@ -77,6 +79,7 @@ mod postgres {
     include!("backends/cache.rs");
     include!("backends/cache_shared.rs");
     include!("backends/bulk.rs");
+    include!("backends/bulk_killed.rs");
 }
 
 #[cfg(feature = "mysql")]
@@ -102,4 +105,5 @@ mod mysql {
     include!("backends/cache.rs");
     include!("backends/cache_shared.rs");
     include!("backends/bulk.rs");
+    include!("backends/bulk_killed.rs");
 }

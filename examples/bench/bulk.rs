@@ -7,7 +7,15 @@
 //! / 10,000 rows a statement, each timed on an emptied table), `diesel-copy` (PostgreSQL:
 //! `copy_from(..).from_insertable(&vec)` of the whole Vec), `psql-copy` (PostgreSQL: `psql
 //! \copy` of the same rows as CSV). Ours: `bulk-insert` (default path), `bulk-upsert` (half the
-//! keys already there, `on_conflict_do_update`; the pre-fill is not timed).
+//! keys already there, `on_conflict_do_update`, default path; the pre-fill is not timed),
+//! `bulk-upsert-insert` (the same through chunked `INSERT .. ON CONFLICT`, `.insert_only()`),
+//! `bulk-upsert-staging` (the same through the COPY-fed staging table, `.staging()`;
+//! PostgreSQL's choice, the others ignore it).
+//!
+//! Updates and deletes run on a pre-filled table (not timed): `diesel-update-rows` (one
+//! `UPDATE items SET name = ? WHERE id = ?` per row, one transaction) against `bulk-update`
+//! (every row renamed by `bulk::update` of `(id, name)` rows); `diesel-delete-chunks` (`delete(filter(id.eq_any(chunk)))`, 10,000 keys a
+//! statement, one transaction) against `bulk-delete` (`bulk::delete` of every key).
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +29,14 @@ use serde_json::json;
 
 use super::{database_url, rss, Backend, BoxResult};
 
+/// The row of the update scenarios: the key and the one column both paths set.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = items, treat_none_as_default_value = false)]
+struct Rename {
+    id: i32,
+    name: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BulkScenario {
     DieselInsertRows,
@@ -29,6 +45,12 @@ pub(crate) enum BulkScenario {
     PsqlCopy,
     BulkInsert,
     BulkUpsert,
+    BulkUpsertInsert,
+    BulkUpsertStaging,
+    DieselUpdateRows,
+    BulkUpdate,
+    DieselDeleteChunks,
+    BulkDelete,
 }
 
 #[derive(Debug, Parser)]
@@ -157,14 +179,77 @@ macro_rules! bulk_backend {
                             .execute(&mut conn)?;
                         extra = json!({ "chunks": report.chunks, "copy_chunks": report.copy_chunks });
                     }
-                    BulkScenario::BulkUpsert => {
+                    BulkScenario::BulkUpsert
+                    | BulkScenario::BulkUpsertInsert
+                    | BulkScenario::BulkUpsertStaging => {
                         bulk::insert_into(items::table, generated(1, n / 2)).execute(&mut conn)?;
                         let t = Instant::now();
-                        let report = bulk::insert_into(items::table, generated(1, n))
-                            .on_conflict_do_update(items::id, |i: &Item| i.id)
-                            .execute(&mut conn)?;
+                        let mut upsert = bulk::insert_into(items::table, generated(1, n))
+                            .on_conflict_do_update(items::id, |i: &Item| i.id);
+                        if scenario == BulkScenario::BulkUpsertInsert {
+                            upsert = upsert.insert_only();
+                        } else if scenario == BulkScenario::BulkUpsertStaging {
+                            upsert = upsert.staging();
+                        }
+                        let report = upsert.execute(&mut conn)?;
                         check(conn.unbudgeted(), n)?;
-                        return Ok((t.elapsed(), json!({ "chunks": report.chunks })));
+                        let detail = json!({
+                            "chunks": report.chunks,
+                            "copy_chunks": report.copy_chunks,
+                            "statements": report.statements,
+                        });
+                        return Ok((t.elapsed(), detail));
+                    }
+                    BulkScenario::DieselUpdateRows | BulkScenario::BulkUpdate => {
+                        bulk::insert_into(items::table, generated(1, n)).execute(&mut conn)?;
+                        let renamed = |id: i32| Rename { id, name: format!("renamed-{id}") };
+                        let t = Instant::now();
+                        let detail = if scenario == BulkScenario::BulkUpdate {
+                            let report = bulk::update(items::table, items::id, |r: &Rename| r.id, (1..=n).map(renamed))
+                                .execute(&mut conn)?;
+                            json!({ "chunks": report.chunks, "affected": report.affected })
+                        } else {
+                            conn.unbudgeted().transaction::<_, diesel::result::Error, _>(|c| {
+                                for item in (1..=n).map(renamed) {
+                                    diesel::update(items::table.find(item.id))
+                                        .set(items::name.eq(&item.name))
+                                        .execute(c)?;
+                                }
+                                Ok(())
+                            })?;
+                            json!(null)
+                        };
+                        let took = t.elapsed();
+                        let renamed_count: i64 = items::table
+                            .filter(items::name.like("renamed-%"))
+                            .count()
+                            .get_result(conn.unbudgeted())?;
+                        if renamed_count != i64::from(n) {
+                            return Err(format!("{renamed_count} rows renamed of {n}").into());
+                        }
+                        return Ok((took, detail));
+                    }
+                    BulkScenario::DieselDeleteChunks | BulkScenario::BulkDelete => {
+                        bulk::insert_into(items::table, generated(1, n)).execute(&mut conn)?;
+                        let t = Instant::now();
+                        let detail = if scenario == BulkScenario::BulkDelete {
+                            let report = bulk::delete(items::table, items::id, 1..=n).execute(&mut conn)?;
+                            json!({ "chunks": report.chunks, "affected": report.affected })
+                        } else {
+                            let mut keys = (1..=n).peekable();
+                            conn.unbudgeted().transaction::<_, diesel::result::Error, _>(|c| {
+                                while keys.peek().is_some() {
+                                    let chunk: Vec<i32> = keys.by_ref().take(10_000).collect();
+                                    diesel::delete(items::table.filter(items::id.eq_any(&chunk)))
+                                        .execute(c)?;
+                                }
+                                Ok(())
+                            })?;
+                            json!(null)
+                        };
+                        let took = t.elapsed();
+                        check(conn.unbudgeted(), 0)?;
+                        return Ok((took, detail));
                     }
                 }
                 let took = started.elapsed();

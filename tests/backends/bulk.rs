@@ -272,7 +272,7 @@ mod bulk_tests {
                 None => input.iter().find(|r| r.a == k).cloned().expect("key"),
             })
             .collect();
-        for update in [true, false] {
+        for (update, staging) in [(true, false), (false, false), (true, true), (false, true)] {
             for chunk in [1000, 7, 1] {
                 diesel::delete(bulk_c3::table).execute(&mut conn).expect("clear");
                 diesel::insert_into(bulk_c3::table)
@@ -280,8 +280,12 @@ mod bulk_tests {
                     .execute(&mut conn)
                     .expect("existing");
                 let chunk_rows = NonZeroUsize::new(chunk).expect("non-zero");
-                let insert = bulk::insert_into(bulk_c3::table, input.iter().cloned())
+                let mut insert = bulk::insert_into(bulk_c3::table, input.iter().cloned())
                     .chunk_rows(chunk_rows);
+                if staging {
+                    // PostgreSQL: through the COPY-fed staging table (the others ignore it).
+                    insert = insert.staging();
+                }
                 let report = if update {
                     insert
                         .on_conflict_do_update(bulk_c3::a, |r: &R3| r.a)
@@ -293,6 +297,9 @@ mod bulk_tests {
                 }
                 .unwrap_or_else(|e| panic!("update {update}, chunk {chunk}: {e:?}"));
                 assert_eq!(report.rows, 300);
+                if C::KIND == BackendKind::Postgres {
+                    assert_eq!(report.copy_chunks > 0, staging, "staging {staging}");
+                }
                 let back: Vec<R3> = bulk_c3::table
                     .order(bulk_c3::a)
                     .load(&mut conn)
@@ -300,9 +307,484 @@ mod bulk_tests {
                 let expected = if update { &last_wins } else { &first_wins };
                 assert!(
                     &back == expected,
-                    "update {update}, chunk {chunk}: {back:?}"
+                    "update {update}, staging {staging}, chunk {chunk}: {back:?}"
                 );
             }
         }
+    }
+}
+
+/// Bulk writes, continued (issue 6): update by key, delete by keys, RETURNING under a budget,
+/// 64 columns (the `bulk_wide` migration), MySQL's packet limit, and the rows read back by each
+/// backend's own command-line client.
+mod bulk_more_tests {
+    use super::C;
+    use crate::common::{id_base, Backend};
+    use diesel::prelude::*;
+    use diesel_budget::bulk::{self, BulkConnection};
+    use diesel_budget::demo::{items, Item};
+    use diesel_budget::{BackendKind, BudgetConnection, Error};
+    use std::num::NonZeroUsize;
+
+    diesel::table! {
+        bulk_c3 (a) {
+            a -> Integer,
+            b -> Integer,
+            c -> Integer,
+        }
+    }
+
+    diesel::table! {
+        bulk_auto (id) {
+            id -> Integer,
+            name -> Text,
+        }
+    }
+
+    diesel::table! {
+        bulk_text (a) {
+            a -> Integer,
+            t -> Text,
+        }
+    }
+
+    diesel::table! {
+        bulk_wide (c0) {
+            c0 -> Integer, c1 -> Integer, c2 -> Integer, c3 -> Integer, c4 -> Integer, c5 -> Integer, c6 -> Integer, c7 -> Integer, c8 -> Integer, c9 -> Integer, c10 -> Integer, c11 -> Integer, c12 -> Integer, c13 -> Integer, c14 -> Integer, c15 -> Integer, c16 -> Integer, c17 -> Integer, c18 -> Integer, c19 -> Integer, c20 -> Integer, c21 -> Integer, c22 -> Integer, c23 -> Integer, c24 -> Integer, c25 -> Integer, c26 -> Integer, c27 -> Integer, c28 -> Integer, c29 -> Integer, c30 -> Integer, c31 -> Integer, c32 -> Integer, c33 -> Integer, c34 -> Integer, c35 -> Integer, c36 -> Integer, c37 -> Integer, c38 -> Integer, c39 -> Integer, c40 -> Integer, c41 -> Integer, c42 -> Integer, c43 -> Integer, c44 -> Integer, c45 -> Integer, c46 -> Integer, c47 -> Integer, c48 -> Integer, c49 -> Integer, c50 -> Integer, c51 -> Integer, c52 -> Integer, c53 -> Integer, c54 -> Integer, c55 -> Integer, c56 -> Integer, c57 -> Integer, c58 -> Integer, c59 -> Integer, c60 -> Integer, c61 -> Integer, c62 -> Integer, c63 -> Integer
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable)]
+    #[diesel(table_name = bulk_c3, treat_none_as_default_value = false)]
+    struct R3 {
+        a: i32,
+        b: i32,
+        c: i32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+    #[diesel(table_name = bulk_auto)]
+    struct NewAuto {
+        name: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable)]
+    #[diesel(table_name = bulk_text, treat_none_as_default_value = false)]
+    struct RText {
+        a: i32,
+        t: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable)]
+    #[diesel(table_name = bulk_wide, treat_none_as_default_value = false)]
+    struct R64 {
+        c0: i32, c1: i32, c2: i32, c3: i32, c4: i32, c5: i32, c6: i32, c7: i32, c8: i32, c9: i32, c10: i32, c11: i32, c12: i32, c13: i32, c14: i32, c15: i32, c16: i32, c17: i32, c18: i32, c19: i32, c20: i32, c21: i32, c22: i32, c23: i32, c24: i32, c25: i32, c26: i32, c27: i32, c28: i32, c29: i32, c30: i32, c31: i32, c32: i32, c33: i32, c34: i32, c35: i32, c36: i32, c37: i32, c38: i32, c39: i32, c40: i32, c41: i32, c42: i32, c43: i32, c44: i32, c45: i32, c46: i32, c47: i32, c48: i32, c49: i32, c50: i32, c51: i32, c52: i32, c53: i32, c54: i32, c55: i32, c56: i32, c57: i32, c58: i32, c59: i32, c60: i32, c61: i32, c62: i32, c63: i32
+    }
+
+    fn r64(i: i32) -> R64 {
+        R64 { c0: i, c1: i.wrapping_mul(131).wrapping_add(1), c2: i.wrapping_mul(131).wrapping_add(2), c3: i.wrapping_mul(131).wrapping_add(3), c4: i.wrapping_mul(131).wrapping_add(4), c5: i.wrapping_mul(131).wrapping_add(5), c6: i.wrapping_mul(131).wrapping_add(6), c7: i.wrapping_mul(131).wrapping_add(7), c8: i.wrapping_mul(131).wrapping_add(8), c9: i.wrapping_mul(131).wrapping_add(9), c10: i.wrapping_mul(131).wrapping_add(10), c11: i.wrapping_mul(131).wrapping_add(11), c12: i.wrapping_mul(131).wrapping_add(12), c13: i.wrapping_mul(131).wrapping_add(13), c14: i.wrapping_mul(131).wrapping_add(14), c15: i.wrapping_mul(131).wrapping_add(15), c16: i.wrapping_mul(131).wrapping_add(16), c17: i.wrapping_mul(131).wrapping_add(17), c18: i.wrapping_mul(131).wrapping_add(18), c19: i.wrapping_mul(131).wrapping_add(19), c20: i.wrapping_mul(131).wrapping_add(20), c21: i.wrapping_mul(131).wrapping_add(21), c22: i.wrapping_mul(131).wrapping_add(22), c23: i.wrapping_mul(131).wrapping_add(23), c24: i.wrapping_mul(131).wrapping_add(24), c25: i.wrapping_mul(131).wrapping_add(25), c26: i.wrapping_mul(131).wrapping_add(26), c27: i.wrapping_mul(131).wrapping_add(27), c28: i.wrapping_mul(131).wrapping_add(28), c29: i.wrapping_mul(131).wrapping_add(29), c30: i.wrapping_mul(131).wrapping_add(30), c31: i.wrapping_mul(131).wrapping_add(31), c32: i.wrapping_mul(131).wrapping_add(32), c33: i.wrapping_mul(131).wrapping_add(33), c34: i.wrapping_mul(131).wrapping_add(34), c35: i.wrapping_mul(131).wrapping_add(35), c36: i.wrapping_mul(131).wrapping_add(36), c37: i.wrapping_mul(131).wrapping_add(37), c38: i.wrapping_mul(131).wrapping_add(38), c39: i.wrapping_mul(131).wrapping_add(39), c40: i.wrapping_mul(131).wrapping_add(40), c41: i.wrapping_mul(131).wrapping_add(41), c42: i.wrapping_mul(131).wrapping_add(42), c43: i.wrapping_mul(131).wrapping_add(43), c44: i.wrapping_mul(131).wrapping_add(44), c45: i.wrapping_mul(131).wrapping_add(45), c46: i.wrapping_mul(131).wrapping_add(46), c47: i.wrapping_mul(131).wrapping_add(47), c48: i.wrapping_mul(131).wrapping_add(48), c49: i.wrapping_mul(131).wrapping_add(49), c50: i.wrapping_mul(131).wrapping_add(50), c51: i.wrapping_mul(131).wrapping_add(51), c52: i.wrapping_mul(131).wrapping_add(52), c53: i.wrapping_mul(131).wrapping_add(53), c54: i.wrapping_mul(131).wrapping_add(54), c55: i.wrapping_mul(131).wrapping_add(55), c56: i.wrapping_mul(131).wrapping_add(56), c57: i.wrapping_mul(131).wrapping_add(57), c58: i.wrapping_mul(131).wrapping_add(58), c59: i.wrapping_mul(131).wrapping_add(59), c60: i.wrapping_mul(131).wrapping_add(60), c61: i.wrapping_mul(131).wrapping_add(61), c62: i.wrapping_mul(131).wrapping_add(62), c63: i.wrapping_mul(131).wrapping_add(63) }
+    }
+
+    fn r3(i: i32) -> R3 {
+        R3 { a: i, b: i.wrapping_mul(7), c: -i }
+    }
+
+    fn nz(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).expect("non-zero")
+    }
+
+    /// A plain connection with the temporary tables `bulk_c3`, `bulk_auto`, `bulk_text`.
+    fn conn() -> C {
+        let mut conn = C::plain();
+        let (auto, text) = match C::KIND {
+            BackendKind::Sqlite => ("id INTEGER PRIMARY KEY", "TEXT"),
+            BackendKind::Postgres => ("id SERIAL PRIMARY KEY", "TEXT"),
+            _ => ("id INTEGER AUTO_INCREMENT PRIMARY KEY", "LONGTEXT"),
+        };
+        for ddl in [
+            "CREATE TEMPORARY TABLE bulk_c3 (a INTEGER PRIMARY KEY, b INTEGER NOT NULL, \
+             c INTEGER NOT NULL)"
+                .to_string(),
+            format!("CREATE TEMPORARY TABLE bulk_auto ({auto}, name VARCHAR(64) NOT NULL)"),
+            format!("CREATE TEMPORARY TABLE bulk_text (a INTEGER PRIMARY KEY, t {text} NOT NULL)"),
+        ] {
+            diesel::sql_query(ddl).execute(&mut conn).expect("create temp table");
+        }
+        conn
+    }
+
+    fn load3(conn: &mut C) -> Vec<R3> {
+        bulk_c3::table.order(bulk_c3::a).load(conn).expect("load")
+    }
+
+    /// Update by key: the last row of a key wins whatever the chunk size, keys not in the
+    /// table change nothing, and the default chunk is exactly what the bind limit allows (one
+    /// row under, at, over a chunk's worth).
+    #[test]
+    fn bulk_update_by_key_last_row_wins_and_straddles_the_limit() {
+        let mut conn = conn();
+        let limit = conn.bind_limit().expect("bind limit");
+        let per_chunk = limit / 3;
+        let n = 300;
+        diesel::insert_into(bulk_c3::table)
+            .values((0..n).map(r3).collect::<Vec<_>>())
+            .execute(&mut conn)
+            .expect("rows");
+        // Keys 0..200 twice (second time wins), and 400..420, which are not in the table.
+        let input: Vec<R3> = (0..200)
+            .map(|k| R3 { a: k, b: 1, c: 1 })
+            .chain((0..200).map(|k| R3 { a: k, b: k * 2, c: 5 }))
+            .chain((400..420).map(|k| R3 { a: k, b: 0, c: 0 }))
+            .collect();
+        let expected: Vec<R3> = (0..n)
+            .map(|k| if k < 200 { R3 { a: k, b: k * 2, c: 5 } } else { r3(k) })
+            .collect();
+        for chunk in [None, Some(7), Some(1)] {
+            let mut update = bulk::update(bulk_c3::table, bulk_c3::a, |r: &&R3| r.a, &input);
+            if let Some(c) = chunk {
+                update = update.chunk_rows(nz(c));
+            }
+            let report = update
+                .execute(&mut conn)
+                .unwrap_or_else(|e| panic!("chunk {chunk:?}: {e:?}"));
+            assert_eq!(report.rows, input.len() as u64);
+            assert!(report.affected >= 200, "{report:?}");
+            assert_eq!(load3(&mut conn), expected, "chunk {chunk:?}");
+        }
+
+        for rows in [per_chunk - 1, per_chunk, per_chunk + 1] {
+            let rows_i32 = i32::try_from(rows).expect("fits");
+            diesel::delete(bulk_c3::table).execute(&mut conn).expect("clear");
+            bulk::insert_into(bulk_c3::table, (0..rows_i32).map(r3))
+                .execute(&mut conn)
+                .expect("rows");
+            let changed = |i: i32| R3 { a: i, b: -i, c: i };
+            let mut progress = Vec::new();
+            let report =
+                bulk::update(bulk_c3::table, bulk_c3::a, |r: &R3| r.a, (0..rows_i32).map(changed))
+                    .per_chunk()
+                    .on_progress(|p: bulk::Progress| progress.push(p.rows_done))
+                    .execute(&mut conn)
+                    .unwrap_or_else(|e| panic!("{rows} rows: {e:?}"));
+            assert_eq!(report.chunks, rows.div_ceil(per_chunk) as u64, "{rows} rows");
+            assert_eq!((report.rows, report.affected), (rows as u64, rows as u64));
+            assert_eq!(progress.last(), Some(&(rows as u64)));
+            let back = load3(&mut conn);
+            assert!(back == (0..rows_i32).map(changed).collect::<Vec<_>>(), "{rows} rows differ");
+        }
+
+        // A row that sets no column but its key is refused before anything is written.
+        let err = bulk::update(
+            bulk_auto::table,
+            bulk_auto::name,
+            |r: &NewAuto| r.name.clone(),
+            [NewAuto { name: "x".into() }],
+        )
+        .execute(&mut conn)
+        .expect_err("nothing to set");
+        assert!(matches!(err, Error::InvalidArgument { name: "rows", .. }), "{err:?}");
+    }
+
+    /// Delete by keys: `= ANY($1)` on PostgreSQL (10,000 keys a chunk by default), `IN (..)`
+    /// elsewhere with as many keys as the bind limit allows (one kept for a RETURNING's LIMIT):
+    /// one key under, at, over a chunk's worth; keys not in the table delete nothing.
+    #[test]
+    fn bulk_delete_by_keys_straddles_the_chunk() {
+        let mut conn = conn();
+        let limit = conn.bind_limit().expect("bind limit");
+        let per_chunk = match C::KIND {
+            BackendKind::Postgres => 10_000,
+            _ => limit - 1,
+        };
+        for keys in [per_chunk - 1, per_chunk, per_chunk + 1] {
+            let keys_i32 = i32::try_from(keys).expect("fits");
+            diesel::delete(bulk_c3::table).execute(&mut conn).expect("clear");
+            bulk::insert_into(bulk_c3::table, (0..keys_i32 + 10).map(r3))
+                .execute(&mut conn)
+                .expect("rows");
+            // Every other key is missing from the table.
+            let doomed = (0..keys_i32).map(|k| if k % 2 == 0 { k } else { -k });
+            let report = bulk::delete(bulk_c3::table, bulk_c3::a, doomed)
+                .per_chunk()
+                .execute(&mut conn)
+                .unwrap_or_else(|e| panic!("{keys} keys: {e:?}"));
+            assert_eq!(report.rows, keys as u64);
+            assert_eq!(report.chunks, keys.div_ceil(per_chunk) as u64, "{keys} keys");
+            assert_eq!(report.affected, keys.div_ceil(2) as u64, "{keys} keys");
+            let left: Vec<i32> = load3(&mut conn).into_iter().map(|r| r.a).collect();
+            let expected: Vec<i32> =
+                (0..keys_i32 + 10).filter(|k| *k >= keys_i32 || k % 2 == 1).collect();
+            assert!(left == expected, "{keys} keys: wrong rows left");
+        }
+        let too_many = nz(match C::KIND {
+            BackendKind::Postgres => 10_000_000,
+            _ => limit,
+        });
+        let result = bulk::delete(bulk_c3::table, bulk_c3::a, 0..10)
+            .chunk_rows(too_many)
+            .execute(&mut conn);
+        match C::KIND {
+            BackendKind::Postgres => assert!(result.is_ok(), "{result:?}"),
+            _ => assert!(
+                matches!(result, Err(Error::InvalidArgument { name: "chunk_rows", .. })),
+                "{result:?}"
+            ),
+        }
+    }
+
+    /// RETURNING under a budget: the generated ids of an insert come back in input order; a
+    /// write that would return more than the budget fails with `BudgetExceeded` before the
+    /// chunk that passes it, having loaded at most budget + 1 rows, and nothing is written or
+    /// deleted (always atomic). MySQL/MariaDB: INSERT .. RETURNING is refused before any SQL
+    /// (Diesel's client gets no result metadata for it); DELETE's is emulated.
+    #[test]
+    fn bulk_returning_ids_in_input_order_under_a_budget() {
+        let mut conn = conn();
+        let n: usize = 2_500;
+        // Names in an order unrelated to the ids the database hands out.
+        let names: Vec<String> = (0..n).map(|i| format!("n-{}", (i * 7919) % n)).collect();
+        let rows = || names.iter().map(|name| NewAuto { name: name.clone() });
+        let ids: Vec<i32> = if C::KIND == BackendKind::Mysql {
+            let err = bulk::insert_into(bulk_auto::table, rows())
+                .returning(bulk_auto::id, diesel_budget::Budget::rows(n as u64))
+                .execute::<_, _, _, i32>(&mut conn)
+                .expect_err("no INSERT .. RETURNING through Diesel's MySQL client");
+            assert!(matches!(err, Error::Query { .. }), "{err:?}");
+            bulk::insert_into(bulk_auto::table, rows()).execute(&mut conn).expect("plain insert");
+            bulk_auto::table
+                .select(bulk_auto::id)
+                .order(bulk_auto::id)
+                .load(&mut conn)
+                .expect("ids")
+        } else {
+            let (report, ids) = bulk::insert_into(bulk_auto::table, rows())
+                .chunk_rows(nz(100))
+                .returning(bulk_auto::id, diesel_budget::Budget::rows(n as u64))
+                .execute::<_, _, _, i32>(&mut conn)
+                .expect("insert returning");
+            assert_eq!((report.rows, report.chunks, ids.len()), (n as u64, 25, n));
+
+            // One row over the budget: refused before the last chunk, nothing written.
+            let err = bulk::insert_into(bulk_auto::table, rows())
+                .chunk_rows(nz(100))
+                .returning(bulk_auto::id, diesel_budget::Budget::rows(n as u64 - 1))
+                .execute::<_, _, _, i32>(&mut conn)
+                .expect_err("over budget");
+            assert!(
+                matches!(err, Error::BudgetExceeded { seen_rows, .. } if seen_rows == n as u64),
+                "{err:?}"
+            );
+            ids
+        };
+        let stored: std::collections::HashMap<i32, String> = bulk_auto::table
+            .load::<(i32, String)>(&mut conn)
+            .expect("load")
+            .into_iter()
+            .collect();
+        assert_eq!(stored.len(), n, "the refused insert wrote rows");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(stored.get(id), Some(&names[i]), "id {id} of input row {i}");
+        }
+
+        // Delete returning, within the budget.
+        let first: Vec<i32> = ids[..100].to_vec();
+        let (report, gone) = bulk::delete(bulk_auto::table, bulk_auto::id, &first)
+            .chunk_rows(nz(30))
+            .returning((bulk_auto::id, bulk_auto::name), diesel_budget::Budget::rows(100))
+            .execute::<_, _, (i32, String)>(&mut conn)
+            .expect("delete returning");
+        assert_eq!((report.affected, gone.len()), (100, 100));
+        let mut gone_ids: Vec<i32> = gone.iter().map(|(id, _)| *id).collect();
+        gone_ids.sort_unstable();
+        let mut want = first.clone();
+        want.sort_unstable();
+        assert_eq!(gone_ids, want);
+        for (id, name) in &gone {
+            assert_eq!(stored.get(id), Some(name));
+        }
+
+        // Over the budget: at most budget + 1 rows loaded, nothing deleted.
+        let rest: Vec<i32> = ids[100..].to_vec();
+        let err = bulk::delete(bulk_auto::table, bulk_auto::id, &rest)
+            .chunk_rows(nz(5))
+            .returning(bulk_auto::id, diesel_budget::Budget::rows(10))
+            .execute::<_, _, i32>(&mut conn)
+            .expect_err("over budget");
+        assert!(matches!(err, Error::BudgetExceeded { seen_rows: 11, .. }), "{err:?}");
+        let count: i64 = bulk_auto::table.count().get_result(&mut conn).expect("count");
+        assert_eq!(count, n as i64 - 100, "the refused delete deleted rows");
+    }
+
+    /// MySQL's `max_allowed_packet`, read from the server, bounds a chunk before the bind limit
+    /// does: 600 rows of 60,000 bytes (36 MB) go in chunks under the packet; on the other
+    /// backends nothing but the row limit bounds them (one chunk). Every row read back equal.
+    #[test]
+    fn bulk_wide_rows_are_chunked_by_the_packet() {
+        let mut conn = conn();
+        let n = 600;
+        let row = |i: i32| RText { a: i, t: format!("{i:08}").repeat(7_500) };
+        let report = bulk::insert_into(bulk_text::table, (0..n).map(row))
+            .execute(&mut conn)
+            .expect("wide rows");
+        assert_eq!(report.rows, n as u64);
+        if C::KIND == BackendKind::Mysql {
+            let packet: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "CAST(@@max_allowed_packet AS SIGNED)",
+            ))
+            .get_result(&mut conn)
+            .expect("max_allowed_packet");
+            let packet = packet as u64;
+            let at_least = (n as u64 * 60_000).div_ceil(packet);
+            assert!(
+                report.chunks >= at_least.max(2) && report.chunks <= at_least + 1,
+                "{} chunks for {} bytes under a {packet}-byte packet",
+                report.chunks,
+                n * 60_000
+            );
+        } else {
+            assert_eq!(report.chunks, 1);
+        }
+        for from in (0..n).step_by(100) {
+            let back: Vec<RText> = bulk_text::table
+                .filter(bulk_text::a.between(from, from + 99))
+                .order(bulk_text::a)
+                .load(&mut conn)
+                .expect("read back");
+            assert!(back == (from..from + 100).map(row).collect::<Vec<_>>(), "rows {from}..");
+        }
+    }
+
+    /// 64 columns (the `bulk_wide` migration): one row's worth under, at and over the bind
+    /// limit, through INSERT and through the default path (COPY on PostgreSQL), in a test
+    /// transaction in this test's key range; every row read back equal.
+    #[test]
+    fn bulk_insert_64_columns_straddles_the_bind_limit() {
+        let mut conn = C::plain();
+        if C::KIND == BackendKind::Sqlite {
+            conn.run_migrations(diesel_budget::demo::MIGRATIONS).expect("migrations");
+        }
+        conn.begin_test_transaction().expect("test transaction");
+        let base = id_base(26);
+        let limit = conn.bind_limit().expect("bind limit");
+        let per_chunk = limit / 64;
+        let range = |n: usize| base..base + i32::try_from(n).expect("fits");
+        for n in [per_chunk - 1, per_chunk, per_chunk + 1] {
+            for insert_only in [true, false] {
+                let mut insert = bulk::insert_into(bulk_wide::table, range(n).map(r64));
+                if insert_only {
+                    insert = insert.insert_only();
+                }
+                let report = insert
+                    .execute(&mut conn)
+                    .unwrap_or_else(|e| panic!("{n} rows, insert_only {insert_only}: {e:?}"));
+                assert_eq!(report.rows, n as u64);
+                if insert_only || C::KIND != BackendKind::Postgres {
+                    assert_eq!(report.chunks, n.div_ceil(per_chunk) as u64, "{n} rows");
+                } else {
+                    assert_eq!(report.copy_chunks, report.chunks);
+                }
+                let mine = bulk_wide::c0.between(base, base + 999_999);
+                let back: Vec<R64> = bulk_wide::table
+                    .filter(mine)
+                    .order(bulk_wide::c0)
+                    .load(&mut conn)
+                    .expect("read back");
+                assert!(back == range(n).map(r64).collect::<Vec<_>>(), "{n} rows differ");
+                diesel::delete(bulk_wide::table.filter(mine))
+                    .execute(&mut conn)
+                    .expect("clear");
+            }
+        }
+    }
+
+    /// Runs the backend's own command-line client on `url` and returns its output: one line
+    /// a row, fields separated by tabs.
+    fn client_rows(url: &str, sql: &str) -> Vec<String> {
+        let mut cmd = match C::KIND {
+            BackendKind::Sqlite => {
+                let mut c = std::process::Command::new("sqlite3");
+                c.args(["-batch", "-separator", "\t", url, sql]);
+                c
+            }
+            BackendKind::Postgres => {
+                let mut c = std::process::Command::new("psql");
+                c.args(["-X", "-A", "-t", "-F", "\t", "-d", url, "-c", sql]);
+                c
+            }
+            _ => {
+                // mysql://user[:password]@host:port/db
+                let rest = url.strip_prefix("mysql://").expect("mysql URL");
+                let (auth, hostdb) = rest.split_once('@').expect("user@host");
+                let (host, db) = hostdb.split_once('/').expect("host/db");
+                let (host, port) = host.split_once(':').unwrap_or((host, "3306"));
+                let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+                let mut c = std::process::Command::new("mariadb");
+                c.args(["-h", host, "-P", port, "-u", user, "-N", "-B", "-D", db, "-e", sql]);
+                if !password.is_empty() {
+                    c.env("MYSQL_PWD", password);
+                }
+                c
+            }
+        };
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running the {} client: {e}", C::KIND));
+        assert!(
+            out.status.success(),
+            "{} client failed: {}",
+            C::KIND,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The rows a bulk insert and a bulk update committed, read back by `sqlite3`, `psql` or
+    /// `mariadb` and compared field by field with what was written.
+    #[test]
+    fn bulk_rows_read_back_by_the_command_line_client() {
+        let tdb = C::private_db(1);
+        let url = C::url(&tdb);
+        let base = id_base(28);
+        let n = 3_000;
+        let mut conn = tdb.conn();
+        C::delete_range(&mut conn, base, base + n);
+        let mut written: Vec<Item> = (base..base + n).map(Item::generate).collect();
+        let report = bulk::insert_into(items::table, &written)
+            .per_chunk()
+            .chunk_rows(nz(700))
+            .execute(&mut *conn)
+            .expect("bulk insert");
+        assert_eq!(report.rows, n as u64);
+        for item in written.iter_mut().step_by(3) {
+            item.name = format!("renamed\u{e9}-{}", item.id);
+            item.category += 100;
+        }
+        let changed: Vec<Item> = written.iter().step_by(3).cloned().collect();
+        bulk::update(items::table, items::id, |i: &&Item| i.id, &changed)
+            .chunk_rows(nz(333))
+            .execute(&mut *conn)
+            .expect("bulk update");
+        let sql = format!(
+            "SELECT id, category, name, payload, created_at FROM items \
+             WHERE id BETWEEN {base} AND {} ORDER BY id",
+            base + n - 1
+        );
+        let back = client_rows(&url, &sql);
+        let expected: Vec<String> = written
+            .iter()
+            .map(|i| {
+                format!("{}\t{}\t{}\t{}\t{}", i.id, i.category, i.name, i.payload, i.created_at)
+            })
+            .collect();
+        let deleted = C::delete_range(&mut conn, base, base + n);
+        assert_eq!(back.len(), expected.len(), "rows read back by the client");
+        for (got, want) in back.iter().zip(&expected) {
+            assert_eq!(got, want);
+        }
+        assert_eq!(deleted, n as usize);
     }
 }

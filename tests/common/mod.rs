@@ -131,6 +131,10 @@ pub trait Backend: BudgetConnection + Sized {
     /// a fresh in-memory database (no tables).
     fn plain() -> Self;
 
+    /// The URL of `tdb`'s database, for the backend's command-line client (SQLite: the file's
+    /// path).
+    fn url(tdb: &TestDb<Self>) -> String;
+
     /// Starts a test: connection, test transaction, id range of test `test_no`.
     fn ctx(test_no: i32) -> Ctx<Self> {
         let tdb = Self::test_db();
@@ -233,6 +237,14 @@ impl Backend for diesel::sqlite::SqliteConnection {
         Self::establish(":memory:").expect("in-memory SQLite")
     }
 
+    fn url(tdb: &TestDb<Self>) -> String {
+        let dir = tdb
+            ._dir
+            .as_ref()
+            .expect("an SQLite test database has its directory");
+        dir.path().join("test.db").to_string_lossy().into_owned()
+    }
+
     fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {
         let dir = tempfile::Builder::new()
             .prefix("diesel-budget-test")
@@ -280,6 +292,10 @@ impl Backend for diesel::pg::PgConnection {
         Self::establish(&pg_url()).expect("plain PostgreSQL connection")
     }
 
+    fn url(_: &TestDb<Self>) -> String {
+        pg_url()
+    }
+
     fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {
         let _shared = Self::test_db(); // creates and migrates the database first
         TestDb {
@@ -321,6 +337,10 @@ impl Backend for diesel::mysql::MysqlConnection {
     fn plain() -> Self {
         let _shared = Self::test_db();
         Self::establish(&mysql_url()).expect("plain MySQL connection")
+    }
+
+    fn url(_: &TestDb<Self>) -> String {
+        mysql_url()
     }
 
     fn private_db_with(size: u32, timeout: Duration) -> TestDb<Self> {

@@ -1,19 +1,44 @@
-//! MySQL/MariaDB's half of bulk writes: the bind limit, `ON DUPLICATE KEY UPDATE`.
+//! MySQL/MariaDB's half of bulk writes: the bind limit and `max_allowed_packet` (read from the
+//! server), `ON DUPLICATE KEY UPDATE`, multi-table `UPDATE` joined to the chunk's rows,
+//! `DELETE .. IN (..)` (its budgeted `RETURNING`: a locking read of the same keys first).
 
+use diesel::deserialize::FromSqlRow;
+use diesel::expression::Expression;
+use diesel::expression::QueryMetadata;
 use diesel::insertable::InsertValues;
 use diesel::mysql::{Mysql, MysqlConnection};
-use diesel::query_builder::{AstPass, QueryFragment, ValuesClause};
-use diesel::{QueryResult, Table};
+use diesel::query_builder::bind_collector::RawBytesBindCollector;
+use diesel::query_builder::{AstPass, BindCollector, QueryFragment, ValuesClause};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{BigInt, HasSqlType, Unsigned};
+use diesel::{Column, QueryResult, RunQueryDsl as _, Table};
 
-use crate::bulk::sql::{insert_chunk, row_shape, RowShape};
-use crate::bulk::{insert_plan, sealed, BulkConnection, BulkWrite, Conflict, Plan};
+use crate::bulk::sql::{
+    delete_keys, delete_returning, insert_chunk, push_in_list, row_shape, update_chunk,
+    ReturningStyle, RowShape, UpdateStyle,
+};
+use crate::bulk::{
+    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Plan,
+    Want,
+};
 
 /// Placeholders a prepared statement may hold (the protocol's 16-bit count).
 const BIND_LIMIT: usize = 65_535;
 
+/// Wire bytes counted per bind on top of its value: its type (2 bytes) and the longest
+/// length prefix (9), plus its share of the SQL text (`?, ` and a `UNION ALL SELECT`).
+const PER_BIND: usize = 12;
+
+/// Bytes of a statement's packet kept for what is not the rows' binds (the statement's head,
+/// the conflict clause, the packet headers).
+const PACKET_MARGIN: usize = 64 << 10;
+
 impl sealed::Sealed for MysqlConnection {}
 
 impl BulkConnection for MysqlConnection {
+    const UPDATE_STYLE: UpdateStyle = UpdateStyle::UnionJoin;
+    const RETURNING_STYLE: ReturningStyle = ReturningStyle::LockThenDelete;
+
     fn bind_limit(&mut self) -> QueryResult<usize> {
         Ok(BIND_LIMIT)
     }
@@ -49,6 +74,28 @@ impl BulkConnection for MysqlConnection {
     }
 }
 
+/// The bytes one statement's binds may take: the server's `max_allowed_packet` (read at each
+/// plan: it is a global setting that can change) less a margin for the rest of the packet.
+fn packet_bytes(conn: &mut MysqlConnection) -> QueryResult<usize> {
+    let packet: u64 = internal(|| {
+        diesel::select(diesel::dsl::sql::<Unsigned<BigInt>>("@@max_allowed_packet"))
+            .get_result(conn)
+    })?;
+    let packet = usize::try_from(packet).unwrap_or(usize::MAX);
+    Ok(packet.saturating_sub(PACKET_MARGIN.min(packet / 4)))
+}
+
+/// The bytes of `value`'s binds as the client sends them, plus [`PER_BIND`] a bind.
+fn bind_bytes<F: QueryFragment<Mysql> + ?Sized>(value: &F) -> QueryResult<usize> {
+    let mut binds = RawBytesBindCollector::<Mysql>::new();
+    value.collect_binds(&mut binds, &mut (), &Mysql)?;
+    Ok(binds
+        .binds
+        .iter()
+        .map(|b| b.as_ref().map_or(0, Vec::len) + PER_BIND)
+        .sum())
+}
+
 impl<T, V> BulkWrite<T, V> for MysqlConnection
 where
     T: Table + Copy,
@@ -56,11 +103,13 @@ where
     V: InsertValues<Mysql, T>,
 {
     fn row_shape(row: &ValuesClause<V, T>) -> QueryResult<RowShape> {
-        row_shape::<Self, T, V>(row)
+        let mut shape = row_shape::<Self, T, V>(row)?;
+        shape.bytes = bind_bytes(&row.values)?;
+        Ok(shape)
     }
 
-    fn plan(&mut self, _: T, shape: &RowShape, _: bool, _: bool) -> QueryResult<Plan> {
-        Ok(insert_plan(BIND_LIMIT, shape))
+    fn plan(&mut self, _: T, shape: &RowShape, _: Want) -> QueryResult<Plan> {
+        Ok(insert_plan(BIND_LIMIT, Some(packet_bytes(self)?), shape))
     }
 
     fn write_chunk(
@@ -68,8 +117,86 @@ where
         table: T,
         rows: &[ValuesClause<V, T>],
         _: &Plan,
-        conflict: Option<(&Conflict, &[String])>,
+        conflict: ConflictOf<'_>,
     ) -> QueryResult<usize> {
         insert_chunk(self, table, rows, conflict)
+    }
+
+    fn update_chunk(
+        &mut self,
+        table: T,
+        key: &'static str,
+        rows: &[ValuesClause<V, T>],
+    ) -> QueryResult<usize> {
+        update_chunk(self, table, key, rows)
+    }
+
+    fn insert_returning<S, U>(
+        &mut self,
+        table: T,
+        rows: &[ValuesClause<V, T>],
+        conflict: ConflictOf<'_>,
+        returning: &S,
+    ) -> QueryResult<Vec<U>>
+    where
+        S: Expression + QueryFragment<Mysql>,
+        Mysql: QueryMetadata<S::SqlType>,
+        U: FromSqlRow<S::SqlType, Mysql> + 'static,
+    {
+        // MariaDB 10.5+ has `INSERT .. RETURNING`, but its prepared statements report no
+        // result metadata for it, and Diesel's MySQL client reads every result through one
+        // ("No metadata exists"): refuse before any SQL instead.
+        let _ = (table, rows, conflict, returning);
+        Err(diesel::result::Error::QueryBuilderError(
+            "bulk INSERT .. RETURNING is not supported on MySQL/MariaDB through Diesel's \
+             client (MariaDB's prepared statements give it no result metadata)"
+                .into(),
+        ))
+    }
+}
+
+impl<T, Col, K> BulkKeys<T, Col, K> for MysqlConnection
+where
+    T: Table + Copy,
+    T::FromClause: QueryFragment<Mysql>,
+    Col: Column<Table = T>,
+    Mysql: HasSqlType<Col::SqlType>,
+    K: ToSql<Col::SqlType, Mysql>,
+{
+    fn key_plan(&mut self) -> QueryResult<(Option<usize>, Option<usize>, usize)> {
+        Ok((Some(BIND_LIMIT), Some(packet_bytes(self)?), BIND_LIMIT))
+    }
+
+    fn key_bytes(key: &K) -> QueryResult<usize> {
+        let mut binds = RawBytesBindCollector::<Mysql>::new();
+        binds.push_bound_value::<Col::SqlType, K>(key, &mut ())?;
+        Ok(binds
+            .binds
+            .iter()
+            .map(|b| b.as_ref().map_or(0, Vec::len) + PER_BIND)
+            .sum())
+    }
+
+    fn push_key_set<'b>(keys: &'b [K], out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        push_in_list::<Mysql, Col::SqlType, K>(keys, out)
+    }
+
+    fn delete_keys(&mut self, table: T, keys: &[K]) -> QueryResult<usize> {
+        delete_keys::<Self, T, Col, K>(self, table, keys)
+    }
+
+    fn delete_returning<S, U>(
+        &mut self,
+        table: T,
+        keys: &[K],
+        returning: &S,
+        limit: u64,
+    ) -> QueryResult<Vec<U>>
+    where
+        S: Expression + QueryFragment<Mysql>,
+        Mysql: QueryMetadata<S::SqlType>,
+        U: FromSqlRow<S::SqlType, Mysql> + 'static,
+    {
+        delete_returning::<Self, T, Col, K, S, U>(self, table, keys, returning, limit)
     }
 }

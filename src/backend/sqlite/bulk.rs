@@ -1,13 +1,25 @@
-//! SQLite's half of bulk writes: the bind limit read from the connection, `ON CONFLICT`.
+//! SQLite's half of bulk writes: the bind limit read from the connection, `ON CONFLICT`,
+//! `UPDATE .. FROM` (3.33+), `RETURNING` (3.35+; the bundled library is 3.50).
 
 use diesel::connection::SimpleConnection as _;
+use diesel::deserialize::FromSqlRow;
+use diesel::expression::Expression;
+use diesel::expression::QueryMetadata;
 use diesel::insertable::InsertValues;
 use diesel::query_builder::{AstPass, QueryFragment, ValuesClause};
+use diesel::serialize::ToSql;
+use diesel::sql_types::HasSqlType;
 use diesel::sqlite::{Sqlite, SqliteConnection};
-use diesel::{QueryResult, Table};
+use diesel::{Column, QueryResult, Table};
 
-use crate::bulk::sql::{insert_chunk, row_shape, RowShape};
-use crate::bulk::{insert_plan, internal, sealed, BulkConnection, BulkWrite, Conflict, Plan};
+use crate::bulk::sql::{
+    delete_keys, delete_returning, insert_chunk, insert_returning, push_in_list, row_shape,
+    update_chunk, ReturningStyle, RowShape, UpdateStyle,
+};
+use crate::bulk::{
+    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Plan,
+    Want,
+};
 
 /// SQLite's smallest limit ever (`SQLITE_MAX_VARIABLE_NUMBER` before 3.32): the fallback when
 /// the probe's message cannot be read.
@@ -16,6 +28,9 @@ const FALLBACK_LIMIT: usize = 999;
 impl sealed::Sealed for SqliteConnection {}
 
 impl BulkConnection for SqliteConnection {
+    const UPDATE_STYLE: UpdateStyle = UpdateStyle::ValuesCte;
+    const RETURNING_STYLE: ReturningStyle = ReturningStyle::ClientStop;
+
     /// Diesel does not expose `sqlite3_limit`: prepare `SELECT ?2147483647`, which fails with
     /// "variable number must be between ?1 and ?N", N being this connection's live limit.
     fn bind_limit(&mut self) -> QueryResult<usize> {
@@ -50,8 +65,8 @@ where
         row_shape::<Self, T, V>(row)
     }
 
-    fn plan(&mut self, _: T, shape: &RowShape, _: bool, _: bool) -> QueryResult<Plan> {
-        Ok(insert_plan(self.bind_limit()?, shape))
+    fn plan(&mut self, _: T, shape: &RowShape, _: Want) -> QueryResult<Plan> {
+        Ok(insert_plan(self.bind_limit()?, None, shape))
     }
 
     fn write_chunk(
@@ -59,8 +74,73 @@ where
         table: T,
         rows: &[ValuesClause<V, T>],
         _: &Plan,
-        conflict: Option<(&Conflict, &[String])>,
+        conflict: ConflictOf<'_>,
     ) -> QueryResult<usize> {
         insert_chunk(self, table, rows, conflict)
+    }
+
+    fn update_chunk(
+        &mut self,
+        table: T,
+        key: &'static str,
+        rows: &[ValuesClause<V, T>],
+    ) -> QueryResult<usize> {
+        update_chunk(self, table, key, rows)
+    }
+
+    fn insert_returning<S, U>(
+        &mut self,
+        table: T,
+        rows: &[ValuesClause<V, T>],
+        conflict: ConflictOf<'_>,
+        returning: &S,
+    ) -> QueryResult<Vec<U>>
+    where
+        S: Expression + QueryFragment<Sqlite>,
+        Sqlite: QueryMetadata<S::SqlType>,
+        U: FromSqlRow<S::SqlType, Sqlite> + 'static,
+    {
+        insert_returning(self, table, rows, conflict, returning)
+    }
+}
+
+impl<T, Col, K> BulkKeys<T, Col, K> for SqliteConnection
+where
+    T: Table + Copy,
+    T::FromClause: QueryFragment<Sqlite>,
+    Col: Column<Table = T>,
+    Sqlite: HasSqlType<Col::SqlType>,
+    K: ToSql<Col::SqlType, Sqlite>,
+{
+    fn key_plan(&mut self) -> QueryResult<(Option<usize>, Option<usize>, usize)> {
+        let limit = self.bind_limit()?;
+        Ok((Some(limit), None, limit))
+    }
+
+    fn key_bytes(_: &K) -> QueryResult<usize> {
+        Ok(0)
+    }
+
+    fn push_key_set<'b>(keys: &'b [K], out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        push_in_list::<Sqlite, Col::SqlType, K>(keys, out)
+    }
+
+    fn delete_keys(&mut self, table: T, keys: &[K]) -> QueryResult<usize> {
+        delete_keys::<Self, T, Col, K>(self, table, keys)
+    }
+
+    fn delete_returning<S, U>(
+        &mut self,
+        table: T,
+        keys: &[K],
+        returning: &S,
+        limit: u64,
+    ) -> QueryResult<Vec<U>>
+    where
+        S: Expression + QueryFragment<Sqlite>,
+        Sqlite: QueryMetadata<S::SqlType>,
+        U: FromSqlRow<S::SqlType, Sqlite> + 'static,
+    {
+        delete_returning::<Self, T, Col, K, S, U>(self, table, keys, returning, limit)
     }
 }

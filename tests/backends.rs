@@ -16,7 +16,7 @@
 //! Test numbers (each gives a test its own id range, `common::id_base`; pick a free one):
 //! 1-12, 20-25, 30-31 (budgets, own limits, batches, instrumentation, hygiene), 40-41 (killed),
 //! 42-48 (limits), 50-53, 60, 70 (suite), 80-84 (ledger), 85-86 (pool), 90 (layout),
-//! 91-97 (walks); reserved: 13-19, 26-29 (faults), 32-39 (CI budgets), 54-59, 87-89 (cache),
+//! 49, 91-97 (walks); reserved: 13-19, 26-29 (faults), 32-39 (CI budgets), 54-59, 87-89 (cache),
 //! 61-69 (pages), 71-79 (bulk).
 
 mod common;

@@ -554,3 +554,73 @@ fn refusals_come_before_any_statement() {
     assert!(matches!(err, Some(Error::InvalidBudget { .. })), "{err:?}");
     assert!(w.source.ran.is_empty());
 }
+
+/// Equal keys exactly on a batch boundary (the batch's last row has key k and so do the next
+/// rows): the next batch's `id > k` would skip them. `KeyOrder` after the rows before the
+/// repeated key in every mode (keyset batches, a stream, a stream that runs keyset batches, one
+/// row at a time), under a row budget and under a byte budget that cuts the batch where the
+/// key repeats, in the middle of a walk and at its end. The resume key stays the last row
+/// handed out.
+#[test]
+fn a_key_repeated_across_a_batch_boundary_is_a_key_order_error() {
+    let size = get_size2::GetSize::get_size(&rows([0], 60)[0]) as u64;
+    let by_bytes = Budget::rows(100).bytes(3 * size + size / 2);
+    // (ids, budget, rows delivered before the repeated key)
+    let cases: [(Vec<Row>, Budget<crate::budget::Bytes, crate::budget::Strict>, u64); 4] = [
+        (rows([1, 2, 3, 4, 4, 5, 6], 60), Budget::rows(4).bytes(1 << 30), 4),
+        (rows([1, 2, 3, 4, 4], 60), Budget::rows(4).bytes(1 << 30), 4),
+        (rows([1, 2, 3, 4, 4, 4, 5], 60), Budget::rows(4).bytes(1 << 30), 4),
+        (rows([1, 2, 3, 3, 4, 5], 60), by_bytes, 3),
+    ];
+    for (i, (table, budget, before)) in cases.into_iter().enumerate() {
+        let k = table[usize::try_from(before).unwrap_or(0)].id;
+        let is_repeat = |err: &Option<Error>, what: &str| match err {
+            Some(Error::KeyOrder {
+                key,
+                previous,
+                next,
+                rows_done,
+            }) => {
+                assert_eq!(key, &["id"], "{what}");
+                assert_eq!(
+                    (previous.clone(), next.clone(), *rows_done),
+                    (k.to_string(), k.to_string(), before),
+                    "{what}"
+                );
+            }
+            other => panic!("{what}: expected KeyOrder, got {other:?}"),
+        };
+        for (mode, streams) in [
+            (BatchMode::Keyset, false),
+            (BatchMode::Stream, false),
+            (BatchMode::Stream, true),
+        ] {
+            let what = format!("case {i}, {mode:?}, streams: {streams}");
+            let fake = || {
+                let mut fake = Fake::new(table.clone());
+                fake.streams = streams;
+                fake
+            };
+            let mut w = walk(fake(), budget);
+            w.mode = mode;
+            let (got, err) = batches(&mut w);
+            assert_eq!(got.concat().len() as u64, before, "{what}: {got:?}");
+            is_repeat(&err, &what);
+            assert_eq!((w.rows_done, w.last), (before, Some(k)), "{what}");
+
+            let mut w = walk(fake(), budget);
+            w.mode = mode;
+            let (got, err) = each_row(&mut w);
+            assert_eq!(got.len() as u64, before, "{what}, rows: {got:?}");
+            is_repeat(&err, &format!("{what}, rows"));
+            assert_eq!((w.rows_done, w.last), (before, Some(k)), "{what}, rows");
+        }
+        // And with a row budget only (no byte metering) where the rows cut the batch.
+        if budget.spec().rows == 4 {
+            let mut w = walk(Fake::new(table.clone()), Budget::rows(4));
+            let (got, err) = batches(&mut w);
+            assert_eq!(got.concat().len() as u64, before, "case {i}, rows only");
+            is_repeat(&err, &format!("case {i}, rows only"));
+        }
+    }
+}

@@ -12,11 +12,11 @@ use std::time::Duration;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::QueryResult;
 
-use super::machine::{Machine, Source};
+use super::machine::{Batch, Machine, Source};
 use super::BatchMode;
 use crate::budget::{Budget, BudgetSpec, Meter, Metering, Overflow};
 use crate::error::{Error, Result};
-use crate::exec::{All, Cursor, Loaded, Take};
+use crate::exec::{Cursor, Loaded, Lookahead, Take};
 use crate::instrument::StatementTag;
 
 /// A row: `id` is the key column the fake database orders and filters by; `key` is what the
@@ -125,12 +125,14 @@ impl<M: Meter<Row>> Source<Row, i64, M> for Fake {
         after: Option<i64>,
         spec: BudgetSpec,
         limit: u64,
-    ) -> Result<Loaded<Vec<Row>>> {
+    ) -> Result<Batch<Row>> {
         self.ran.push(Ran::Batch { after, limit });
+        // `LIMIT limit + 1`, as on a database.
+        let sql_limit = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
         let mut rows = self.after(after);
-        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.truncate(usize::try_from(sql_limit).unwrap_or(usize::MAX));
         let mut cursor = FakeStream::<M>::new(rows.into_iter(), SQL.to_owned(), spec, None);
-        let rows = All::take(&mut cursor)?;
+        let rows = Lookahead::take(&mut cursor, sql_limit)?;
         let sql = if cursor.needs_sql(false) {
             cursor.sql()?
         } else {
@@ -231,22 +233,15 @@ fn a_short_batch_ends_the_walk() {
     );
 }
 
-/// A walk whose last batch is full asks once more (an empty batch), then probes the end once.
+/// Each batch reads the row after it (`LIMIT n + 1`): a full last batch with no row after it
+/// ends the walk, with no empty batch and no end probe.
 #[test]
-fn a_full_last_batch_is_followed_by_an_empty_one_and_the_end_probe() {
+fn a_full_last_batch_with_no_row_after_it_ends_the_walk() {
     let mut w = walk(Fake::new(rows(1..=8, 0)), Budget::rows(4));
     let (got, err) = batches(&mut w);
     assert!(err.is_none(), "{err:?}");
     assert_eq!(got, [vec![1, 2, 3, 4], vec![5, 6, 7, 8]]);
-    assert_eq!(
-        w.source.ran,
-        [
-            batch(None, 4),
-            batch(Some(4), 4),
-            batch(Some(8), 4),
-            Ran::Probe { at: 8 }
-        ]
-    );
+    assert_eq!(w.source.ran, [batch(None, 4), batch(Some(4), 4)]);
     // An empty table: one statement, nothing to probe.
     let mut empty = walk(Fake::new(Vec::new()), Budget::rows(4));
     let (got, err) = batches(&mut empty);
@@ -275,10 +270,7 @@ fn rows_resume_after_the_last_row_handed_out() {
     let (got, err) = each_row(&mut rest);
     assert!(err.is_none(), "{err:?}");
     assert_eq!(got, [7, 8, 9, 10]);
-    assert_eq!(
-        rest.source.ran,
-        [batch(Some(6), 4), batch(Some(10), 4), Ran::Probe { at: 10 }]
-    );
+    assert_eq!(rest.source.ran, [batch(Some(6), 4)]);
 }
 
 /// A key held twice (a key that is not unique, a join that repeats rows) inside a batch:

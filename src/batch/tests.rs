@@ -120,12 +120,7 @@ impl<M: Meter<Row>> Source<Row, i64, M> for Fake {
         Ok(())
     }
 
-    fn batch(
-        &mut self,
-        after: Option<i64>,
-        spec: BudgetSpec,
-        limit: u64,
-    ) -> Result<Batch<Row>> {
+    fn batch(&mut self, after: Option<i64>, spec: BudgetSpec, limit: u64) -> Result<Batch<Row>> {
         self.ran.push(Ran::Batch { after, limit });
         // `LIMIT limit + 1`, as on a database.
         let sql_limit = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
@@ -558,10 +553,22 @@ fn a_key_repeated_across_a_batch_boundary_is_a_key_order_error() {
     let size = get_size2::GetSize::get_size(&rows([0], 60)[0]) as u64;
     let by_bytes = Budget::rows(100).bytes(3 * size + size / 2);
     // (ids, budget, rows delivered before the repeated key)
-    let cases: [(Vec<Row>, Budget<crate::budget::Bytes, crate::budget::Strict>, u64); 4] = [
-        (rows([1, 2, 3, 4, 4, 5, 6], 60), Budget::rows(4).bytes(1 << 30), 4),
+    let cases: [(
+        Vec<Row>,
+        Budget<crate::budget::Bytes, crate::budget::Strict>,
+        u64,
+    ); 4] = [
+        (
+            rows([1, 2, 3, 4, 4, 5, 6], 60),
+            Budget::rows(4).bytes(1 << 30),
+            4,
+        ),
         (rows([1, 2, 3, 4, 4], 60), Budget::rows(4).bytes(1 << 30), 4),
-        (rows([1, 2, 3, 4, 4, 4, 5], 60), Budget::rows(4).bytes(1 << 30), 4),
+        (
+            rows([1, 2, 3, 4, 4, 4, 5], 60),
+            Budget::rows(4).bytes(1 << 30),
+            4,
+        ),
         (rows([1, 2, 3, 3, 4, 5], 60), by_bytes, 3),
     ];
     for (i, (table, budget, before)) in cases.into_iter().enumerate() {

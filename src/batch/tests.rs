@@ -623,3 +623,35 @@ fn a_key_repeated_across_a_batch_boundary_is_a_key_order_error() {
         }
     }
 }
+
+/// A `key_of` whose value grows faster than the key (`id * 2`) sends the next batch past rows
+/// that still exist: the batch starts past the row read after the previous one, so the end
+/// probe runs and reports `KeyOrder` instead of skipping rows 4 to 6.
+#[test]
+fn a_batch_starting_past_the_row_after_the_last_runs_the_end_probe() {
+    let mut table = rows(1..=9, 0);
+    for row in &mut table {
+        row.key = row.id * 2;
+    }
+    let mut w = walk(Fake::new(table), Budget::rows(3));
+    let (got, err) = batches(&mut w);
+    assert_eq!(got, [vec![1, 2, 3]]);
+    assert!(
+        matches!(&err, Some(Error::KeyOrder { previous, next, rows_done: 3, .. })
+            if previous == "6" && next == "12"),
+        "{err:?}"
+    );
+    assert_eq!(
+        w.source.ran,
+        [batch(None, 3), batch(Some(6), 3), Ran::Probe { at: 6 }]
+    );
+    // Rows deleted between batches also start a batch past that row: the probe runs, finds
+    // the last row handed out, and the walk goes on.
+    let mut w = walk(Fake::new(rows(1..=9, 0)), Budget::rows(3));
+    assert!(matches!(w.next_batch(), Some(Ok(b)) if b.len() == 3));
+    w.source.table.retain(|r| r.id != 4);
+    let (got, err) = batches(&mut w);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, [vec![5, 6, 7], vec![8, 9]]);
+    assert_eq!(w.source.ran[2], Ran::Probe { at: 3 });
+}

@@ -11,6 +11,9 @@ use crate::budget::{BudgetSpec, Meter, Meterage};
 use crate::error::{Error, Result};
 use crate::exec::{Loaded, Pull};
 
+/// A keyset batch as read: its rows, and the row after them (if any), read only for its key.
+pub(crate) type Batch<U> = Loaded<(Vec<U>, Option<U>)>;
+
 /// What a walk's statements read from. Implemented by [`super::source::Database`]; unit tests
 /// implement it over rows in memory.
 pub(crate) trait Source<U, V, M> {
@@ -30,8 +33,9 @@ pub(crate) trait Source<U, V, M> {
     fn check(&mut self) -> Result<()>;
 
     /// One keyset batch: the rows after `after` in key order, at most `limit` of them,
-    /// metered under `spec`.
-    fn batch(&mut self, after: Option<V>, spec: BudgetSpec, limit: u64) -> Result<Loaded<Vec<U>>>;
+    /// metered under `spec`, and the row after them, if any (`LIMIT limit + 1`; under a byte
+    /// budget, the row that did not fit).
+    fn batch(&mut self, after: Option<V>, spec: BudgetSpec, limit: u64) -> Result<Batch<U>>;
 
     /// The end check's statement: the last row at or before `at` in key order, if any.
     fn probe(&mut self, at: V, spec: BudgetSpec) -> Result<Option<U>>;
@@ -54,15 +58,16 @@ pub(crate) struct Machine<S, T, V, U, F, M> {
     /// The LIMIT of the next keyset batch: the row budget, or, under a byte budget, the rows
     /// expected to fit (from the sizes seen so far).
     pub(super) limit: u64,
-    /// The previous keyset batch delivered rows: an empty batch now ends the walk only after
-    /// the end check ([`Machine::check_end`]).
-    check_at_end: bool,
+    /// The key of the row after the previous keyset batch: where the next batch should start.
+    /// A next batch that is empty or starts past it runs the end check ([`Machine::check_end`]).
+    expected: Option<V>,
     pub(super) rows_done: u64,
     started: bool,
     /// No statement is left to run: a short keyset batch was the last, or the stream ended.
     exhausted: bool,
     pub(super) done: bool,
-    /// An error found before the walk started (an invalid budget), reported by the first call.
+    /// An error to report once the rows before it are handed out: found before the walk
+    /// started (an invalid budget), or in the row after a keyset batch (a key out of order).
     deferred: Option<Error>,
     /// Rows of the current keyset batch not handed out yet (a walk one row at a time).
     pub(super) buffer: std::vec::IntoIter<U>,
@@ -90,7 +95,7 @@ impl<S, T, V, U, F, M> Machine<S, T, V, U, F, M> {
             } else {
                 spec.rows
             },
-            check_at_end: false,
+            expected: None,
             rows_done: 0,
             started: false,
             exhausted: false,
@@ -114,6 +119,7 @@ impl<S, T, V, U, F, M> Machine<S, T, V, U, F, M> {
     {
         self.finish();
         self.buffer = Vec::new().into_iter();
+        self.deferred = None;
         match e {
             e @ (Error::InvalidArgument { .. }
             | Error::InvalidBudget { .. }
@@ -209,8 +215,10 @@ where
     /// The next row of the walk ([`super::RowsOf`]); `None` once it ended. Ends after the
     /// first error.
     pub(crate) fn next_row(&mut self) -> Option<Result<U>> {
-        if let Some(e) = self.deferred.take() {
-            return Some(Err(self.fail(e)));
+        if self.buffer.len() == 0 {
+            if let Some(e) = self.deferred.take() {
+                return Some(Err(self.fail(e)));
+            }
         }
         if self.done && self.buffer.len() == 0 {
             return None;
@@ -273,10 +281,11 @@ where
         Ok(())
     }
 
-    /// A keyset walk that got an empty batch right after a full one may have been led astray
-    /// by `key_of` (a composite read in the wrong order sends the next batch past every row):
-    /// the last row at or before the last key, in the database's order, must not read as
-    /// after it. One `LIMIT 1` statement, only at the end of such walks.
+    /// A keyset batch that is empty, or starts past the row read after the previous batch, may
+    /// have been sent past rows by `key_of` (a composite read in the wrong order, a value that
+    /// grows faster than the key): the last row at or before the last key, in the database's
+    /// order, must not read as after it. One `LIMIT 1` statement, only then (rows deleted
+    /// meanwhile are the other cause).
     fn check_end(&mut self) -> Result<()> {
         let Some(last) = self.last.clone() else {
             return Ok(());
@@ -309,30 +318,38 @@ where
         if M::METERS_BYTES {
             self.limit = next_limit(&self.spec, &loaded.meter);
         }
-        match loaded.exceeded {
-            Some(e) if loaded.rows.is_empty() => Err(loaded.into_error(self.spec, e)),
-            // Cut short by bytes: the rows that did not fit are read again by the next batch
-            // (a few: the LIMIT was sized to what fits).
-            Some(_) => {
-                self.check_at_end = true;
-                Ok(Some(loaded.rows))
-            }
-            None if loaded.rows.is_empty() => {
-                if std::mem::take(&mut self.check_at_end) {
-                    self.check_end()?;
-                }
-                Ok(None)
-            }
-            None => {
-                // A short batch is the last one: no need to ask again.
-                if (loaded.rows.len() as u64) < limit {
-                    self.exhausted = true;
-                } else {
-                    self.check_at_end = true;
-                }
-                Ok(Some(loaded.rows))
+        // Only when no row fitted: a single row larger than the byte budget.
+        if let Some(e) = loaded.exceeded {
+            return Err(loaded.into_error(self.spec, e));
+        }
+        let (rows, next) = loaded.rows;
+        if let Some(expected) = self.expected.take() {
+            let past = rows
+                .first()
+                .is_none_or(|first| strictly_after(&expected, &(self.key_of)(first)));
+            if past {
+                self.check_end()?;
             }
         }
+        let (Some(last), Some(next)) = (rows.last(), next) else {
+            // No row after this batch: it is the last one.
+            self.exhausted = true;
+            return Ok((!rows.is_empty()).then_some(rows));
+        };
+        // The row after the batch is the next batch's first: its key must be after the
+        // batch's last, else `key > last` would skip it (equal keys across the boundary).
+        // Reported once the batch is handed out, as a stream reports it.
+        let last = (self.key_of)(last);
+        let next = (self.key_of)(&next);
+        if strictly_after(&last, &next) {
+            self.expected = Some(next);
+        } else {
+            let columns = self.source.key_columns();
+            let done = self.rows_done + rows.len() as u64;
+            self.deferred = Some(key_order(columns, &last, &next, done));
+            self.exhausted = true;
+        }
+        Ok(Some(rows))
     }
 
     /// The open stream, opened on first use; `None` once it ended.

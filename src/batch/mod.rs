@@ -12,13 +12,20 @@
 //! The key must be unique and not null: a primary key, or a tuple of columns that is
 //! ([`Composite`]); `key_of` must read exactly that key from a row. The walk checks it: every
 //! key delivered must be strictly after the previous one (within and across batches, in every
-//! mode, compared with the key type's `PartialOrd`), and when a keyset walk ends right after a
-//! full batch, one more `LIMIT 1` query checks that the last row at or before the last key reads
-//! as such. A non-unique key, a join that repeats rows, a `key_of` that reads another column or
-//! a composite read in the wrong order is [`Error::KeyOrder`], never a wrong result. The check
-//! costs one comparison per row. It sees the values `key_of` returns: a reader that returns
-//! another value which still grows with the key (say `id * 2`) can send a keyset batch past
-//! rows unnoticed, so read the key column itself.
+//! mode, compared with the key type's `PartialOrd`). Each keyset batch reads one row past its
+//! end (`LIMIT <batch> + 1`; under a byte budget, the row that did not fit) and compares that row's key with the batch's last:
+//! equal keys straddling a batch boundary, which the next batch's `key > last` would skip, are
+//! caught there; the row is then dropped (the next batch reads it again: each batch but the
+//! last moves one row more). That row also ends the walk: a batch with no row after it is the
+//! last, with no further statement. When a batch comes back empty, or starts past the row read
+//! after the one before, one more `LIMIT 1` query checks that the last row at or before the
+//! last key reads as such (rows deleted meanwhile are the harmless cause). A non-unique key, a
+//! join that repeats rows, a `key_of` that reads another column or a composite read in the
+//! wrong order is [`Error::KeyOrder`], never a wrong result. Batches are delivered whole up to
+//! the batch holding the first row out of order, rows ([`RowsOf`]) up to that row, in every
+//! mode alike: keys repeated across a boundary are reported by the call after the batch
+//! before them, as a stream reports them. The check costs one comparison per row. It sees the
+//! values `key_of` returns, so read the key column itself.
 //!
 //! The database's order of the key column(s) must agree with Rust's order of the key type:
 //! integers, timestamps, UUIDs and binary-collated text do; text under a case-insensitive or

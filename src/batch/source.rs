@@ -1,12 +1,12 @@
 //! A walk's statements on a database: the [`Source`] the walk state machine runs on outside its
 //! unit tests. Each statement goes through the executor's cursor ([`crate::exec`]).
 
-use super::machine::Source;
+use super::machine::{Batch, Source};
 use super::walk::Walk;
 use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Meter, Rows};
 use crate::error::{Error, Result};
-use crate::exec::{load_metered, Loaded, Stream};
+use crate::exec::{load_batch, load_metered, Stream};
 use crate::sql::inspect::{has_top_level_limit, has_top_level_offset};
 use crate::sql::keyset::Keyset;
 
@@ -51,10 +51,10 @@ where
         Ok(())
     }
 
-    fn batch(&mut self, after: Option<V>, spec: BudgetSpec, limit: u64) -> Result<Loaded<Vec<U>>> {
+    fn batch(&mut self, after: Option<V>, spec: BudgetSpec, limit: u64) -> Result<Batch<U>> {
         let query = self.query.batch(self.key, after);
         let conn = self.conn.as_deref_mut().ok_or_else(given_away)?;
-        load_metered::<C, U, _, M>(query, spec, i64::try_from(limit).unwrap_or(i64::MAX), conn)
+        load_batch::<C, U, _, M>(query, spec, limit, conn)
     }
 
     fn probe(&mut self, at: V, spec: BudgetSpec) -> Result<Option<U>> {

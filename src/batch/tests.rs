@@ -12,11 +12,11 @@ use std::time::Duration;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::QueryResult;
 
-use super::machine::{Machine, Source};
+use super::machine::{Batch, Machine, Source};
 use super::BatchMode;
 use crate::budget::{Budget, BudgetSpec, Meter, Metering, Overflow};
 use crate::error::{Error, Result};
-use crate::exec::{All, Cursor, Loaded, Take};
+use crate::exec::{Cursor, Loaded, Lookahead, Take};
 use crate::instrument::StatementTag;
 
 /// A row: `id` is the key column the fake database orders and filters by; `key` is what the
@@ -120,17 +120,14 @@ impl<M: Meter<Row>> Source<Row, i64, M> for Fake {
         Ok(())
     }
 
-    fn batch(
-        &mut self,
-        after: Option<i64>,
-        spec: BudgetSpec,
-        limit: u64,
-    ) -> Result<Loaded<Vec<Row>>> {
+    fn batch(&mut self, after: Option<i64>, spec: BudgetSpec, limit: u64) -> Result<Batch<Row>> {
         self.ran.push(Ran::Batch { after, limit });
+        // `LIMIT limit + 1`, as on a database.
+        let sql_limit = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
         let mut rows = self.after(after);
-        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.truncate(usize::try_from(sql_limit).unwrap_or(usize::MAX));
         let mut cursor = FakeStream::<M>::new(rows.into_iter(), SQL.to_owned(), spec, None);
-        let rows = All::take(&mut cursor)?;
+        let rows = Lookahead::take(&mut cursor, sql_limit)?;
         let sql = if cursor.needs_sql(false) {
             cursor.sql()?
         } else {
@@ -231,22 +228,15 @@ fn a_short_batch_ends_the_walk() {
     );
 }
 
-/// A walk whose last batch is full asks once more (an empty batch), then probes the end once.
+/// Each batch reads the row after it (`LIMIT n + 1`): a full last batch with no row after it
+/// ends the walk, with no empty batch and no end probe.
 #[test]
-fn a_full_last_batch_is_followed_by_an_empty_one_and_the_end_probe() {
+fn a_full_last_batch_with_no_row_after_it_ends_the_walk() {
     let mut w = walk(Fake::new(rows(1..=8, 0)), Budget::rows(4));
     let (got, err) = batches(&mut w);
     assert!(err.is_none(), "{err:?}");
     assert_eq!(got, [vec![1, 2, 3, 4], vec![5, 6, 7, 8]]);
-    assert_eq!(
-        w.source.ran,
-        [
-            batch(None, 4),
-            batch(Some(4), 4),
-            batch(Some(8), 4),
-            Ran::Probe { at: 8 }
-        ]
-    );
+    assert_eq!(w.source.ran, [batch(None, 4), batch(Some(4), 4)]);
     // An empty table: one statement, nothing to probe.
     let mut empty = walk(Fake::new(Vec::new()), Budget::rows(4));
     let (got, err) = batches(&mut empty);
@@ -275,10 +265,7 @@ fn rows_resume_after_the_last_row_handed_out() {
     let (got, err) = each_row(&mut rest);
     assert!(err.is_none(), "{err:?}");
     assert_eq!(got, [7, 8, 9, 10]);
-    assert_eq!(
-        rest.source.ran,
-        [batch(Some(6), 4), batch(Some(10), 4), Ran::Probe { at: 10 }]
-    );
+    assert_eq!(rest.source.ran, [batch(Some(6), 4)]);
 }
 
 /// A key held twice (a key that is not unique, a join that repeats rows) inside a batch:
@@ -553,4 +540,118 @@ fn refusals_come_before_any_statement() {
     assert!(got.is_empty());
     assert!(matches!(err, Some(Error::InvalidBudget { .. })), "{err:?}");
     assert!(w.source.ran.is_empty());
+}
+
+/// Equal keys exactly on a batch boundary (the batch's last row has key k and so do the next
+/// rows): the next batch's `id > k` would skip them. `KeyOrder` after the rows before the
+/// repeated key in every mode (keyset batches, a stream, a stream that runs keyset batches, one
+/// row at a time), under a row budget and under a byte budget that cuts the batch where the
+/// key repeats, in the middle of a walk and at its end. The resume key stays the last row
+/// handed out.
+#[test]
+fn a_key_repeated_across_a_batch_boundary_is_a_key_order_error() {
+    let size = get_size2::GetSize::get_size(&rows([0], 60)[0]) as u64;
+    let by_bytes = Budget::rows(100).bytes(3 * size + size / 2);
+    // (ids, budget, rows delivered before the repeated key)
+    let cases: [(
+        Vec<Row>,
+        Budget<crate::budget::Bytes, crate::budget::Strict>,
+        u64,
+    ); 4] = [
+        (
+            rows([1, 2, 3, 4, 4, 5, 6], 60),
+            Budget::rows(4).bytes(1 << 30),
+            4,
+        ),
+        (rows([1, 2, 3, 4, 4], 60), Budget::rows(4).bytes(1 << 30), 4),
+        (
+            rows([1, 2, 3, 4, 4, 4, 5], 60),
+            Budget::rows(4).bytes(1 << 30),
+            4,
+        ),
+        (rows([1, 2, 3, 3, 4, 5], 60), by_bytes, 3),
+    ];
+    for (i, (table, budget, before)) in cases.into_iter().enumerate() {
+        let k = table[usize::try_from(before).unwrap_or(0)].id;
+        let is_repeat = |err: &Option<Error>, what: &str| match err {
+            Some(Error::KeyOrder {
+                key,
+                previous,
+                next,
+                rows_done,
+            }) => {
+                assert_eq!(key, &["id"], "{what}");
+                assert_eq!(
+                    (previous.clone(), next.clone(), *rows_done),
+                    (k.to_string(), k.to_string(), before),
+                    "{what}"
+                );
+            }
+            other => panic!("{what}: expected KeyOrder, got {other:?}"),
+        };
+        for (mode, streams) in [
+            (BatchMode::Keyset, false),
+            (BatchMode::Stream, false),
+            (BatchMode::Stream, true),
+        ] {
+            let what = format!("case {i}, {mode:?}, streams: {streams}");
+            let fake = || {
+                let mut fake = Fake::new(table.clone());
+                fake.streams = streams;
+                fake
+            };
+            let mut w = walk(fake(), budget);
+            w.mode = mode;
+            let (got, err) = batches(&mut w);
+            assert_eq!(got.concat().len() as u64, before, "{what}: {got:?}");
+            is_repeat(&err, &what);
+            assert_eq!((w.rows_done, w.last), (before, Some(k)), "{what}");
+
+            let mut w = walk(fake(), budget);
+            w.mode = mode;
+            let (got, err) = each_row(&mut w);
+            assert_eq!(got.len() as u64, before, "{what}, rows: {got:?}");
+            is_repeat(&err, &format!("{what}, rows"));
+            assert_eq!((w.rows_done, w.last), (before, Some(k)), "{what}, rows");
+        }
+        // And with a row budget only (no byte metering) where the rows cut the batch.
+        if budget.spec().rows == 4 {
+            let mut w = walk(Fake::new(table.clone()), Budget::rows(4));
+            let (got, err) = batches(&mut w);
+            assert_eq!(got.concat().len() as u64, before, "case {i}, rows only");
+            is_repeat(&err, &format!("case {i}, rows only"));
+        }
+    }
+}
+
+/// A `key_of` whose value grows faster than the key (`id * 2`) sends the next batch past rows
+/// that still exist: the batch starts past the row read after the previous one, so the end
+/// probe runs and reports `KeyOrder` instead of skipping rows 4 to 6.
+#[test]
+fn a_batch_starting_past_the_row_after_the_last_runs_the_end_probe() {
+    let mut table = rows(1..=9, 0);
+    for row in &mut table {
+        row.key = row.id * 2;
+    }
+    let mut w = walk(Fake::new(table), Budget::rows(3));
+    let (got, err) = batches(&mut w);
+    assert_eq!(got, [vec![1, 2, 3]]);
+    assert!(
+        matches!(&err, Some(Error::KeyOrder { previous, next, rows_done: 3, .. })
+            if previous == "6" && next == "12"),
+        "{err:?}"
+    );
+    assert_eq!(
+        w.source.ran,
+        [batch(None, 3), batch(Some(6), 3), Ran::Probe { at: 6 }]
+    );
+    // Rows deleted between batches also start a batch past that row: the probe runs, finds
+    // the last row handed out, and the walk goes on.
+    let mut w = walk(Fake::new(rows(1..=9, 0)), Budget::rows(3));
+    assert!(matches!(w.next_batch(), Some(Ok(b)) if b.len() == 3));
+    w.source.table.retain(|r| r.id != 4);
+    let (got, err) = batches(&mut w);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, [vec![5, 6, 7], vec![8, 9]]);
+    assert_eq!(w.source.ran[2], Ran::Probe { at: 3 });
 }

@@ -21,12 +21,12 @@ mod run;
 pub(crate) use cursor::All;
 use cursor::One;
 #[cfg(test)]
-pub(crate) use cursor::{Cursor, Take};
+pub(crate) use cursor::{Cursor, Lookahead, Take};
 pub(crate) use cursor::{Pull, Stream};
 use run::execute;
 #[doc(hidden)]
 pub use run::RunStatement;
-pub(crate) use run::{load_metered, Loaded};
+pub(crate) use run::{load_batch, load_metered, Loaded};
 
 pub(crate) mod sealed {
     /// Proof that the caller is diesel-budget itself. Its field is private to this module and

@@ -11,7 +11,7 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::query_dsl::{CompatibleType, RunQueryDsl};
 use diesel::QueryResult;
 
-use super::cursor::{All, ByRef, Cursor, Render, Seen, Sql, Take};
+use super::cursor::{All, ByRef, Cursor, Lookahead, Render, Seen, Sql, Take};
 use crate::backend::BudgetConnection;
 use crate::budget::{BudgetSpec, Exceeded, Meter, Meterage, Metering};
 use crate::error::{Error, Result};
@@ -62,6 +62,24 @@ where
     execute::<C, U, Q, M, All>(query, spec, limit, false, conn)
 }
 
+/// Runs a keyset batch's `query` with `LIMIT batch + 1`: at most `batch` rows kept under
+/// `spec`, and the row after them, if any ([`Lookahead`]), taken off the result but neither
+/// metered nor delivered.
+pub(crate) fn load_batch<'q, C, U, Q, M>(
+    query: Q,
+    spec: BudgetSpec,
+    batch: u64,
+    conn: &mut C,
+) -> Result<Loaded<(Vec<U>, Option<U>)>>
+where
+    C: BudgetConnection,
+    Q: BudgetQuery<'q, C, U>,
+    M: Meter<U>,
+{
+    let limit = i64::try_from(batch.saturating_add(1)).unwrap_or(i64::MAX);
+    execute::<C, U, Q, M, Lookahead>(query, spec, limit, false, conn)
+}
+
 /// What runs the statement a query built ([`BudgetQuery::run_limited`]): opens it on the
 /// connection and reads its rows through a [`Cursor`]. The query module builds statements;
 /// this is the only place they are run from.
@@ -102,6 +120,8 @@ struct Reader<'a, C, T, M> {
     stream: bool,
     spec: BudgetSpec,
     deadline: Option<Instant>,
+    /// The statement's `LIMIT`.
+    limit: i64,
     /// No row is an error that shows the SQL (`first`, `get_result`).
     empty_is_error: bool,
     seen: &'a mut Seen,
@@ -113,6 +133,7 @@ impl<'a, C, T, M: Metering> Reader<'a, C, T, M> {
         conn: &'a mut C,
         spec: BudgetSpec,
         deadline: Option<Instant>,
+        limit: i64,
         empty_is_error: bool,
         seen: &'a mut Seen,
     ) -> Self {
@@ -121,6 +142,7 @@ impl<'a, C, T, M: Metering> Reader<'a, C, T, M> {
             stream: M::METERS_BYTES,
             spec,
             deadline,
+            limit,
             empty_is_error,
             seen,
             _take: PhantomData,
@@ -151,6 +173,7 @@ where
             stream,
             spec,
             deadline,
+            limit,
             empty_is_error,
             seen,
             _take,
@@ -159,6 +182,7 @@ where
             statement,
             spec,
             deadline,
+            limit,
             empty_is_error,
             lock_cut,
             _types: PhantomData,
@@ -196,6 +220,7 @@ struct Read<'s, C, P, T, M> {
     statement: &'s P,
     spec: BudgetSpec,
     deadline: Option<Instant>,
+    limit: i64,
     empty_is_error: bool,
     lock_cut: bool,
     _types: Types<C, T, M>,
@@ -222,7 +247,7 @@ where
             Err(e) => return Err(Error::query(sql.sql().unwrap_or_default(), e)),
         };
         let mut cursor = Cursor::<I, _, U, M>::new(rows, sql, self.spec, self.deadline);
-        let taken = T::take(&mut cursor);
+        let taken = T::take(&mut cursor, self.limit);
         *seen = cursor.seen();
         let rows = taken?;
         let sql = if cursor.needs_sql(self.empty_is_error) {
@@ -271,7 +296,7 @@ where
         match spec.time {
             None => query.run_limited(
                 fetch,
-                Reader::<C, T, M>::new(conn, spec, None, empty_is_error, &mut seen),
+                Reader::<C, T, M>::new(conn, spec, None, limit, empty_is_error, &mut seen),
             ),
             Some(time) => {
                 // SQLite: nothing on a server can cancel the statement, so the clock is read
@@ -285,7 +310,14 @@ where
                 conn.within_time_limit(time, |conn| {
                     query.run_limited(
                         fetch,
-                        Reader::<C, T, M>::new(conn, spec, deadline, empty_is_error, &mut seen),
+                        Reader::<C, T, M>::new(
+                            conn,
+                            spec,
+                            deadline,
+                            limit,
+                            empty_is_error,
+                            &mut seen,
+                        ),
                     )
                 })
             }

@@ -62,9 +62,9 @@ mod ci {
                 assert!(batch.expect("batch").len() <= 10);
             }
         });
-        // 3 point reads + 2 full batches + 1 empty batch (+ the end check of a full last batch).
+        // 3 point reads + 2 full batches (the second finds no row after it: the walk ends).
         let trips = ledger.round_trips();
-        assert!(trips >= 6, "{ledger}");
+        assert!(trips >= 5, "{ledger}");
         assert!(ledger.check().round_trips_at_most(trips).is_ok());
         let err = ledger
             .check()

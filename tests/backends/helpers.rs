@@ -118,18 +118,19 @@ fn walk(
 
 const MODES: [BatchMode; 2] = [BatchMode::Keyset, BatchMode::Stream];
 
-/// Statements a keyset walk of `n` rows in batches of `b` sends: one per batch, plus, when the
-/// last batch was full, one that finds nothing and the end check (`LIMIT 1`, see
-/// `diesel_budget::batch`).
+/// Statements a keyset walk of `n` rows in batches of `b` sends: one per batch (each reads the
+/// row after it, `LIMIT b + 1`, so a full last batch with nothing after it is the last
+/// statement; see `diesel_budget::batch`), and one for an empty walk.
 fn keyset_round_trips(n: usize, b: usize) -> usize {
-    n.div_ceil(b) + 2 * usize::from(n % b == 0)
+    n.div_ceil(b).max(1)
 }
 
-/// Rows a walk in `mode` receives: its `n` rows, plus the end check's one row after a full last
-/// keyset batch.
+/// Rows a walk in `mode` receives: its `n` rows, plus, in keyset batches, the row after each
+/// batch but the last.
 fn walk_rows(mode: BatchMode, n: usize, b: usize) -> u64 {
     let keyset = mode == BatchMode::Keyset || !<C as BudgetConnection>::STREAMS;
-    (n + usize::from(keyset && n % b == 0)) as u64
+    let lookaheads = if keyset { n.div_ceil(b).saturating_sub(1) } else { 0 };
+    (n + lookaheads) as u64
 }
 
 /// Statements a walk in `mode` sends (MySQL's client buffers whole results, so its `Stream`

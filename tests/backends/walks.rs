@@ -1,6 +1,6 @@
 // Keyset walks that cannot lose rows: the order check, exact resume keys, boxed queries walked
 // from a closure, and byte-budgeted walks that read each row about once. Included once per
-// backend (same module as helpers.rs, whose helpers it uses); test numbers 91..=99.
+// backend (same module as helpers.rs, whose helpers it uses); test numbers 91..=97 and 49.
 
 use diesel_budget::batch::RowsOf;
 
@@ -61,9 +61,13 @@ fn assert_key_order(what: &str, err: &Error, columns: &[&str], delivered: usize)
 }
 
 /// Runs the walk `$build` (a budgeted query) by `$key`/`$key_of` in every way and checks each
-/// ends in `KeyOrder` on `$columns`. A macro: each case has its own query, key and key types.
+/// ends in `KeyOrder` on `$columns` (after `$before` rows, when given). A macro: each case has
+/// its own query, key and key types.
 macro_rules! each_way_is_key_order {
     ($conn:expr, $build:expr, $key:expr, $key_of:expr, $columns:expr) => {
+        each_way_is_key_order!($conn, $build, $key, $key_of, $columns, None::<usize>)
+    };
+    ($conn:expr, $build:expr, $key:expr, $key_of:expr, $columns:expr, $before:expr) => {
         for way in WAYS {
             let conn = &mut *$conn;
             let (delivered, err) = match way {
@@ -89,6 +93,9 @@ macro_rules! each_way_is_key_order {
                 _ => first_error(way, $build.stream_by($key, $key_of, conn), |_| 1, 10_000),
             };
             assert_key_order(way, &err, &$columns, delivered);
+            if let Some(before) = $before {
+                assert_eq!(delivered, before, "{way}: rows delivered before KeyOrder");
+            }
         }
     };
 }
@@ -370,5 +377,86 @@ fn byte_budgeted_walks_read_each_row_about_once() {
             "{mode:?}: {} batches:\n{ledger}",
             batches.len()
         );
+    }
+}
+
+/// Inserts one row per key of `keys` (ids `from..`): category and `created_at` both the key, so
+/// `items::category` and `Composite(category, created_at)` repeat exactly where `keys` does.
+fn insert_keys(ctx: &mut Ctx<C>, from: i32, keys: &[i32]) {
+    let rows: Vec<Item> = keys
+        .iter()
+        .zip(from..)
+        .map(|(&k, id)| Item {
+            category: k,
+            created_at: i64::from(k),
+            ..Item::generate(id)
+        })
+        .collect();
+    testing::allow_unbudgeted("fixture: rows with repeated keys", || {
+        diesel::insert_into(items::table)
+            .values(&rows)
+            .execute(ctx.conn.unbudgeted())
+    })
+    .expect("insert rows with repeated keys");
+}
+
+/// Equal keys falling exactly on a batch boundary (the batch's last row has key k, the next
+/// rows in order have key k too): the next batch's `key > k` would skip them. Every way of
+/// walking says `KeyOrder` after the rows before the repeated key, for a column and for a
+/// composite whose whole tuple repeats, under a row budget and under byte budgets (cut by the
+/// rows, and cut by the bytes), in the middle of a walk and at its very end.
+#[test]
+fn keys_repeated_across_a_batch_boundary_are_a_key_order_error() {
+    let mut ctx = C::ctx(49);
+    let base = ctx.base;
+    let row_bytes = Item::generate(base).get_size() as u64;
+    // (keys, budget rows, budget bytes, rows delivered before the repeated key)
+    let cases: [(&[i32], u64, Option<u64>, usize); 5] = [
+        // Batches of 4: the 4th and 5th rows share key 3.
+        (&[0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9], 4, None, 4),
+        // The same at the very end of the walk: the batch after the boundary is empty.
+        (&[0, 1, 2, 3, 3], 4, None, 4),
+        // Three times over the boundary.
+        (&[0, 1, 2, 3, 3, 3, 4], 4, None, 4),
+        // A byte budget that never binds: batches of 4 rows, metered.
+        (&[0, 1, 2, 3, 3, 4, 5, 6, 7], 4, Some(1 << 30), 4),
+        // Batches cut by the bytes after 3 rows: the row that did not fit repeats the key.
+        (
+            &[0, 1, 2, 2, 3, 4, 5, 6, 7],
+            100,
+            Some(3 * row_bytes + row_bytes / 2),
+            3,
+        ),
+    ];
+    for (i, (keys, rows, bytes, before)) in cases.into_iter().enumerate() {
+        let from = base + 1_000 * i as i32;
+        let n = keys.len() as i32;
+        insert_keys(&mut ctx, from, keys);
+        eprintln!("case {i}: keys {keys:?}, rows {rows}, bytes {bytes:?}");
+        // Each way stops with KeyOrder after exactly the rows before the repeated key.
+        macro_rules! both_keys {
+            ($budget:expr) => {{
+                each_way_is_key_order!(
+                    ctx.conn,
+                    items::table.filter(in_range(from, n)).budget($budget),
+                    items::category,
+                    |i: &Item| i.category,
+                    ["category"],
+                    Some(before)
+                );
+                each_way_is_key_order!(
+                    ctx.conn,
+                    items::table.filter(in_range(from, n)).budget($budget),
+                    Composite(items::category, items::created_at),
+                    |i: &Item| (i.category, i.created_at),
+                    ["category", "created_at"],
+                    Some(before)
+                );
+            }};
+        }
+        match bytes {
+            None => both_keys!(Budget::rows(rows)),
+            Some(b) => both_keys!(Budget::rows(rows).bytes(b)),
+        }
     }
 }

@@ -66,6 +66,26 @@ pub trait TimeLimit: Sized + sealed::Sealed {
         run: impl FnOnce(&mut Self) -> Result<R>,
     ) -> Result<R>;
 
+    /// Makes `limit` this connection's session time limit (`None`: none), for a pool's default
+    /// ([`DbBuilder::time_limit`](crate::DbBuilder::time_limit)), and notes it in the
+    /// connection's [`BudgetInstrumentation`](crate::BudgetInstrumentation) so that statements
+    /// at that limit send nothing more. Called outside any transaction only (a session `SET`
+    /// in a transaction that rolls back is undone). Backends without a session setting
+    /// (SQLite, MySQL proper) note nothing and keep the per-statement mechanism.
+    #[doc(hidden)]
+    fn set_session_time_limit(&mut self, _limit: Option<Duration>) -> QueryResult<()> {
+        Ok(())
+    }
+
+    /// Runs `run`, whose statements are under the session's own time limit (the pool's
+    /// default, [`set_session_time_limit`](Self::set_session_time_limit)): nothing to send,
+    /// except what keeps a caller's transaction usable when the statement is cancelled
+    /// (PostgreSQL: a savepoint inside a transaction, as a failed statement aborts it).
+    #[doc(hidden)]
+    fn within_session_limit<R>(&mut self, run: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
+        run(self)
+    }
+
     /// Whether `e` is the server cancelling a statement for its time limit.
     #[doc(hidden)]
     fn is_time_out(e: &diesel::result::Error) -> bool;
@@ -78,6 +98,27 @@ pub trait TimeLimit: Sized + sealed::Sealed {
         Self: diesel::Connection,
     {
         Self::establish(url)
+    }
+}
+
+/// The time limit `conn`'s session carries, as noted by
+/// [`TimeLimit::set_session_time_limit`]; `None` for a connection without our
+/// instrumentation (a plain connection, or one whose instrumentation was replaced).
+#[inline]
+pub(crate) fn session_time<C: diesel::Connection>(conn: &mut C) -> Option<Duration> {
+    conn.instrumentation()
+        .downcast_ref::<crate::instrument::BudgetInstrumentation>()
+        .and_then(|ours| ours.session_time)
+}
+
+/// Notes `limit` as `conn`'s session time limit (see [`session_time`]).
+#[allow(dead_code)]
+pub(crate) fn note_session_time<C: diesel::Connection>(conn: &mut C, limit: Option<Duration>) {
+    if let Some(ours) = conn
+        .instrumentation()
+        .downcast_mut::<crate::instrument::BudgetInstrumentation>()
+    {
+        ours.session_time = limit;
     }
 }
 

@@ -103,7 +103,10 @@ impl<C: BudgetConnection> Conn<C> {
     /// Session state set here (`SET ..`, session variables, pragmas) stays on this physical
     /// connection after it goes back to the pool, for whoever checks it out next: the pool does
     /// not reset sessions. Set such state for every connection in
-    /// [`DbBuilder::on_connect`] instead.
+    /// [`DbBuilder::on_connect`] instead. A pool's default time limit
+    /// ([`DbBuilder::time_limit`]) is such a session setting on PostgreSQL and MariaDB: what
+    /// runs here runs under it, and a session value you change here is not seen by the
+    /// executor (see [`crate::timeout`]).
     ///
     /// To add an `Instrumentation` of your own, use [`Conn::set_instrumentation`]: Diesel's
     /// `set_instrumentation` on this connection would replace ours, so nothing would be counted

@@ -308,6 +308,12 @@ impl<C: BudgetConnection> DbBuilder<C> {
     /// this pool's connections is cancelled by the server after `limit` (see
     /// [`crate::timeout`]). Default: none.
     ///
+    /// On PostgreSQL and MariaDB it is a session setting of each connection, made when the pool
+    /// opens it (after the [`on_connect`](Self::on_connect) hook): a query at this limit sends
+    /// nothing more than its statement. Statements through [`Conn::unbudgeted`] run under it
+    /// too; [`Budget::no_time_limit`](crate::Budget::no_time_limit) lifts it for one query;
+    /// migrations run without it.
+    ///
     /// # Example
     /// ```
     /// # include!("../../tests/doc_setup.rs");

@@ -126,7 +126,12 @@ fn the_pool_time_limit_applies_and_a_budget_of_its_own_overrides_it() {
     let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
     let tdb = <C as Slow>::timed_db(2, Duration::from_millis(150));
     let base = crate::common::id_base(15);
-    let _rows = crate::common::CommittedRows::insert(&tdb.db, base, base + 8);
+    // Fixtures through a pool without a default: on the servers the timed pool's default is a
+    // session setting, under which its unbudgeted statements run too.
+    // (SQLite: the timed pool's own file, where the limit is per statement.)
+    let untimed = C::test_db();
+    let fixtures = if C::KIND == BackendKind::Sqlite { &tdb } else { &untimed };
+    let _rows = crate::common::CommittedRows::insert(&fixtures.db, base, base + 8);
     let mut conn = tdb.conn();
     <C as Slow>::prepare(&mut conn);
     let before = <C as Slow>::session_limit(&mut conn);
@@ -286,7 +291,11 @@ fn an_interrupted_step_keeps_the_callers_transaction_and_its_writes() {
         .load::<Item>(&mut *conn)
         .expect("read back")
         .len();
-    let deleted = C::delete_range(&mut conn, base, base + 5);
+    // Cleanup through a pool without a default (see above).
+    drop(conn);
+    let untimed = C::test_db();
+    let fixtures = if C::KIND == BackendKind::Sqlite { &tdb } else { &untimed };
+    let deleted = C::delete_range(&mut fixtures.conn(), base, base + 5);
     assert_eq!((committed, deleted), (5, 5));
 }
 
@@ -310,7 +319,12 @@ fn the_pool_default_is_a_session_setting_and_overrides_leave_it_as_it_was() {
     let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
     let tdb = <C as Slow>::timed_db(2, Duration::from_millis(300));
     let base = crate::common::id_base(68);
-    let _rows = crate::common::CommittedRows::insert(&tdb.db, base, base + 8);
+    // Fixtures through a pool without a default: on the servers the timed pool's default is a
+    // session setting, under which its unbudgeted statements run too.
+    // (SQLite: the timed pool's own file, where the limit is per statement.)
+    let untimed = C::test_db();
+    let fixtures = if C::KIND == BackendKind::Sqlite { &tdb } else { &untimed };
+    let _rows = crate::common::CommittedRows::insert(&fixtures.db, base, base + 8);
     let mut conn = tdb.conn();
     <C as Slow>::prepare(&mut conn);
     let default = <C as Slow>::session_limit_of(Some(300));

@@ -177,6 +177,11 @@ struct Args {
     /// which the machine's noise does not disturb.
     #[arg(long)]
     cell: Option<usize>,
+    /// Point/page scenarios: give the `Db` of the pooled cells this default time limit
+    /// (`DbBuilder::time_limit`, milliseconds): `timed-point --pool-time-limit-ms 5000` runs
+    /// its timed cells at the pool's default, its untimed ones too.
+    #[arg(long)]
+    pool_time_limit_ms: Option<u64>,
     /// Page scenarios: the page numbers to measure (repeat the flag).
     #[arg(long)]
     depth: Vec<u64>,
@@ -437,6 +442,9 @@ fn main() -> BoxResult<()> {
         );
     }
     if let Some(kind) = latency::Kind::of(args.scenario) {
+        if let Some(ms) = args.pool_time_limit_ms {
+            let _ = POOL_TIME_LIMIT.set(Duration::from_millis(ms));
+        }
         let cells = match args.cell {
             Some(c) if c < 4 => vec![c],
             Some(c) => return Err(format!("--cell {c}: cells are 0..=3").into()),
@@ -865,7 +873,11 @@ macro_rules! backend {
                 which: &[usize],
             ) -> BoxResult<latency::Cells> {
                 let mut plain = RawConn::establish(url)?;
-                let db = Db::<RawConn>::builder(url).max_size(1).build()?;
+                let mut builder = Db::<RawConn>::builder(url).max_size(1);
+                if let Some(limit) = POOL_TIME_LIMIT.get() {
+                    builder = builder.time_limit(*limit);
+                }
+                let db = builder.build()?;
                 let mut pooled = db.get()?;
                 let mut rng = latency::Rng::new(0x5EED_0F_B0D6E7);
                 let mut cells = latency::Cells::default();
@@ -1160,6 +1172,9 @@ backend!("mysql", mysql, diesel::mysql::MysqlConnection, "mysql", {
         Ok(())
     }
 });
+
+/// `--pool-time-limit-ms`: the default time limit of the latency scenarios' `Db`.
+static POOL_TIME_LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 /// Per-query overhead: plain Diesel against the executor, point reads and 20-row pages.
 mod latency {

@@ -177,6 +177,8 @@ pub struct Budget<M = Rows, O = Strict> {
     rows: u64,
     bytes: u64,
     time: Option<Duration>,
+    /// [`Budget::no_time_limit`]: no pool default either.
+    untimed: bool,
     _marker: PhantomData<fn() -> (M, O)>,
 }
 
@@ -189,7 +191,10 @@ impl<M, O> Clone for Budget<M, O> {
 impl<M, O> Copy for Budget<M, O> {}
 impl<M, O> PartialEq for Budget<M, O> {
     fn eq(&self, other: &Self) -> bool {
-        self.rows == other.rows && self.bytes == other.bytes && self.time == other.time
+        self.rows == other.rows
+            && self.bytes == other.bytes
+            && self.time == other.time
+            && self.untimed == other.untimed
     }
 }
 impl<M, O> Eq for Budget<M, O> {}
@@ -212,6 +217,7 @@ impl Budget {
             rows,
             bytes: 0,
             time: None,
+            untimed: false,
             _marker: PhantomData,
         }
     }
@@ -233,6 +239,7 @@ impl<M, O> Budget<M, O> {
             rows: self.rows,
             bytes,
             time: self.time,
+            untimed: self.untimed,
             _marker: PhantomData,
         }
     }
@@ -244,6 +251,7 @@ impl<M, O> Budget<M, O> {
             rows: self.rows,
             bytes: self.bytes,
             time: self.time,
+            untimed: self.untimed,
             _marker: PhantomData,
         }
     }
@@ -273,12 +281,36 @@ impl<M, O> Budget<M, O> {
     /// ```
     pub const fn time(mut self, limit: Duration) -> Self {
         self.time = Some(limit);
+        self.untimed = false;
         self
     }
 
-    /// This budget, with `default` as its time limit unless it has one of its own.
+    /// No time limit at all, not even the pool's default
+    /// ([`DbBuilder::time_limit`](crate::DbBuilder::time_limit)): for the rare query that must
+    /// run longer than the pool allows (a report, a maintenance read). On a pool whose
+    /// connections carry the default as a session setting, the statement is sent with the
+    /// limit lifted for it alone (PostgreSQL `SET LOCAL statement_timeout = 0` in a
+    /// transaction, MariaDB `SET STATEMENT max_statement_time=0 FOR ..`), see
+    /// [`crate::timeout`]. Default: the pool's limit, if any.
+    ///
+    /// # Example
+    /// ```
+    /// use std::time::Duration;
+    /// use diesel_budget::Budget;
+    ///
+    /// let b = Budget::rows(10).time(Duration::from_secs(1)).no_time_limit();
+    /// assert_eq!(b.spec().time, None);
+    /// ```
+    pub const fn no_time_limit(mut self) -> Self {
+        self.time = None;
+        self.untimed = true;
+        self
+    }
+
+    /// This budget, with `default` as its time limit unless it has one of its own (or
+    /// [`no_time_limit`](Self::no_time_limit)).
     pub(crate) fn or_time(mut self, default: Option<Duration>) -> Self {
-        if self.time.is_none() {
+        if self.time.is_none() && !self.untimed {
             self.time = default;
         }
         self

@@ -535,6 +535,10 @@ pub struct BudgetInstrumentation {
     /// What a backend learnt once about this connection's server (MySQL or MariaDB, for time
     /// limits): instrumentation is the one per-connection slot of ours.
     pub(crate) server_note: Option<&'static str>,
+    /// The time limit this connection's session carries, as the pool set it when it opened
+    /// the connection (PostgreSQL `statement_timeout`, MariaDB `max_statement_time`): a
+    /// budgeted statement with this limit sends nothing more. `None`: no session limit of ours.
+    pub(crate) session_time: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for BudgetInstrumentation {
@@ -545,6 +549,7 @@ impl fmt::Debug for BudgetInstrumentation {
             .field("stats", &self.stats.snapshot())
             .field("forwards", &self.forward.is_some())
             .field("server", &self.server_note)
+            .field("session_time", &self.session_time)
             .finish_non_exhaustive()
     }
 }
@@ -567,6 +572,7 @@ impl BudgetInstrumentation {
             forward: None,
             writes: Default::default(),
             server_note: None,
+            session_time: None,
         }
     }
 

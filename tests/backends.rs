@@ -17,11 +17,11 @@
 //! Test numbers (each gives a test its own id range, `common::id_base`; pick a free one):
 //! 1-12, 20-25, 30-31 (budgets, own limits, batches, instrumentation, hygiene), 40-41 (killed),
 //! 42-48 (limits), 50-53, 60, 70 (suite), 80-84 (ledger), 85-86 (pool), 90 (layout),
-//! 49, 91-97 (walks), 13-19 (time budgets: `timeout.rs`), 89 and 98 (shared cache tiers,
-//! `cache_shared.rs`: Redis and Memcached, only with both features), 38 (tests/cli.rs: the
-//! tables of `diesel-budget explain`), 26-28 (bulk: 64 columns, killed between chunks,
-//! command-line read-back); reserved: 29 (faults), 32-37, 39 (CI budgets), 54-59, 87-88
-//! (cache), 61-69 (pages), 71-79 (bulk).
+//! 49, 91-97 (walks), 13-19 and 68-69 (time budgets: `timeout.rs`), 89 and 98 (shared cache
+//! tiers, `cache_shared.rs`: Redis and Memcached, only with both features), 38 (tests/cli.rs:
+//! the tables of `diesel-budget explain`), 26-28 (bulk: 64 columns, killed between chunks,
+//! command-line read-back), 29 (the fault suite's shared-tier case); reserved: 32-37, 39 (CI
+//! budgets), 54-59, 87-88 (cache), 61-67 (pages), 71-79 (bulk). Free: 99.
 
 mod common;
 

@@ -207,10 +207,13 @@ impl<Q, M: Metering, O: Overflow> Budgeted<Q, M, O> {
         F: FnMut(&U) -> V,
     {
         let spec = self.budget.or_time(conn.default_time_limit()).spec();
+        let conn = conn.connection(crate::exec::sealed::TOKEN);
+        let streams = ConnectionOf::<X>::STREAMS && crate::timeout::session_time(conn).is_none();
         let source = Database {
-            conn: Some(conn.connection(crate::exec::sealed::TOKEN)),
+            conn: Some(conn),
             query: self.query,
             key,
+            streams,
         };
         let deferred = self.budget.or_time(spec.time).validate().err();
         Batches {

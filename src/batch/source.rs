@@ -16,6 +16,10 @@ pub(crate) struct Database<'c, C, Q, K> {
     pub(super) conn: Option<&'c mut C>,
     pub(super) query: Q,
     pub(super) key: K,
+    /// Whether this connection can stream the walk as one statement: the backend streams and
+    /// its session carries no time limit of the pool's (a streamed statement would run under
+    /// it, and a time limit is per statement: batches instead).
+    pub(super) streams: bool,
 }
 
 impl<'c, C, Q, K, V, U, M> Source<U, V, M> for Database<'c, C, Q, K>
@@ -29,7 +33,7 @@ where
     type Stream = Stream<'c, U, M>;
 
     fn can_stream(&self) -> bool {
-        C::STREAMS
+        self.streams
     }
 
     fn key_columns(&self) -> Vec<&'static str> {

@@ -52,15 +52,21 @@ impl<C: BudgetConnection> Drop for Conn<C> {
         // The borrower's own instrumentation stays with them: forwarding stops
         // ([`Conn::set_instrumentation`]), and one that replaced ours gives way to ours again
         // before the pool's next checkout test runs.
-        match conn
+        let replaced = match conn
             .instrumentation()
             .downcast_mut::<BudgetInstrumentation>()
         {
-            Some(ours) => ours.stop_forwarding(),
-            None => {
-                conn.set_instrumentation(BudgetInstrumentation::with_stats(Arc::clone(&self.stats)))
+            Some(ours) => {
+                ours.stop_forwarding();
+                false
             }
-        }
+            None => {
+                conn.set_instrumentation(BudgetInstrumentation::with_stats(Arc::clone(
+                    &self.stats,
+                )));
+                true
+            }
+        };
         while matches!(
             Tm::<C>::transaction_manager_status_mut(conn),
             TransactionManagerStatus::Valid(ref s) if s.transaction_depth().is_some()
@@ -69,6 +75,12 @@ impl<C: BudgetConnection> Drop for Conn<C> {
             if Tm::<C>::rollback_transaction(conn).is_err() {
                 break;
             }
+        }
+        // The note of the session's time limit went with the replaced instrumentation: set
+        // the session again, now that no transaction is open (a failure here means a broken
+        // connection, which the pool's checkout test then replaces).
+        if replaced && self.time_limit.is_some() {
+            let _ = conn.set_session_time_limit(self.time_limit);
         }
     }
 }
@@ -91,7 +103,10 @@ impl<C: BudgetConnection> Conn<C> {
     /// Session state set here (`SET ..`, session variables, pragmas) stays on this physical
     /// connection after it goes back to the pool, for whoever checks it out next: the pool does
     /// not reset sessions. Set such state for every connection in
-    /// [`DbBuilder::on_connect`] instead.
+    /// [`DbBuilder::on_connect`] instead. A pool's default time limit
+    /// ([`DbBuilder::time_limit`]) is such a session setting on PostgreSQL and MariaDB: what
+    /// runs here runs under it, and a session value you change here is not seen by the
+    /// executor (see [`crate::timeout`]).
     ///
     /// To add an `Instrumentation` of your own, use [`Conn::set_instrumentation`]: Diesel's
     /// `set_instrumentation` on this connection would replace ours, so nothing would be counted

@@ -98,6 +98,14 @@ impl<C: BudgetConnection> Db<C> {
             .is_some_and(|i| i.counts_into(&self.stats));
         if !ours {
             inner.set_instrumentation(BudgetInstrumentation::with_stats(Arc::clone(&self.stats)));
+            // The note of the session's time limit went with the replaced instrumentation:
+            // set the session again (one statement, outside any transaction: the pool's
+            // connections come back with none open).
+            if self.time_limit.is_some() {
+                inner
+                    .set_session_time_limit(self.time_limit)
+                    .map_err(|source| Error::SessionSetup { source })?;
+            }
         }
         Ok(Conn {
             inner,
@@ -160,9 +168,24 @@ impl<C: BudgetConnection> Db<C> {
     pub fn run_migrations(&self, migrations: EmbeddedMigrations) -> Result<usize> {
         let mut conn = self.get()?;
         let _internal = InternalScope::enter();
-        conn.inner
+        // Migrations run without the pool's time limit (a session setting of its connections):
+        // lifted for them, set again after.
+        let limited = crate::timeout::session_time(&mut *conn.inner).is_some();
+        if limited {
+            conn.inner
+                .set_session_time_limit(None)
+                .map_err(|source| Error::SessionSetup { source })?;
+        }
+        let ran = conn
+            .inner
             .run_migrations(migrations)
-            .map_err(Error::Migration)
+            .map_err(Error::Migration);
+        if limited {
+            conn.inner
+                .set_session_time_limit(self.time_limit)
+                .map_err(|source| Error::SessionSetup { source })?;
+        }
+        ran
     }
 }
 
@@ -285,6 +308,12 @@ impl<C: BudgetConnection> DbBuilder<C> {
     /// this pool's connections is cancelled by the server after `limit` (see
     /// [`crate::timeout`]). Default: none.
     ///
+    /// On PostgreSQL and MariaDB it is a session setting of each connection, made when the pool
+    /// opens it (after the [`on_connect`](Self::on_connect) hook): a query at this limit sends
+    /// nothing more than its statement. Statements through [`Conn::unbudgeted`] run under it
+    /// too; [`Budget::no_time_limit`](crate::Budget::no_time_limit) lifts it for one query;
+    /// migrations run without it.
+    ///
     /// # Example
     /// ```
     /// # include!("../../tests/doc_setup.rs");
@@ -332,6 +361,7 @@ impl<C: BudgetConnection> DbBuilder<C> {
             stats: Arc::clone(&stats),
             session: self.session,
             on_connect: self.on_connect,
+            time_limit: self.time_limit,
         };
         // r2d2's `build` retries a failing connect until `connection_timeout` (30 s by default)
         // and then reports only the last error: one connection of our own fails fast instead.
@@ -400,6 +430,8 @@ struct Instrument<C> {
     stats: Arc<StatsCell>,
     session: SessionSettings,
     on_connect: Option<Hook<C>>,
+    /// The pool's default time limit, made a session setting of each connection.
+    time_limit: Option<Duration>,
 }
 
 impl<C> fmt::Debug for Instrument<C> {
@@ -418,6 +450,10 @@ impl<C: BudgetConnection> Instrument<C> {
         conn.set_up_session(&self.session)?;
         if let Some(hook) = &self.on_connect {
             hook(conn)?;
+        }
+        // After the hook: the pool's default is what the session carries and what is noted.
+        if self.time_limit.is_some() {
+            conn.set_session_time_limit(self.time_limit)?;
         }
         Ok(())
     }

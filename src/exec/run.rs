@@ -293,7 +293,23 @@ where
     let mut seen = Seen::default();
     let result = {
         let _scope = BudgetScope::enter(spec);
-        match spec.time {
+        // What to send besides the statement: nothing when the budget's limit is the one the
+        // session carries (a pool's default); a limit of its own otherwise; and when the budget
+        // has none but the session does, the limit lifted for this statement alone (0: none).
+        let session = crate::timeout::session_time(conn);
+        let per_statement = match (spec.time, session) {
+            (Some(time), Some(s)) if time == s => None,
+            (Some(time), _) => Some(time),
+            (None, Some(_)) => Some(std::time::Duration::ZERO),
+            (None, None) => None,
+        };
+        match per_statement {
+            None if spec.time.is_some() => conn.within_session_limit(|conn| {
+                query.run_limited(
+                    fetch,
+                    Reader::<C, T, M>::new(conn, spec, None, empty_is_error, &mut seen),
+                )
+            }),
             None => query.run_limited(
                 fetch,
                 Reader::<C, T, M>::new(conn, spec, None, limit, empty_is_error, &mut seen),
@@ -301,7 +317,7 @@ where
             Some(time) => {
                 // SQLite: nothing on a server can cancel the statement, so the clock is read
                 // between rows.
-                let deadline = if C::CLIENT_DEADLINE {
+                let deadline = if C::CLIENT_DEADLINE && !time.is_zero() {
                     Instant::now().checked_add(time)
                 } else {
                     None

@@ -7,10 +7,33 @@
 //! [`Exceeded::Time`](crate::Exceeded::Time); the connection stays usable and nothing of the
 //! statement keeps running.
 //!
-//! | Backend | How | Extra round trips |
+//! **The pool's default is free.** A [`Db`](crate::Db) with
+//! [`DbBuilder::time_limit`](crate::DbBuilder::time_limit) makes it a session setting of each of
+//! its connections when it opens them (PostgreSQL `SET statement_timeout = <ms>`, MariaDB
+//! `SET SESSION max_statement_time = <s>`), and notes the value in the connection's
+//! instrumentation. A statement whose limit is that value sends nothing more; a budget with a
+//! limit of its own ([`Budget::time`](crate::Budget::time)) uses the per-statement mechanism
+//! below, which overrides the session's for that statement alone; a budget with
+//! [`Budget::no_time_limit`](crate::Budget::no_time_limit) gets the same mechanism with 0 (no
+//! limit). The session value is never changed inside a transaction (a `SET` there is undone by a
+//! rollback): only when the pool opens a connection, around [`Db::run_migrations`](crate::Db::run_migrations)
+//! (migrations run without it), and when [`Db::get`](crate::Db::get) re-installs an
+//! instrumentation a borrower replaced. Consequences:
+//! - statements through [`Conn::unbudgeted`](crate::Conn::unbudgeted) (writes, DDL) run under the
+//!   pool's default too, on PostgreSQL and MariaDB (not on SQLite or MySQL proper, where the
+//!   limit stays per statement);
+//! - a session value changed through `unbudgeted()` (`SET statement_timeout ..`) is not seen: it
+//!   stays on that physical connection, and budgeted statements at the pool's default then run
+//!   under your value. Change it with `SET LOCAL` inside a transaction, or not at all;
+//! - a plain connection, or another pool's, never carries it (the note lives in each
+//!   connection's own instrumentation);
+//! - a streamed walk on such a connection walks in keyset batches (one statement would run
+//!   under the session's limit).
+//!
+//! | Backend | How (a limit other than the pool's default) | Extra round trips |
 //! |---|---|---|
-//! | PostgreSQL | `SET LOCAL statement_timeout` in a transaction around the statement (a savepoint inside yours, the previous value restored after); never a session `SET`, which would stay on the pooled connection | 2 (`BEGIN; SET LOCAL ..` as one batch, `COMMIT`); in your transaction 5 (savepoint, `SHOW`, `SET LOCAL` twice, release) |
-//! | MariaDB | `SET STATEMENT max_statement_time=<s> FOR <statement>`: a prefix of the statement itself | 0 (1 per connection: `SELECT VERSION()`, once) |
+//! | PostgreSQL | `SET LOCAL statement_timeout` in a transaction around the statement (a savepoint inside yours, the previous value restored after) | 2 (`BEGIN; SET LOCAL ..` as one batch, `COMMIT`); in your transaction 5 (savepoint, `SHOW`, `SET LOCAL` twice, release). At the pool's default: 0, in your transaction 2 (a savepoint and its release: a cancelled statement would otherwise abort your transaction) |
+//! | MariaDB | `SET STATEMENT max_statement_time=<s> FOR <statement>`: a prefix of the statement itself (its SQL then depends on the limit and is rendered on every run) | 0 (1 per connection: `SELECT VERSION()`, once). At the pool's default: nothing added |
 //! | MySQL (Oracle's) | `SELECT /*+ MAX_EXECUTION_TIME(<ms>) */ ..`: the optimizer hint right after `SELECT` (read-only `SELECT`s); **untested against a MySQL server** | 0 (1 per connection, as MariaDB) |
 //! | SQLite | a progress handler interrupts the statement inside its step (`SQLITE_INTERRUPT`), checked every 1,000 virtual-machine instructions; the clock is also read between rows | 0 |
 //!
@@ -29,7 +52,8 @@
 //! - A streamed walk ([`BatchMode::Stream`](crate::BatchMode::Stream)) under a time limit walks
 //!   in keyset batches instead, so that each statement, not the whole walk, has the limit.
 //!
-//! With no time limit the executor runs exactly as before: no wrapper, no extra statement.
+//! With no time limit (and no session limit) the executor runs exactly as before: no wrapper, no
+//! extra statement.
 
 use std::time::Duration;
 
@@ -66,6 +90,26 @@ pub trait TimeLimit: Sized + sealed::Sealed {
         run: impl FnOnce(&mut Self) -> Result<R>,
     ) -> Result<R>;
 
+    /// Makes `limit` this connection's session time limit (`None`: none), for a pool's default
+    /// ([`DbBuilder::time_limit`](crate::DbBuilder::time_limit)), and notes it in the
+    /// connection's [`BudgetInstrumentation`](crate::BudgetInstrumentation) so that statements
+    /// at that limit send nothing more. Called outside any transaction only (a session `SET`
+    /// in a transaction that rolls back is undone). Backends without a session setting
+    /// (SQLite, MySQL proper) note nothing and keep the per-statement mechanism.
+    #[doc(hidden)]
+    fn set_session_time_limit(&mut self, _limit: Option<Duration>) -> QueryResult<()> {
+        Ok(())
+    }
+
+    /// Runs `run`, whose statements are under the session's own time limit (the pool's
+    /// default, [`set_session_time_limit`](Self::set_session_time_limit)): nothing to send,
+    /// except what keeps a caller's transaction usable when the statement is cancelled
+    /// (PostgreSQL: a savepoint inside a transaction, as a failed statement aborts it).
+    #[doc(hidden)]
+    fn within_session_limit<R>(&mut self, run: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
+        run(self)
+    }
+
     /// Whether `e` is the server cancelling a statement for its time limit.
     #[doc(hidden)]
     fn is_time_out(e: &diesel::result::Error) -> bool;
@@ -78,6 +122,27 @@ pub trait TimeLimit: Sized + sealed::Sealed {
         Self: diesel::Connection,
     {
         Self::establish(url)
+    }
+}
+
+/// The time limit `conn`'s session carries, as noted by
+/// [`TimeLimit::set_session_time_limit`]; `None` for a connection without our
+/// instrumentation (a plain connection, or one whose instrumentation was replaced).
+#[inline]
+pub(crate) fn session_time<C: diesel::Connection>(conn: &mut C) -> Option<Duration> {
+    conn.instrumentation()
+        .downcast_ref::<crate::instrument::BudgetInstrumentation>()
+        .and_then(|ours| ours.session_time)
+}
+
+/// Notes `limit` as `conn`'s session time limit (see [`session_time`]).
+#[allow(dead_code)]
+pub(crate) fn note_session_time<C: diesel::Connection>(conn: &mut C, limit: Option<Duration>) {
+    if let Some(ours) = conn
+        .instrumentation()
+        .downcast_mut::<crate::instrument::BudgetInstrumentation>()
+    {
+        ours.session_time = limit;
     }
 }
 

@@ -1,6 +1,6 @@
 // Time budgets (issue 9, item 3): the server cancels a statement past its budget's time limit;
-// a typed error, a usable connection, nothing left running, no setting left on the session.
-// Test numbers 13..=19.
+// a typed error, a usable connection, nothing left running; a pool default is a session setting.
+// Test numbers 13..=19, 68, 69.
 
 use std::time::{Duration, Instant};
 
@@ -126,7 +126,12 @@ fn the_pool_time_limit_applies_and_a_budget_of_its_own_overrides_it() {
     let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
     let tdb = <C as Slow>::timed_db(2, Duration::from_millis(150));
     let base = crate::common::id_base(15);
-    let _rows = crate::common::CommittedRows::insert(&tdb.db, base, base + 8);
+    // Fixtures through a pool without a default: on the servers the timed pool's default is a
+    // session setting, under which its unbudgeted statements run too.
+    // (SQLite: the timed pool's own file, where the limit is per statement.)
+    let untimed = C::test_db();
+    let fixtures = if C::KIND == BackendKind::Sqlite { &tdb } else { &untimed };
+    let _rows = crate::common::CommittedRows::insert(&fixtures.db, base, base + 8);
     let mut conn = tdb.conn();
     <C as Slow>::prepare(&mut conn);
     let before = <C as Slow>::session_limit(&mut conn);
@@ -145,13 +150,21 @@ fn the_pool_time_limit_applies_and_a_budget_of_its_own_overrides_it() {
         .load::<Item>(&mut *conn)
         .expect("the budget's own limit wins");
     assert_eq!(rows.len(), 8);
+    // The pool's default is the session's setting (on the servers), and stays so.
+    assert_eq!(before, <C as Slow>::session_limit_of(Some(150)));
     assert_eq!(<C as Slow>::session_limit(&mut conn), before);
     drop(conn);
-    // Every connection of the pool: no limit left on the session.
+    // Every connection of the pool carries the default; a plain pool's carry none.
     let mut a = tdb.conn();
     let mut b = tdb.conn();
     assert_eq!(<C as Slow>::session_limit(&mut a), before);
     assert_eq!(<C as Slow>::session_limit(&mut b), before);
+    let shared = C::test_db();
+    let mut plain = shared.conn();
+    assert_eq!(
+        <C as Slow>::session_limit(&mut plain),
+        <C as Slow>::session_limit_of(None)
+    );
 }
 
 #[test]
@@ -278,6 +291,185 @@ fn an_interrupted_step_keeps_the_callers_transaction_and_its_writes() {
         .load::<Item>(&mut *conn)
         .expect("read back")
         .len();
-    let deleted = C::delete_range(&mut conn, base, base + 5);
+    // Cleanup through a pool without a default (see above).
+    drop(conn);
+    let untimed = C::test_db();
+    let fixtures = if C::KIND == BackendKind::Sqlite { &tdb } else { &untimed };
+    let deleted = C::delete_range(&mut fixtures.conn(), base, base + 5);
     assert_eq!((committed, deleted), (5, 5));
+}
+
+/// The statements `f` sends on `conn`: every kind (transaction control included), and those
+/// that are not transaction control.
+fn statements_of<T>(
+    conn: &mut diesel_budget::Conn<C>,
+    f: impl FnOnce(&mut diesel_budget::Conn<C>) -> T,
+) -> (T, (usize, usize)) {
+    let (out, ledger) = testing::record(conn, f);
+    for st in ledger.statements() {
+        // Nothing for the limit inside the statement either (MariaDB's `SET STATEMENT`).
+        assert!(!st.sql.contains("SET STATEMENT"), "{}", st.sql);
+    }
+    (out, (ledger.statements().len(), ledger.round_trips()))
+}
+
+#[test]
+fn the_pool_default_is_a_session_setting_and_overrides_leave_it_as_it_was() {
+    // Session reads and slow-query fixtures run unbudgeted on purpose.
+    let _allowed = diesel_budget::testing::allow_unbudgeted_scope("time budget fixtures");
+    let tdb = <C as Slow>::timed_db(2, Duration::from_millis(300));
+    let base = crate::common::id_base(68);
+    // Fixtures through a pool without a default: on the servers the timed pool's default is a
+    // session setting, under which its unbudgeted statements run too.
+    // (SQLite: the timed pool's own file, where the limit is per statement.)
+    let untimed = C::test_db();
+    let fixtures = if C::KIND == BackendKind::Sqlite { &tdb } else { &untimed };
+    let _rows = crate::common::CommittedRows::insert(&fixtures.db, base, base + 8);
+    let mut conn = tdb.conn();
+    <C as Slow>::prepare(&mut conn);
+    let default = <C as Slow>::session_limit_of(Some(300));
+    assert_eq!(<C as Slow>::session_limit(&mut conn), default);
+    let slow = |n: i32, ms: u32| {
+        items::table
+            .filter(in_range(base, n))
+            .filter(<C as Slow>::sleepy(ms))
+            .order(items::id)
+    };
+
+    // At the default: exactly one statement, nothing sent for the limit.
+    let (rows, sent) = statements_of(&mut conn, |conn| {
+        slow(2, 10).budget(Budget::rows(10)).load::<Item>(conn)
+    });
+    assert_eq!(rows.expect("fits the default").len(), 2);
+    assert_eq!(sent, (1, 1), "a query at the pool default sends one statement");
+    // The same limit given explicitly is the default too.
+    let (rows, sent) = statements_of(&mut conn, |conn| {
+        slow(2, 10)
+            .budget(Budget::rows(10).time(Duration::from_millis(300)))
+            .load::<Item>(conn)
+    });
+    assert_eq!(rows.expect("fits the default").len(), 2);
+    assert_eq!(sent, (1, 1));
+
+    // Enforced: 8 rows at 70 ms (560 ms) fail at 300 ms, and nothing runs on.
+    let start = Instant::now();
+    let err = slow(8, 70)
+        .budget(Budget::rows(10))
+        .load::<Item>(&mut *conn)
+        .unwrap_err();
+    assert_timed_out(&err);
+    assert!(start.elapsed() < Duration::from_millis(1_500), "{:?}", start.elapsed());
+    let mut other = tdb.conn();
+    assert_nothing_running(&mut other, 70);
+    drop(other);
+    assert_eq!(<C as Slow>::session_limit(&mut conn), default);
+
+    // An override above the default: runs past it.
+    let rows = slow(8, 71)
+        .budget(Budget::rows(10).time(Duration::from_secs(20)))
+        .load::<Item>(&mut *conn)
+        .expect("the budget's own, longer limit");
+    assert_eq!(rows.len(), 8);
+    assert_eq!(<C as Slow>::session_limit(&mut conn), default);
+    // An override below: 4 rows at 40 ms (160 ms) fit the default but not 60 ms.
+    let rows = slow(4, 40)
+        .budget(Budget::rows(10))
+        .load::<Item>(&mut *conn)
+        .expect("160 ms fit the default");
+    assert_eq!(rows.len(), 4);
+    let err = slow(4, 41)
+        .budget(Budget::rows(10).time(Duration::from_millis(60)))
+        .load::<Item>(&mut *conn)
+        .unwrap_err();
+    assert_timed_out(&err);
+    assert_eq!(<C as Slow>::session_limit(&mut conn), default);
+
+    // No limit at all: runs past the default, a load and a streamed walk alike.
+    let start = Instant::now();
+    let rows = slow(8, 72)
+        .budget(Budget::rows(10).no_time_limit())
+        .load::<Item>(&mut *conn)
+        .expect("no limit");
+    assert_eq!(rows.len(), 8);
+    assert!(start.elapsed() >= Duration::from_millis(500), "{:?}", start.elapsed());
+    let mut walked = Vec::new();
+    for batch in items::table
+        .filter(in_range(base, 8))
+        .filter(<C as Slow>::sleepy(73))
+        .budget(Budget::rows(100).no_time_limit())
+        .batches_by(items::id, |i: &Item| i.id, &mut *conn)
+        .mode(BatchMode::Stream)
+    {
+        walked.extend(ids(&batch.expect("a walk without a limit")));
+    }
+    assert_eq!(walked, span(base, base + 8));
+    assert_eq!(<C as Slow>::session_limit(&mut conn), default);
+
+    // Inside a transaction that rolls back: overrides, no limit, and the default; after it the
+    // session carries the default still.
+    let result: Result<(), Error> = conn.transaction(|conn| {
+        let (rows, sent) = statements_of(conn, |conn| {
+            slow(2, 11).budget(Budget::rows(10)).load::<Item>(conn)
+        });
+        assert_eq!(rows?.len(), 2);
+        // PostgreSQL wraps it in a savepoint (a cancelled statement would abort the
+        // transaction), and sends nothing for the limit either.
+        let savepoint = if C::KIND == BackendKind::Postgres { 2 } else { 0 };
+        assert_eq!(sent, (1 + savepoint, 1), "at the default inside a transaction");
+        let rows = slow(8, 74)
+            .budget(Budget::rows(10).no_time_limit())
+            .load::<Item>(conn)?;
+        assert_eq!(rows.len(), 8);
+        assert_eq!(<C as Slow>::session_limit(conn), default);
+        let err = slow(4, 42)
+            .budget(Budget::rows(10).time(Duration::from_millis(60)))
+            .load::<Item>(conn)
+            .unwrap_err();
+        assert_timed_out(&err);
+        Err(err)
+    });
+    assert!(result.is_err());
+    assert_eq!(<C as Slow>::session_limit(&mut conn), default);
+    let err = slow(8, 75)
+        .budget(Budget::rows(10))
+        .load::<Item>(&mut *conn)
+        .unwrap_err();
+    assert_timed_out(&err);
+}
+
+#[test]
+fn an_own_limit_sent_unread_never_steps_the_row_past_the_cap() {
+    // The 7th row (budget 5, cap 6) makes `abs` overflow (i64::MIN): stepping it would fail
+    // the query. The query's own LIMIT 1000 is far above the budget.
+    let mut ctx = C::seeded(69, 20);
+    let base = ctx.base;
+    let trap = diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+        "abs(CASE WHEN items.id = {} THEN (-9223372036854775807 - 1) ELSE items.id END)",
+        base + 6
+    ));
+    let cut = items::table
+        .filter(in_range(base, 20))
+        .order(items::id)
+        .select(trap.clone())
+        .limit(1000)
+        .budget(Budget::rows(5).truncate())
+        .load::<i64>(&mut *ctx.conn)
+        .expect("truncated before the trap");
+    assert!(cut.is_truncated());
+    assert_eq!(
+        cut.iter().copied().collect::<Vec<_>>(),
+        (0..5).map(|i| i64::from(base + i)).collect::<Vec<_>>()
+    );
+    let err = items::table
+        .filter(in_range(base, 20))
+        .order(items::id)
+        .select(trap)
+        .limit(1000)
+        .budget(Budget::rows(5))
+        .load::<i64>(&mut *ctx.conn)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BudgetExceeded { exceeded: Exceeded::Rows, seen_rows: 6, .. }),
+        "{err:?}"
+    );
 }

@@ -35,6 +35,12 @@ pub trait Slow: Backend {
         "none".into()
     }
 
+    /// What [`Slow::session_limit`] reads on a connection of a pool whose default is `ms`
+    /// (`None`: a pool without one): the pool's default is a session setting on the servers.
+    fn session_limit_of(_ms: Option<u32>) -> String {
+        "none".into()
+    }
+
     /// A migrated pool of `size` connections whose budgets default to `limit`.
     fn timed_db(size: u32, limit: Duration) -> TestDb<Self>;
 
@@ -111,6 +117,15 @@ impl Slow for diesel::pg::PgConnection {
         .expect("current_setting('statement_timeout')")
     }
 
+    fn session_limit_of(ms: Option<u32>) -> String {
+        // PostgreSQL shows the largest unit that divides the value.
+        match ms {
+            None | Some(0) => "0".into(),
+            Some(ms) if ms % 1000 == 0 => format!("{}s", ms / 1000),
+            Some(ms) => format!("{ms}ms"),
+        }
+    }
+
     fn timed_db(size: u32, limit: Duration) -> TestDb<Self> {
         let _shared = Self::test_db();
         TestDb {
@@ -144,6 +159,11 @@ impl Slow for diesel::mysql::MysqlConnection {
         ))
         .get_result(conn.unbudgeted())
         .expect("@@max_statement_time")
+    }
+
+    fn session_limit_of(ms: Option<u32>) -> String {
+        let ms = ms.unwrap_or(0);
+        format!("{}.{:03}000", ms / 1000, ms % 1000)
     }
 
     fn timed_db(size: u32, limit: Duration) -> TestDb<Self> {

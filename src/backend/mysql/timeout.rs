@@ -101,6 +101,27 @@ impl TimeLimit for MysqlConnection {
         run(self)
     }
 
+    fn set_session_time_limit(&mut self, limit: Option<Duration>) -> diesel::QueryResult<()> {
+        use diesel::connection::SimpleConnection as _;
+        let flavour = flavour(self).map_err(|e| match e {
+            Error::Query { source, .. } => source,
+            other => D::QueryBuilderError(other.to_string().into()),
+        })?;
+        if flavour != MARIADB {
+            // MySQL proper: its hint stays per statement (untested against a MySQL server).
+            return Ok(());
+        }
+        // A number of ours, never user input; 0 is "no limit".
+        let ms = limit.map_or(0, millis);
+        self.batch_execute(&format!(
+            "SET SESSION max_statement_time = {}.{:03}",
+            ms / 1000,
+            ms % 1000
+        ))?;
+        crate::timeout::note_session_time(self, limit);
+        Ok(())
+    }
+
     fn is_time_out(e: &D) -> bool {
         match e {
             D::DatabaseError(_, info) => {

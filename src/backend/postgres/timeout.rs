@@ -78,6 +78,29 @@ impl TimeLimit for PgConnection {
         })
     }
 
+    fn within_session_limit<R>(&mut self, run: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
+        let nested = AnsiTransactionManager::transaction_manager_status_mut(self)
+            .transaction_depth()
+            .map_err(Error::from)?
+            .is_some();
+        if nested {
+            // A savepoint, so that a cancelled statement leaves the caller's transaction
+            // usable (PostgreSQL aborts a transaction at its first failed statement).
+            self.transaction::<R, Error, _>(run)
+        } else {
+            run(self)
+        }
+    }
+
+    fn set_session_time_limit(&mut self, limit: Option<Duration>) -> diesel::QueryResult<()> {
+        use diesel::connection::SimpleConnection as _;
+        // A number of ours, never user input; 0 is "no limit".
+        let ms = limit.map_or(0, millis);
+        self.batch_execute(&format!("SET statement_timeout = {ms}"))?;
+        crate::timeout::note_session_time(self, limit);
+        Ok(())
+    }
+
     fn is_time_out(e: &D) -> bool {
         // SQLSTATE 57014, which Diesel reports as `Unknown` with the server's message.
         matches!(e, D::DatabaseError(_, info)

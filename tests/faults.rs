@@ -9,7 +9,7 @@
 //! scripts/test.sh runs it as a step of its own.) Environment: `PG_DATABASE_URL`,
 //! `MYSQL_DATABASE_URL` as for the integration tests; `FAULT_SEED` (a number) replays a run;
 //! `FAULT_RUNS` (default 100) kills per walk kind, `FAULT_BULK_RUNS` (default 30) kills per bulk
-//! mode, `FAULT_SOAK_SECS` (default 8) the soak, `FAULT_TIER_SECS` (default 3) each shared
+//! mode, `FAULT_SOAK_SECS` (default 8) the soak, `FAULT_TIER_SECS` (default 4) each shared
 //! cache tier case; `FAULT_ONLY` runs only the cases whose "<key> <backend>" contains it (keys:
 //! panic, exhaustion, time, hostile, bulk, tokens, soak, tier-redis, tier-memcached, killed,
 //! restart; each case draws from its own generator, so `FAULT_SEED` with `FAULT_ONLY` replays

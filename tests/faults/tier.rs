@@ -14,6 +14,8 @@ fn tier_cases() -> Vec<(&'static str, Case)> {
 /// Rows the tier case reads and rewrites, and the windows its readers read.
 const TIER_ROWS: i32 = 20;
 const TIER_WINDOW: i32 = 5;
+/// The cache's `retry_after` in the tier case: the writer's pause after a fault outlasts it.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// The version a row's name carries (`v<n>`).
 fn tier_version(name: &str) -> Option<u64> {
@@ -23,7 +25,11 @@ fn tier_version(name: &str) -> Option<u64> {
 /// A `SharedCache` over the suite's pool, on a throwaway tier server of the suite's own: 3
 /// reader threads read windows of the rows through it while a writer thread rewrites rows
 /// (each write a new version, kept in a model once committed), and the server is frozen
-/// (SIGSTOP), killed or restarted at random times for `FAULT_TIER_SECS` (default 3) seconds.
+/// (SIGSTOP), killed or restarted at random times for `FAULT_TIER_SECS` (default 4) seconds.
+/// The writer writes through each outage once the cache has seen it (so those invalidations
+/// are lost), and pauses after the server is back for longer than the cache's `retry_after`
+/// (a later write would bump the table's generation and hide the lost invalidations: the
+/// read-mostly stretch after an outage is where a stale entry would be served).
 /// Every read must succeed (the tier never makes a read fail) and must not be stale: no row
 /// older than the last write of it committed before the read began.
 fn tier_stopped(env: &Env<C>, rng: &mut Rng, kind: tier_server::Kind) -> Row {
@@ -71,7 +77,7 @@ fn tier_stopped(env: &Env<C>, rng: &mut Rng, kind: tier_server::Kind) -> Row {
             kind.name()
         ))
         .ttl(Duration::from_secs(60))
-        .retry_after(Duration::from_millis(50))
+        .retry_after(RETRY_AFTER)
         .build()
         .expect("shared cache");
     let base = id_base(29)
@@ -93,6 +99,9 @@ fn tier_stopped(env: &Env<C>, rng: &mut Rng, kind: tier_server::Kind) -> Row {
     let model: Arc<Vec<AtomicU64>> = Arc::new((0..TIER_ROWS).map(|_| AtomicU64::new(0)).collect());
     let report = Arc::new(Mutex::new(Row::default()));
     let stop = Arc::new(AtomicBool::new(false));
+    // Set for a while after each fault: no writes, so that a lost invalidation is not hidden
+    // by the next write's (a read-mostly stretch after an outage).
+    let quiet = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
     let writes = Arc::new(AtomicU64::new(0));
     let merge = |report: &Mutex<Row>, local: Row| {
@@ -174,12 +183,13 @@ fn tier_stopped(env: &Env<C>, rng: &mut Rng, kind: tier_server::Kind) -> Row {
         })
         .collect();
     let writer = {
-        let (db, model, report, stop, writes) = (
+        let (db, model, report, stop, writes, quiet) = (
             env.tdb.db.clone(),
             Arc::clone(&model),
             Arc::clone(&report),
             Arc::clone(&stop),
             Arc::clone(&writes),
+            Arc::clone(&quiet),
         );
         let seed = rng.next();
         std::thread::spawn(move || {
@@ -187,6 +197,10 @@ fn tier_stopped(env: &Env<C>, rng: &mut Rng, kind: tier_server::Kind) -> Row {
             let mut local = Row::default();
             let mut version = 0u64;
             while !stop.load(Ordering::SeqCst) {
+                if quiet.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
                 local.run(|row| {
                     version += 1;
                     let name = format!("v{version}");
@@ -227,14 +241,15 @@ fn tier_stopped(env: &Env<C>, rng: &mut Rng, kind: tier_server::Kind) -> Row {
                         Err(e) => row.other(format!("write: {e}")),
                     }
                     drop(conn);
-                    std::thread::sleep(Duration::from_millis(rng.below(8)));
+                    std::thread::sleep(Duration::from_millis(5 + rng.below(20)));
                 });
             }
             merge(&report, local);
         })
     };
-    // The faults, in rounds of the three kinds in random order, at random times.
-    let secs = env_u64("FAULT_TIER_SECS", 3);
+    // The faults, in rounds of two freezes, a kill and a restart in random order, at random
+    // times.
+    let secs = env_u64("FAULT_TIER_SECS", 4);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let (mut freezes, mut kills, mut restarts) = (0u64, 0u64, 0u64);
     let mut round: Vec<u64> = Vec::new();
@@ -242,25 +257,39 @@ fn tier_stopped(env: &Env<C>, rng: &mut Rng, kind: tier_server::Kind) -> Row {
     while Instant::now() < deadline {
         std::thread::sleep(pause(rng));
         if round.is_empty() {
-            round = vec![0, 1, 2];
-            let i = rng.below(3) as usize;
-            round.swap(i, 2);
-            let j = rng.below(2) as usize;
-            round.swap(j, 1);
+            round = vec![0, 0, 1, 2];
+            for i in (1..round.len()).rev() {
+                round.swap(i, rng.below(i as u64 + 1) as usize);
+            }
         }
         let fault = round.pop().unwrap_or(0);
+        // No writes from the fault until the cache has seen it (a write whose invalidation
+        // reaches the frozen server's socket is applied when it runs again), then writes
+        // while the tier is down: their invalidations are lost.
+        quiet.store(true, Ordering::SeqCst);
+        let errors = cache.stats().tier_errors;
+        let seen = |cache: &SharedCache| {
+            let limit = Instant::now() + Duration::from_secs(2);
+            while cache.stats().tier_errors == errors && Instant::now() < limit {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            quiet.store(false, Ordering::SeqCst);
+        };
+        let outage = |rng: &mut Rng| Duration::from_millis(30 + rng.below(120));
         let up = match fault {
             0 => {
                 freezes += 1;
                 server.freeze();
-                std::thread::sleep(pause(rng));
+                seen(&cache);
+                std::thread::sleep(outage(rng));
                 server.thaw();
                 Ok(())
             }
             1 => {
                 kills += 1;
                 server.kill();
-                std::thread::sleep(pause(rng));
+                seen(&cache);
+                std::thread::sleep(outage(rng));
                 server.up()
             }
             _ => {
@@ -272,6 +301,9 @@ fn tier_stopped(env: &Env<C>, rng: &mut Rng, kind: tier_server::Kind) -> Row {
             row.other(format!("tier server: {e}"));
             break;
         }
+        quiet.store(true, Ordering::SeqCst);
+        std::thread::sleep(RETRY_AFTER + pause(rng));
+        quiet.store(false, Ordering::SeqCst);
     }
     // Back up for a last stretch: reads recover.
     std::thread::sleep(Duration::from_millis(300));

@@ -67,7 +67,14 @@ impl TierServer {
             Kind::Redis => (
                 "redis-server",
                 vec![
-                    "--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
                 ],
             ),
             Kind::Memcached => (

@@ -24,6 +24,7 @@ type Case = fn(&Env<C>, &mut Rng) -> Row;
 
 /// The faults every backend gets, each with the key `FAULT_ONLY` selects it by. Add yours
 /// here (see the module docs).
+#[allow(clippy::let_and_return)] // without the shared cache tiers' features
 fn cases() -> Vec<(&'static str, Case)> {
     let cases: Vec<(&'static str, Case)> = vec![
         ("panic", panic_caught),

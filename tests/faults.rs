@@ -9,18 +9,22 @@
 //! scripts/test.sh runs it as a step of its own.) Environment: `PG_DATABASE_URL`,
 //! `MYSQL_DATABASE_URL` as for the integration tests; `FAULT_SEED` (a number) replays a run;
 //! `FAULT_RUNS` (default 100) kills per walk kind, `FAULT_BULK_RUNS` (default 30) kills per bulk
-//! mode, `FAULT_SOAK_SECS` (default 8) the soak; `FAULT_ONLY` runs only the cases whose
-//! "<key> <backend>" contains it (keys: panic, exhaustion, time, hostile, bulk, tokens, soak,
-//! killed, restart; each case draws from its own generator, so `FAULT_SEED` with `FAULT_ONLY`
-//! replays that case of a whole run).
+//! mode, `FAULT_SOAK_SECS` (default 8) the soak, `FAULT_TIER_SECS` (default 4) each shared
+//! cache tier case; `FAULT_ONLY` runs only the cases whose "<key> <backend>" contains it (keys:
+//! panic, exhaustion, time, hostile, bulk, tokens, soak, tier-redis, tier-memcached, killed,
+//! restart; each case draws from its own generator, so `FAULT_SEED` with `FAULT_ONLY` replays
+//! that case of a whole run).
 //!
 //! The server restart cases start servers of their own (tests/faults/server.rs: initdb +
 //! pg_ctl, mariadb-install-db + mariadbd, in a temporary directory on a free port), restart
 //! those, and stop them at the end; the servers of `PG_DATABASE_URL` / `MYSQL_DATABASE_URL` are
-//! never restarted.
+//! never restarted. The shared cache tier cases (tests/faults/tier.rs, with the features `redis`
+//! and `memcached`) likewise start `redis-server` / `memcached` of their own on a free port
+//! (tests/faults/tier_server.rs) and freeze, kill and restart those; the servers on 6379 and
+//! 11211 are never touched.
 //!
-//! It fails on any panic, row lost or duplicated, or error that is not the typed error the
-//! fault calls for ("other errors").
+//! It fails on any panic, row lost or duplicated, stale read, or error that is not the typed
+//! error the fault calls for ("other errors").
 //!
 //! # Adding a fault (extension point)
 //! Write a `fn my_fault(env: &Env<C>, rng: &mut Rng) -> Row` in tests/faults/ (the same body
@@ -29,14 +33,17 @@
 //! `cases()` in tests/faults/cases.rs, or to `server_cases()` in tests/faults/killed.rs when it
 //! needs a server session to kill. Take test numbers (`id_base`) of your own. Bulk writes
 //! (bulk.rs, bulk_killed.rs), page tokens (tokens.rs), the in-process cache (cached reads in
-//! the soak) and the server restart (restart.rs) have theirs; the cache's shared tiers come
-//! next.
+//! the soak), the cache's shared tiers (tier.rs) and the server restart (restart.rs) have
+//! theirs.
 
 #[path = "common/mod.rs"]
 mod common;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 #[path = "faults/server.rs"]
 mod server;
+#[cfg(all(feature = "redis", feature = "memcached"))]
+#[path = "faults/tier_server.rs"]
+mod tier_server;
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -73,6 +80,8 @@ struct Row {
     panics: u64,
     lost: u64,
     duplicated: u64,
+    /// Reads that returned something older than what was committed before they began.
+    stale: u64,
     /// The first few other errors, for the log.
     notes: Vec<String>,
 }
@@ -96,6 +105,11 @@ impl Row {
 
     fn other(&mut self, what: impl std::fmt::Display) {
         self.other += 1;
+        self.note(what);
+    }
+
+    /// Keeps `what` for the log (the first few).
+    fn note(&mut self, what: impl std::fmt::Display) {
         if self.notes.len() < 3 {
             self.notes.push(what.to_string());
         }
@@ -109,19 +123,19 @@ impl Row {
     }
 
     fn failed(&self) -> bool {
-        self.other + self.panics + self.lost + self.duplicated > 0
+        self.other + self.panics + self.lost + self.duplicated + self.stale > 0
     }
 }
 
 /// The table, with the command that reproduces each row of this run.
 fn print_table(rows: &[Row], seed: u64) {
     println!(
-        "| fault | backend | runs | typed errors | other errors | panics | rows lost | rows duplicated | reproduce |"
+        "| fault | backend | runs | typed errors | other errors | panics | rows lost | rows duplicated | stale reads | reproduce |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | `FAULT_SEED={seed} FAULT_ONLY=\"{} {}\"` |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | `FAULT_SEED={seed} FAULT_ONLY=\"{} {}\"` |",
             r.fault,
             r.backend,
             r.runs,
@@ -130,6 +144,7 @@ fn print_table(rows: &[Row], seed: u64) {
             r.panics,
             r.lost,
             r.duplicated,
+            r.stale,
             r.key,
             r.backend
         );
@@ -208,7 +223,8 @@ fn stream_rows<C: Backend>() -> i32 {
 
 /// Whether the case with key `key` runs on backend `C`: every case, unless `FAULT_ONLY` is set,
 /// then those whose "<key> <backend>" contains it (`FAULT_ONLY=bulk`, `FAULT_ONLY="restart
-/// postgres"`). Keys: panic, exhaustion, time, hostile, bulk, tokens, soak, killed, restart.
+/// postgres"`). Keys: panic, exhaustion, time, hostile, bulk, tokens, soak, tier-redis,
+/// tier-memcached, killed, restart.
 fn selected<C: BudgetConnection>(key: &str) -> bool {
     std::env::var("FAULT_ONLY").map_or(true, |only| {
         format!("{key} {}", C::KIND.name()).contains(&only)
@@ -230,6 +246,8 @@ mod sqlite {
     include!("faults/cases.rs");
     include!("faults/bulk.rs");
     include!("faults/tokens.rs");
+    #[cfg(all(feature = "redis", feature = "memcached"))]
+    include!("faults/tier.rs");
     pub fn suite(seed: u64) -> Vec<Row> {
         run_backend(Vec::new(), seed)
     }
@@ -242,6 +260,8 @@ mod postgres {
     include!("faults/cases.rs");
     include!("faults/bulk.rs");
     include!("faults/tokens.rs");
+    #[cfg(all(feature = "redis", feature = "memcached"))]
+    include!("faults/tier.rs");
     include!("faults/killed.rs");
     include!("faults/bulk_killed.rs");
     include!("faults/restart.rs");
@@ -261,6 +281,8 @@ mod mysql {
     include!("faults/cases.rs");
     include!("faults/bulk.rs");
     include!("faults/tokens.rs");
+    #[cfg(all(feature = "redis", feature = "memcached"))]
+    include!("faults/tier.rs");
     include!("faults/killed.rs");
     include!("faults/bulk_killed.rs");
     include!("faults/restart.rs");

@@ -307,7 +307,7 @@ where
             None if spec.time.is_some() => conn.within_session_limit(|conn| {
                 query.run_limited(
                     fetch,
-                    Reader::<C, T, M>::new(conn, spec, None, empty_is_error, &mut seen),
+                    Reader::<C, T, M>::new(conn, spec, None, limit, empty_is_error, &mut seen),
                 )
             }),
             None => query.run_limited(

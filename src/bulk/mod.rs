@@ -337,6 +337,10 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// # include!("../../tests/doc_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (_db, mut conn) = demo_db(0)?;
+    /// # // MySQL/MariaDB alone: not supported (see above).
+    /// # if cfg!(all(feature = "mysql", not(feature = "sqlite"), not(feature = "postgres"))) {
+    /// #     return Ok(());
+    /// # }
     /// use diesel_budget::bulk;
     /// use diesel_budget::demo::{items, Item};
     /// use diesel_budget::Budget;

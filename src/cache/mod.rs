@@ -75,7 +75,7 @@ use std::any::TypeId;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::backend::Backend;
@@ -103,10 +103,9 @@ pub struct Cache {
 }
 
 struct Inner {
-    store: Mutex<Store>,
+    store: Store,
     max_entry_bytes: u64,
     ttl: Option<Duration>,
-    hits: AtomicU64,
     misses: AtomicU64,
     fills: AtomicU64,
     coalesced: AtomicU64,
@@ -127,10 +126,7 @@ impl fmt::Debug for Cache {
 impl Invalidate for Inner {
     fn invalidate_written(&self, written: &Written) {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
-        self.store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .invalidate(written);
+        self.store.invalidate(written);
     }
 }
 
@@ -212,8 +208,13 @@ impl CacheBuilder {
         self
     }
 
-    /// Largest single entry; a larger result is served and not stored. Default: a quarter of
-    /// [`max_bytes`](Self::max_bytes).
+    /// Largest single entry; a larger result is served and not stored. Default: a sixteenth
+    /// of [`max_bytes`](Self::max_bytes).
+    ///
+    /// The entries are split by key hash over up to 16 shards, each with its own lock and an
+    /// equal share of the bounds, so that readers of different keys do not wait for each
+    /// other: as many shards as leave each room for one entry of this size (a power of two;
+    /// one when this is over half of `max_bytes`).
     pub fn max_entry_bytes(mut self, bytes: u64) -> Self {
         self.max_entry_bytes = Some(bytes);
         self
@@ -244,7 +245,7 @@ impl CacheBuilder {
         let Some(entries) = NonZeroUsize::new(self.max_entries) else {
             return invalid("max_entries", "a cache needs room for at least one entry");
         };
-        let max_entry_bytes = self.max_entry_bytes.unwrap_or(self.max_bytes / 4).max(1);
+        let max_entry_bytes = self.max_entry_bytes.unwrap_or(self.max_bytes / 16).max(1);
         if max_entry_bytes > self.max_bytes {
             return invalid(
                 "max_entry_bytes",
@@ -253,10 +254,9 @@ impl CacheBuilder {
         }
         Ok(Cache {
             inner: Arc::new(Inner {
-                store: Mutex::new(Store::new(self.max_bytes, entries.get())),
+                store: Store::new(self.max_bytes, entries.get(), max_entry_bytes),
                 max_entry_bytes,
                 ttl: self.ttl,
-                hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 fills: AtomicU64::new(0),
                 coalesced: AtomicU64::new(0),
@@ -320,14 +320,11 @@ impl Cache {
     pub fn stats(&self) -> CacheStats {
         let held = self
             .inner
-            .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .held();
+            .store.held();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let i = &self.inner;
         CacheStats {
-            hits: get(&i.hits),
+            hits: held.hits,
             misses: get(&i.misses),
             fills: get(&i.fills),
             coalesced: get(&i.coalesced),
@@ -417,25 +414,17 @@ impl Cache {
         };
         // A hit needs only the key; the tables read are worked out on a miss, outside the lock.
         let hit = inner
-            .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lookup::<Arc<[U]>>(&key, None, false);
+            .store.lookup::<Arc<[U]>>(&key, None, false);
         if let Some(Lookup::Hit(rows)) = hit {
-            inner.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(rows);
         }
         let (sql, _) =
             crate::instrument::split_query(&diesel::debug_query::<C::Backend, _>(&budgeted.query));
         let deps = Arc::new(sql::read_tables(&sql));
         let found = inner
-            .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lookup::<Arc<[U]>>(&key, Some(&deps), mode == Mode::Full);
+            .store.lookup::<Arc<[U]>>(&key, Some(&deps), mode == Mode::Full);
         let flight = match found {
             Some(Lookup::Hit(rows)) => {
-                inner.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(rows);
             }
             Some(Lookup::Follow(flight)) => {
@@ -477,10 +466,7 @@ impl Cache {
             ))
         };
         let stored = inner
-            .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .finish(key, &lead.flight, offer);
+            .store.finish(key, &lead.flight, offer);
         match stored {
             Stored::Yes => {
                 inner.fills.fetch_add(1, Ordering::Relaxed);
@@ -549,10 +535,7 @@ impl Drop for Lead<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             self.cache
-                .store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .finish(key, &self.flight, None);
+                .store.finish(key, &self.flight, None);
         }
         self.flight.publish(None);
     }

@@ -99,47 +99,52 @@ pub(crate) enum Lookup<T> {
     Follow(Arc<Flight>),
 }
 
-/// Counters kept under the lock.
+/// Counters kept under the shards' locks, summed over the shards.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Held {
     pub(crate) bytes: u64,
     pub(crate) entries: u64,
     pub(crate) evictions: u64,
     pub(crate) invalidated: u64,
+    /// Reads answered by a shard (counted under its lock: no counter shared by every hit).
+    pub(crate) hits: u64,
 }
 
+/// Most shards a store is split into.
+const MAX_SHARDS: u64 = 16;
+
+/// The in-process store: entries split by key hash over up to 16 shards, each its own `lru`
+/// map behind its own lock (a hit locks one shard: readers of other keys do not wait), each
+/// bounded by an equal share of the bytes and entries. The per-table generations are shared.
+///
+/// Lock order: a shard, then the generations; an invalidation bumps the generations and
+/// releases them before it sweeps the shards. A fill that read the generations before a bump
+/// stored its entry under the shard's lock, so the sweep that follows the bump finds it.
 pub(crate) struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: lru::DefaultHasher,
+    gens: Mutex<Gens>,
+}
+
+struct Shard {
     lru: LruCache<Key, Entry>,
     max_bytes: u64,
     max_entries: usize,
     held: Held,
+    flights: HashMap<Key, Arc<Flight>>,
+}
+
+#[derive(Default)]
+struct Gens {
     /// Generation of each table named by a write since the cache was built.
     gens: HashMap<String, u64>,
     /// Bumped by every invalidation: what entries depending on [`Tables::All`] compare.
     version: u64,
     /// Bumped by invalidations of every table.
     epoch: u64,
-    flights: HashMap<Key, Arc<Flight>>,
 }
 
-impl Store {
-    pub(crate) fn new(max_bytes: u64, max_entries: usize) -> Self {
-        Store {
-            lru: LruCache::unbounded(),
-            max_bytes,
-            max_entries,
-            held: Held::default(),
-            gens: HashMap::new(),
-            version: 0,
-            epoch: 0,
-            flights: HashMap::new(),
-        }
-    }
-
-    pub(crate) fn held(&self) -> Held {
-        self.held
-    }
-
+impl Gens {
     fn snapshot(&self, deps: &Tables) -> Snapshot {
         let gens = match deps {
             Tables::All => vec![self.version],
@@ -153,31 +158,89 @@ impl Store {
             gens,
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store {
+    /// A store of at most `max_bytes` and `max_entries`, able to hold an entry of
+    /// `max_entry_bytes`: as many shards (a power of two, at most 16) as leave each shard room
+    /// for one such entry and one entry slot.
+    pub(crate) fn new(max_bytes: u64, max_entries: usize, max_entry_bytes: u64) -> Self {
+        let fit = (max_bytes / max_entry_bytes.max(1))
+            .min(max_entries as u64)
+            .clamp(1, MAX_SHARDS);
+        // The largest power of two not above `fit`.
+        let n = 1u64 << (63 - fit.leading_zeros());
+        let shards = (0..n)
+            .map(|_| {
+                Mutex::new(Shard {
+                    lru: LruCache::unbounded(),
+                    max_bytes: max_bytes / n,
+                    max_entries: usize::try_from(max_entries as u64 / n).unwrap_or(1).max(1),
+                    held: Held::default(),
+                    flights: HashMap::new(),
+                })
+            })
+            .collect();
+        Store {
+            shards,
+            hasher: lru::DefaultHasher::default(),
+            gens: Mutex::new(Gens::default()),
+        }
+    }
+
+    fn shard(&self, key: &Key) -> &Mutex<Shard> {
+        use std::hash::BuildHasher as _;
+        let h = self.hasher.hash_one(key);
+        // High bits: the map inside the shard indexes by the low ones.
+        let i = (h >> 32) as usize % self.shards.len();
+        &self.shards[i]
+    }
+
+    /// The counters summed over the shards.
+    pub(crate) fn held(&self) -> Held {
+        self.shards.iter().fold(Held::default(), |acc, s| {
+            let h = lock(s).held;
+            Held {
+                bytes: acc.bytes + h.bytes,
+                entries: acc.entries + h.entries,
+                evictions: acc.evictions + h.evictions,
+                invalidated: acc.invalidated + h.invalidated,
+                hits: acc.hits + h.hits,
+            }
+        })
+    }
 
     /// A cached result for `key`, or what to do instead. `fill`: whether the caller may fill
     /// (lead or follow a flight) with the tables it reads, `deps`; otherwise (or without
-    /// `deps`) a miss is `None`.
+    /// `deps`) a miss is `None`. A hit is counted in [`Held::hits`].
     pub(crate) fn lookup<T: Clone + 'static>(
-        &mut self,
+        &self,
         key: &Key,
         deps: Option<&Tables>,
         fill: bool,
     ) -> Option<Lookup<T>> {
+        let mut shard = lock(self.shard(key));
         let now = Instant::now();
         let mut expired = false;
-        if let Some(entry) = self.lru.get(key) {
+        if let Some(entry) = shard.lru.get(key) {
             if entry.expires.is_some_and(|at| at <= now) {
                 expired = true;
             } else if let Some(rows) = entry.rows.downcast_ref::<T>() {
-                return Some(Lookup::Hit(rows.clone()));
+                let rows = rows.clone();
+                shard.held.hits += 1;
+                return Some(Lookup::Hit(rows));
             }
         }
         if expired {
-            self.remove(key);
+            shard.remove(key);
         }
         let deps = deps.filter(|_| fill)?;
-        let snapshot = self.snapshot(deps);
-        if let Some(flight) = self.flights.get(key) {
+        let snapshot = lock(&self.gens).snapshot(deps);
+        if let Some(flight) = shard.flights.get(key) {
             if flight.snapshot == snapshot {
                 return Some(Lookup::Follow(Arc::clone(flight)));
             }
@@ -187,46 +250,45 @@ impl Store {
             result: Mutex::new(None),
             done: Condvar::new(),
         });
-        self.flights.insert(key.clone(), Arc::clone(&flight));
+        shard.flights.insert(key.clone(), Arc::clone(&flight));
         Some(Lookup::Lead(flight))
     }
 
     /// Ends `flight` for `key`; stores `rows` when given and the generations are still the
     /// ones the fill saw. Returns whether it was stored, or why not.
-    pub(crate) fn finish(
-        &mut self,
-        key: Key,
-        flight: &Arc<Flight>,
-        offer: Option<Offer>,
-    ) -> Stored {
-        if self
+    pub(crate) fn finish(&self, key: Key, flight: &Arc<Flight>, offer: Option<Offer>) -> Stored {
+        let mut shard = lock(self.shard(&key));
+        if shard
             .flights
             .get(&key)
             .is_some_and(|f| Arc::ptr_eq(f, flight))
         {
-            self.flights.remove(&key);
+            shard.flights.remove(&key);
         }
         let Some((rows, bytes, deps, expires)) = offer else {
             return Stored::No;
         };
-        if self.snapshot(&deps) != flight.snapshot {
+        // Read under the shard's lock: an invalidation after this read sweeps this shard only
+        // once the entry is in it.
+        if lock(&self.gens).snapshot(&deps) != flight.snapshot {
             return Stored::Raced;
         }
-        if bytes > self.max_bytes {
+        if bytes > shard.max_bytes {
             return Stored::TooLarge;
         }
-        self.remove(&key);
-        while self.held.bytes + bytes > self.max_bytes || self.lru.len() >= self.max_entries {
-            match self.lru.pop_lru() {
+        shard.remove(&key);
+        while shard.held.bytes + bytes > shard.max_bytes || shard.lru.len() >= shard.max_entries
+        {
+            match shard.lru.pop_lru() {
                 Some((_, old)) => {
-                    self.held.bytes -= old.bytes;
-                    self.held.evictions += 1;
+                    shard.held.bytes -= old.bytes;
+                    shard.held.evictions += 1;
                 }
                 None => break,
             }
         }
-        self.held.bytes += bytes;
-        self.lru.put(
+        shard.held.bytes += bytes;
+        shard.lru.put(
             key,
             Entry {
                 rows,
@@ -235,10 +297,30 @@ impl Store {
                 expires,
             },
         );
-        self.held.entries = self.lru.len() as u64;
+        shard.held.entries = shard.lru.len() as u64;
         Stored::Yes
     }
 
+    /// Committed writes: bumps the generations, then drops the entries that depend on them.
+    pub(crate) fn invalidate(&self, written: &Written) {
+        {
+            let mut gens = lock(&self.gens);
+            gens.version += 1;
+            if written.all {
+                gens.epoch += 1;
+            } else {
+                for t in &written.tables {
+                    *gens.gens.entry(t.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        for shard in self.shards.iter() {
+            lock(shard).invalidate(written);
+        }
+    }
+}
+
+impl Shard {
     fn remove(&mut self, key: &Key) {
         if let Some(old) = self.lru.pop(key) {
             self.held.bytes -= old.bytes;
@@ -246,19 +328,13 @@ impl Store {
         self.held.entries = self.lru.len() as u64;
     }
 
-    /// Committed writes: bumps the generations and drops the entries that depend on them.
-    pub(crate) fn invalidate(&mut self, written: &Written) {
-        self.version += 1;
+    fn invalidate(&mut self, written: &Written) {
         if written.all {
-            self.epoch += 1;
             self.held.invalidated += self.lru.len() as u64;
             self.lru.clear();
             self.held.bytes = 0;
             self.held.entries = 0;
             return;
-        }
-        for t in &written.tables {
-            *self.gens.entry(t.clone()).or_insert(0) += 1;
         }
         let stale: Vec<Key> = self
             .lru
@@ -290,4 +366,29 @@ pub(crate) enum Stored {
     Raced,
     /// Over the per-entry limit.
     TooLarge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_leave_room_for_the_largest_entry() {
+        let shards = |bytes, entries, entry| Store::new(bytes, entries, entry).shards.len();
+        assert_eq!(shards(64 << 20, 10_000, 4 << 20), 16);
+        assert_eq!(shards(64 << 20, 10_000, 16 << 20), 4);
+        assert_eq!(shards(6_000, 10_000, 2_000), 2);
+        assert_eq!(shards(6_000, 10_000, 6_000), 1);
+        assert_eq!(shards(1 << 30, 3, 1), 2, "and room for one entry each");
+        assert_eq!(shards(1 << 30, 10_000, 1), 16);
+        for (bytes, entries, entry) in [(64 << 20, 10_000, 4 << 20), (6_000, 7, 2_000), (1, 1, 1)] {
+            let store = Store::new(bytes, entries, entry);
+            let n = store.shards.len() as u64;
+            for shard in store.shards.iter() {
+                let shard = lock(shard);
+                assert!(shard.max_bytes >= entry && shard.max_bytes * n <= bytes);
+                assert!(shard.max_entries >= 1 && shard.max_entries as u64 * n <= entries as u64);
+            }
+        }
+    }
 }

@@ -144,7 +144,9 @@ pub fn fingerprint(sql: &str) -> String {
     out
 }
 
-#[derive(Default)]
+/// The SQL of statically identified statements, by query and backend type.
+type StaticSql = std::collections::HashMap<(TypeId, TypeId), Arc<str>, lru::DefaultHasher>;
+
 struct ThreadState {
     /// The budget of the query the executor is running on this thread, if any.
     budget: Cell<Option<BudgetSpec>>,
@@ -157,7 +159,7 @@ struct ThreadState {
     hint: RefCell<Option<(String, Vec<String>)>>,
     /// The SQL of statically identified statements (Diesel's `QueryId`), by query and backend
     /// type: rendered once per thread.
-    static_sql: RefCell<std::collections::HashMap<(TypeId, TypeId), Arc<str>>>,
+    static_sql: RefCell<Option<StaticSql>>,
     /// Where the executor entry point running on this thread was called from.
     site: Cell<Option<&'static Location<'static>>>,
     /// Depth of `crate::testing::allow_unbudgeted` scopes (strict mode lets their statements
@@ -165,8 +167,23 @@ struct ThreadState {
     allowed: RefCell<Vec<&'static str>>,
 }
 
+impl ThreadState {
+    /// Built at compile time: no lazy initialisation on each access.
+    const fn new() -> Self {
+        ThreadState {
+            budget: Cell::new(None),
+            internal: Cell::new(0),
+            recordings: RefCell::new(Vec::new()),
+            hint: RefCell::new(None),
+            static_sql: RefCell::new(None),
+            site: Cell::new(None),
+            allowed: RefCell::new(Vec::new()),
+        }
+    }
+}
+
 thread_local! {
-    static STATE: ThreadState = ThreadState::default();
+    static STATE: ThreadState = const { ThreadState::new() };
 }
 
 /// Marks the statements the executor runs for one budgeted query. Dropping it ends the scope.
@@ -272,11 +289,6 @@ pub(crate) fn push_recording() {
 
 pub(crate) fn pop_recording() -> Vec<Statement> {
     STATE.with(|s| s.recordings.borrow_mut().pop().unwrap_or_default())
-}
-
-/// Whether any recording is open on this thread (statements are only rendered then).
-fn recording() -> bool {
-    STATE.with(|s| s.recordings.try_borrow().is_ok_and(|r| !r.is_empty()))
 }
 
 fn with_recordings(f: impl Fn(&mut Vec<Statement>)) {
@@ -677,39 +689,40 @@ impl BudgetInstrumentation {
                         fingerprint(&sql)
                     );
                 }
-                if kind != StatementKind::Internal && recording() {
-                    let location = if kind == StatementKind::Budgeted {
-                        STATE.with(|s| s.site.get())
-                    } else {
-                        None
-                    };
-                    let hinted = if kind == StatementKind::Budgeted {
-                        STATE.with(|s| s.hint.try_borrow_mut().ok().and_then(|mut h| h.take()))
-                    } else {
-                        None
-                    };
-                    let (sql, binds) = hinted.unwrap_or_else(|| split_query(*query));
-                    let statement = Statement {
-                        id,
-                        sql,
-                        binds,
-                        kind,
-                        budget,
-                        rows: None,
-                        rows_delivered: None,
-                        bytes: None,
-                        elapsed: Duration::ZERO,
-                        failed: false,
-                        location,
-                    };
-                    // A copy for each outer recording, the statement itself for the innermost.
+                if kind != StatementKind::Internal {
+                    // One visit to the thread's state: nothing to do without a recording.
                     STATE.with(|s| {
-                        if let Ok(mut recs) = s.recordings.try_borrow_mut() {
-                            if let Some((innermost, outer)) = recs.split_last_mut() {
-                                outer.iter_mut().for_each(|rec| rec.push(statement.clone()));
-                                innermost.push(statement);
-                            }
-                        }
+                        let Ok(mut recs) = s.recordings.try_borrow_mut() else {
+                            return;
+                        };
+                        let Some((innermost, outer)) = recs.split_last_mut() else {
+                            return;
+                        };
+                        let budgeted = kind == StatementKind::Budgeted;
+                        let location = if budgeted { s.site.get() } else { None };
+                        let hinted = if budgeted {
+                            s.hint.try_borrow_mut().ok().and_then(|mut h| h.take())
+                        } else {
+                            None
+                        };
+                        let (sql, binds) = hinted.unwrap_or_else(|| split_query(*query));
+                        let statement = Statement {
+                            id,
+                            sql,
+                            binds,
+                            kind,
+                            budget,
+                            rows: None,
+                            rows_delivered: None,
+                            bytes: None,
+                            elapsed: Duration::ZERO,
+                            failed: false,
+                            location,
+                        };
+                        // A copy for each outer recording, the statement itself for the
+                        // innermost.
+                        outer.iter_mut().for_each(|rec| rec.push(statement.clone()));
+                        innermost.push(statement);
                     });
                 }
             }
@@ -821,40 +834,148 @@ where
     DB: crate::backend::BudgetBackend + 'static,
     Q: diesel::query_builder::QueryFragment<DB> + diesel::query_builder::QueryId,
 {
-    if !recording() {
-        return;
-    }
-    let render = || -> Option<String> {
-        let mut out = <DB::QueryBuilder as Default>::default();
-        query.to_sql(&mut out, &DB::default()).ok()?;
-        Some(diesel::query_builder::QueryBuilder::finish(out))
-    };
-    let sql = match Q::query_id() {
-        Some(id) => STATE.with(|s| {
-            let key = (id, TypeId::of::<DB>());
-            if let Some(sql) = s.static_sql.try_borrow().ok()?.get(&key) {
-                return Some(sql.to_string());
-            }
-            let sql = render()?;
-            if let Ok(mut cache) = s.static_sql.try_borrow_mut() {
-                cache.insert(key, Arc::from(sql.as_str()));
-            }
-            Some(sql)
-        }),
-        None => render(),
-    };
-    let Some(sql) = sql else { return };
-    let shown = diesel::debug_query::<DB, _>(&BindsOnly(query)).to_string();
-    let binds = shown
-        .strip_prefix(" -- binds: [")
-        .and_then(|l| l.strip_suffix(']'))
-        .map(split_list)
-        .unwrap_or_default();
+    // One visit to the thread's state.
     STATE.with(|s| {
+        if !s.recordings.try_borrow().is_ok_and(|r| !r.is_empty()) {
+            return;
+        }
+        let render = || -> Option<String> {
+            let mut out = <DB::QueryBuilder as Default>::default();
+            query.to_sql(&mut out, &DB::default()).ok()?;
+            Some(diesel::query_builder::QueryBuilder::finish(out))
+        };
+        let sql = match Q::query_id() {
+            Some(id) => {
+                let key = (id, TypeId::of::<DB>());
+                let cached = s
+                    .static_sql
+                    .try_borrow()
+                    .ok()
+                    .and_then(|cache| Some(cache.as_ref()?.get(&key)?.to_string()));
+                match cached {
+                    Some(sql) => Some(sql),
+                    None => render().inspect(|sql| {
+                        if let Ok(mut cache) = s.static_sql.try_borrow_mut() {
+                            cache
+                                .get_or_insert_with(StaticSql::default)
+                                .insert(key, Arc::from(sql.as_str()));
+                        }
+                    }),
+                }
+            }
+            None => render(),
+        };
+        let Some(sql) = sql else { return };
+        // Diesel writes ` -- binds: [b1, b2]` (the SQL part is empty): split as it is
+        // written, without the text in between.
+        let mut binds = BindSplitter::default();
+        if fmt::write(
+            &mut binds,
+            format_args!("{}", diesel::debug_query::<DB, _>(&BindsOnly(query))),
+        )
+        .is_err()
+        {
+            return;
+        }
         if let Ok(mut hint) = s.hint.try_borrow_mut() {
-            *hint = Some((sql, binds));
+            *hint = Some((sql, binds.finish()));
         }
     });
+}
+
+/// Receives Diesel's ` -- binds: [<b1>, <b2>]` and keeps each bind's `Debug` form: the list
+/// split at its top-level commas (as [`split_list`] does) while it is written.
+#[derive(Default)]
+struct BindSplitter {
+    items: Vec<String>,
+    current: String,
+    /// Inside the outer brackets.
+    open: bool,
+    /// Past them.
+    closed: bool,
+    depth: usize,
+    in_str: bool,
+    escaped: bool,
+}
+
+impl BindSplitter {
+    /// Adds `piece` to the bind being written (a value written in one piece, the usual case,
+    /// is copied once, at its size).
+    fn keep(&mut self, piece: &str) {
+        if piece.is_empty() {
+        } else if self.current.is_empty() {
+            self.current = piece.to_owned();
+        } else {
+            self.current.push_str(piece);
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if !self.current.is_empty() {
+            self.items.push(std::mem::take(&mut self.current));
+        }
+        self.items
+    }
+}
+
+impl fmt::Write for BindSplitter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        if self.closed {
+            return Ok(());
+        }
+        if !self.open {
+            // Everything up to the list's `[`.
+            match rest.find('[') {
+                Some(at) => {
+                    self.open = true;
+                    rest = &rest[at + 1..];
+                }
+                None => return Ok(()),
+            }
+        }
+        // Bytes, not chars: every delimiter is ASCII, so each cut is a char boundary.
+        let bytes = rest.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            if self.in_str {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_str = true,
+                b'[' | b'(' | b'{' => self.depth += 1,
+                b']' if self.depth == 0 => {
+                    // The end of the list.
+                    self.keep(&rest[start..i]);
+                    self.closed = true;
+                    return Ok(());
+                }
+                b']' | b')' | b'}' => self.depth = self.depth.saturating_sub(1),
+                b',' if self.depth == 0 => {
+                    self.keep(&rest[start..i]);
+                    let item = std::mem::take(&mut self.current);
+                    if self.items.capacity() == 0 {
+                        self.items.reserve_exact(4);
+                    }
+                    self.items.push(item);
+                    start = i + 1;
+                }
+                b' ' if self.depth == 0 && self.current.is_empty() && start == i => {
+                    // The space after a separating comma.
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        self.keep(&rest[start..]);
+        Ok(())
+    }
 }
 
 /// Drops a hint no statement took (the executor's statement failed before it started).
@@ -936,6 +1057,38 @@ mod tests {
         let joined = items.join(", ");
         assert_eq!(split_list(&joined), items);
         assert!(split_list("").is_empty());
+    }
+
+    #[test]
+    fn binds_split_while_written_as_the_list_splits() {
+        use std::fmt::Write as _;
+        let values = vec![
+            format!("{:?}", "a, \"b\"], c ) ("),
+            format!("{:?}", Some((1, [2, 3]))),
+            format!("{:?}", vec![1u8, 2]),
+            "-7".to_owned(),
+            format!("{:?}", " "),
+        ];
+        let text = format!(" -- binds: [{}]", values.join(", "));
+        assert_eq!(split_list(&text[12..text.len() - 1]), values);
+        let mut whole = BindSplitter::default();
+        whole.write_str(&text).expect("write");
+        assert_eq!(whole.finish(), values);
+        // Written in pieces of every size, as a formatter may.
+        for size in 1..8 {
+            let mut pieces = BindSplitter::default();
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(size) {
+                pieces
+                    .write_str(&piece.iter().collect::<String>())
+                    .expect("write");
+            }
+            pieces.write_str(" [after]").expect("write");
+            assert_eq!(pieces.finish(), values, "pieces of {size}");
+        }
+        let mut empty = BindSplitter::default();
+        empty.write_str(" -- binds: []").expect("write");
+        assert!(empty.finish().is_empty());
     }
 
     #[test]

@@ -303,17 +303,19 @@ where
             (None, Some(_)) => Some(std::time::Duration::ZERO),
             (None, None) => None,
         };
-        match per_statement {
-            None if spec.time.is_some() => conn.within_session_limit(|conn| {
-                query.run_limited(
-                    fetch,
-                    Reader::<C, T, M>::new(conn, spec, None, limit, empty_is_error, &mut seen),
-                )
-            }),
-            None => query.run_limited(
+        // The one place a reader is built; each branch below only chooses how the time limit
+        // wraps it.
+        let read = |conn: &mut C, fetch: Fetch, deadline: Option<Instant>| {
+            query.run_limited(
                 fetch,
-                Reader::<C, T, M>::new(conn, spec, None, limit, empty_is_error, &mut seen),
-            ),
+                Reader::<C, T, M>::new(conn, spec, deadline, limit, empty_is_error, &mut seen),
+            )
+        };
+        match per_statement {
+            None if spec.time.is_some() => {
+                conn.within_session_limit(|conn| read(conn, fetch, None))
+            }
+            None => read(conn, fetch, None),
             Some(time) => {
                 // SQLite: nothing on a server can cancel the statement, so the clock is read
                 // between rows.
@@ -323,19 +325,7 @@ where
                     None
                 };
                 fetch.timed = conn.time_sql(time)?;
-                conn.within_time_limit(time, |conn| {
-                    query.run_limited(
-                        fetch,
-                        Reader::<C, T, M>::new(
-                            conn,
-                            spec,
-                            deadline,
-                            limit,
-                            empty_is_error,
-                            &mut seen,
-                        ),
-                    )
-                })
+                conn.within_time_limit(time, |conn| read(conn, fetch, deadline))
             }
         }
     };

@@ -87,7 +87,7 @@ mod bulk_killed_tests {
                 <C as Killable>::kill(&mut killer, pid);
             }
         };
-        let err = write(&mut *victim, &mut kill).expect_err("the session was killed");
+        let err = write(&mut victim, &mut kill).expect_err("the session was killed");
         let Error::BulkInterrupted { checkpoint, source } = &err else {
             panic!("expected BulkInterrupted, got {err:?}");
         };
@@ -130,7 +130,7 @@ mod bulk_killed_tests {
         });
 
         let mut conn = tdb.conn();
-        let now = load(&mut *conn, first, end);
+        let now = load(&mut conn, first, end);
         let done = now.iter().filter(|i| i.name.ends_with("-renamed")).count();
         assert_eq!(done, 1_500, "rows updated by the killed run");
         assert!(now[..1_500].iter().all(|i| i.name.ends_with("-renamed")));
@@ -159,7 +159,7 @@ mod bulk_killed_tests {
                 id => renamed(id),
             })
             .collect();
-        let back = load(&mut *conn, base, end + OUTSIDE);
+        let back = load(&mut conn, base, end + OUTSIDE);
         let wrong: Vec<(&Item, &Item)> = back.iter().zip(&want).filter(|(b, w)| b != w).collect();
         assert_eq!(back.len(), want.len(), "rows lost");
         assert!(wrong.is_empty(), "{} rows wrong, first: {:?}", wrong.len(), wrong.first());
@@ -188,7 +188,7 @@ mod bulk_killed_tests {
         });
 
         let mut conn = tdb.conn();
-        let left = load(&mut *conn, first, end);
+        let left = load(&mut conn, first, end);
         assert_eq!(left.len(), 3_500, "rows deleted by the killed run");
         assert_eq!(left.first().map(|i| i.id), Some(first + 1_500));
 
@@ -198,7 +198,7 @@ mod bulk_killed_tests {
             .resume(checkpoint)
             .execute(&mut *conn)
             .expect("resume");
-        let back = load(&mut *conn, base, end + OUTSIDE);
+        let back = load(&mut conn, base, end + OUTSIDE);
         let want: Vec<Item> = (base..first).chain(end..end + OUTSIDE).map(Item::generate).collect();
         assert!(back == want, "{} rows left, want {}", back.len(), want.len());
         assert_eq!(

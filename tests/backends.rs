@@ -20,8 +20,9 @@
 //! 49, 91-97 (walks), 13-19 and 68-69 (time budgets: `timeout.rs`), 89 and 98 (shared cache
 //! tiers, `cache_shared.rs`: Redis and Memcached, only with both features), 38 (tests/cli.rs:
 //! the tables of `diesel-budget explain`), 26-28 (bulk: 64 columns, killed between chunks,
-//! command-line read-back), 29 (the fault suite's shared-tier case); reserved: 32-37, 39 (CI
-//! budgets), 54-59, 87-88 (cache), 61-67 (pages), 71-79 (bulk). Free: 99.
+//! command-line read-back), 39 and 99 (bulk update and delete killed between chunks), 29 (the
+//! fault suite's shared-tier case); reserved: 32-37 (CI budgets), 54-59, 87-88 (cache), 61-67
+//! (pages), 71-79 (bulk). Free: none.
 
 mod common;
 

@@ -11,7 +11,8 @@ use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::{Column, QueryResult, Table};
 
 use super::returning::BulkReturning;
-use super::{BulkConnection, Checkpoint, NoProgress, OnProgress, Progress, Report, Tally};
+use super::{BulkConnection, Checkpoint, ChunkMode, Limits, NoProgress, OnProgress, Progress};
+use super::{Report, Tally};
 use crate::budget::Budget;
 use crate::error::{Error, Result};
 use crate::exec::{sealed as access, ConnectionOf, Executor};
@@ -54,10 +55,7 @@ where
     BulkDelete {
         table,
         keys: keys.into_iter(),
-        atomic: true,
-        chunk_rows: None,
-        progress: NoProgress,
-        resume: Checkpoint::default(),
+        mode: ChunkMode::new(),
         _key: PhantomData,
     }
 }
@@ -69,17 +67,14 @@ where
 pub struct BulkDelete<T, Col, I, P = NoProgress> {
     table: T,
     keys: I,
-    atomic: bool,
-    chunk_rows: Option<NonZeroUsize>,
-    progress: P,
-    resume: Checkpoint,
+    mode: ChunkMode<P>,
     _key: PhantomData<fn() -> Col>,
 }
 
 impl<T, Col, I, P> BulkDelete<T, Col, I, P> {
     /// All or nothing (the default), as [`BulkInsert::atomic`](super::BulkInsert::atomic).
     pub fn atomic(mut self) -> Self {
-        self.atomic = true;
+        self.mode = self.mode.atomic(true);
         self
     }
 
@@ -87,14 +82,14 @@ impl<T, Col, I, P> BulkDelete<T, Col, I, P> {
     /// [`BulkInsert::per_chunk`](super::BulkInsert::per_chunk); a failure is
     /// [`Error::BulkInterrupted`] whose [`Checkpoint`] counts the keys done.
     pub fn per_chunk(mut self) -> Self {
-        self.atomic = false;
+        self.mode = self.mode.atomic(false);
         self
     }
 
     /// Continues an interrupted [`per_chunk`](Self::per_chunk) delete: `checkpoint.rows_done`
     /// keys of the input are skipped (same input, same order). Default: from the first key.
     pub fn resume(mut self, checkpoint: Checkpoint) -> Self {
-        self.resume = checkpoint;
+        self.mode = self.mode.resume(checkpoint);
         self
     }
 
@@ -102,7 +97,7 @@ impl<T, Col, I, P> BulkDelete<T, Col, I, P> {
     /// limit elsewhere. More than the bind limit is [`Error::InvalidArgument`] before
     /// anything is deleted.
     pub fn chunk_rows(mut self, keys: NonZeroUsize) -> Self {
-        self.chunk_rows = Some(keys);
+        self.mode = self.mode.chunk_rows(keys);
         self
     }
 
@@ -111,10 +106,7 @@ impl<T, Col, I, P> BulkDelete<T, Col, I, P> {
         BulkDelete {
             table: self.table,
             keys: self.keys,
-            atomic: self.atomic,
-            chunk_rows: self.chunk_rows,
-            progress: callback,
-            resume: self.resume,
+            mode: self.mode.on_progress(callback),
             _key: PhantomData,
         }
     }
@@ -154,7 +146,7 @@ impl<T, Col, I, P> BulkDelete<T, Col, I, P> {
     /// # Ok(()) }
     /// ```
     pub fn returning<S>(mut self, returning: S, budget: Budget) -> BulkReturning<Self, S> {
-        self.atomic = true;
+        self.mode = self.mode.atomic(true);
         BulkReturning::new(self, returning, budget.spec())
     }
 }
@@ -163,9 +155,10 @@ impl<T, Col, I, P> BulkDelete<T, Col, I, P> {
 /// chunk of keys is written on this backend. Sealed; the bound of [`BulkDelete::execute`].
 pub trait BulkKeys<T: Table, Col, K>: BulkConnection {
     /// Keys one statement may hold (`None`: one array bind, no limit) and bytes their binds
-    /// may take (`None`: unbounded); the default keys a chunk.
+    /// may take (`None`: unbounded) under the connection's `limits` (read once per bulk
+    /// call); the default keys a chunk.
     #[doc(hidden)]
-    fn key_plan(&mut self) -> QueryResult<(Option<usize>, Option<usize>, usize)>;
+    fn key_plan(limits: Limits) -> (Option<usize>, Option<usize>, usize);
 
     /// Bytes `key` takes on the wire where the server bounds a statement's size; else 0.
     #[doc(hidden)]
@@ -228,26 +221,20 @@ where
         let BulkDelete {
             table,
             mut keys,
-            atomic,
-            chunk_rows,
-            progress,
-            resume,
+            mode,
             ..
         } = self;
-        if resume.rows_done > 0 {
-            let skip = usize::try_from(resume.rows_done).map_err(|_| Error::InvalidArgument {
-                name: "checkpoint",
-                reason: "more keys than this platform can count".into(),
-            })?;
-            keys.nth(skip - 1);
-        }
-        let total = match keys.size_hint() {
-            (lo, Some(hi)) if lo == hi => Some(resume.rows_done + lo as u64),
-            _ => None,
-        };
+        let total = mode.skip_done(&mut keys, "keys")?;
+        let ChunkMode {
+            atomic,
+            chunk_rows,
+            resume,
+            progress,
+        } = mode;
         let mut tally = Tally::new(atomic, resume, total, progress);
         let mut body = |conn: &mut C| -> Result<()> {
-            let (bind_limit, byte_limit, default) = conn.key_plan().map_err(Error::from)?;
+            let limits = conn.limits().map_err(Error::from)?;
+            let (bind_limit, byte_limit, default) = C::key_plan(limits);
             // One bind is kept for the LIMIT of a budgeted `RETURNING` (MariaDB).
             let bind_limit = bind_limit.map(|l| l.saturating_sub(1).max(1));
             let max = match (chunk_rows, bind_limit) {

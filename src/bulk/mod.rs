@@ -84,7 +84,7 @@ mod update;
 pub use delete::{delete, BulkDelete, BulkKeys};
 pub use returning::BulkReturning;
 #[doc(hidden)]
-pub use sql::{ReturningStyle, RowShape, UpdateStyle};
+pub use sql::{ChunkStatements, ReturningStyle, RowShape, UpdateStyle};
 pub use update::{update, BulkUpdate};
 
 /// Starts a bulk insert of `rows` (a slice, a `Vec`, or any iterator of `Insertable<table>`)
@@ -97,15 +97,12 @@ where
     BulkInsert {
         table,
         rows: rows.into_iter(),
-        atomic: true,
-        chunk_rows: None,
+        mode: ChunkMode::new(),
         insert_only: false,
         staging: None,
         op: Op::Insert,
         conflict: None,
         key_of: NoKey,
-        progress: NoProgress,
-        resume: Checkpoint::default(),
     }
 }
 
@@ -116,15 +113,82 @@ where
 pub struct BulkInsert<T, I, K = NoKey, P = NoProgress> {
     table: T,
     rows: I,
-    atomic: bool,
-    chunk_rows: Option<NonZeroUsize>,
+    mode: ChunkMode<P>,
     insert_only: bool,
     staging: Option<bool>,
     op: Op,
     conflict: Option<Conflict>,
     key_of: K,
-    progress: P,
-    resume: Checkpoint,
+}
+
+/// The settings every bulk builder shares ([`BulkInsert`], [`BulkUpdate`], [`BulkDelete`]):
+/// transaction mode, resume point, chunk size and progress callback. Their public setters
+/// delegate here.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkMode<P> {
+    /// One transaction for everything (`atomic`) or one per chunk (`per_chunk`).
+    pub(crate) atomic: bool,
+    /// The chunk size asked for; `None`: the backend's default.
+    pub(crate) chunk_rows: Option<NonZeroUsize>,
+    /// Where a resumed write starts.
+    pub(crate) resume: Checkpoint,
+    /// Called after each chunk.
+    pub(crate) progress: P,
+}
+
+impl ChunkMode<NoProgress> {
+    /// The defaults: atomic, the backend's chunk size, from the first row, no callback.
+    pub(crate) fn new() -> Self {
+        ChunkMode {
+            atomic: true,
+            chunk_rows: None,
+            resume: Checkpoint::default(),
+            progress: NoProgress,
+        }
+    }
+}
+
+impl<P> ChunkMode<P> {
+    pub(crate) fn atomic(self, atomic: bool) -> Self {
+        ChunkMode { atomic, ..self }
+    }
+
+    pub(crate) fn resume(self, resume: Checkpoint) -> Self {
+        ChunkMode { resume, ..self }
+    }
+
+    pub(crate) fn chunk_rows(self, rows: NonZeroUsize) -> Self {
+        ChunkMode {
+            chunk_rows: Some(rows),
+            ..self
+        }
+    }
+
+    pub(crate) fn on_progress<F>(self, progress: F) -> ChunkMode<F> {
+        ChunkMode {
+            atomic: self.atomic,
+            chunk_rows: self.chunk_rows,
+            resume: self.resume,
+            progress,
+        }
+    }
+
+    /// Skips the input a resumed write has done (`what`: "rows" or "keys", for the error) and
+    /// returns the length of the whole input, when the iterator knows it exactly.
+    pub(crate) fn skip_done<I: Iterator>(&self, input: &mut I, what: &str) -> Result<Option<u64>> {
+        if self.resume.rows_done > 0 {
+            let skip =
+                usize::try_from(self.resume.rows_done).map_err(|_| Error::InvalidArgument {
+                    name: "checkpoint",
+                    reason: format!("more {what} than this platform can count"),
+                })?;
+            input.nth(skip - 1);
+        }
+        Ok(match input.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(self.resume.rows_done + lo as u64),
+            _ => None,
+        })
+    }
 }
 
 /// What a chunk of rows does: insert (or upsert) them, or update the rows of their keys.
@@ -251,7 +315,7 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// All or nothing (the default): every chunk in one transaction, or in a savepoint when a
     /// transaction is already open. A failure rolls everything back and returns the error.
     pub fn atomic(mut self) -> Self {
-        self.atomic = true;
+        self.mode = self.mode.atomic(true);
         self
     }
 
@@ -259,7 +323,7 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// next is sent. A failure returns [`Error::BulkInterrupted`] carrying the
     /// [`Checkpoint`] of what was committed. Default: [`atomic`](Self::atomic).
     pub fn per_chunk(mut self) -> Self {
-        self.atomic = false;
+        self.mode = self.mode.atomic(false);
         self
     }
 
@@ -267,7 +331,7 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// rows of the input are skipped (the input must be the same, in the same order). Default:
     /// start from the first row.
     pub fn resume(mut self, checkpoint: Checkpoint) -> Self {
-        self.resume = checkpoint;
+        self.mode = self.mode.resume(checkpoint);
         self
     }
 
@@ -277,7 +341,7 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// rows that take more binds than the first one end a chunk early rather than pass the
     /// limit.
     pub fn chunk_rows(mut self, rows: NonZeroUsize) -> Self {
-        self.chunk_rows = Some(rows);
+        self.mode = self.mode.chunk_rows(rows);
         self
     }
 
@@ -361,7 +425,7 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// ```
     pub fn returning<S>(mut self, returning: S, budget: Budget) -> BulkReturning<Self, S> {
         self.op = Op::InsertReturning;
-        self.atomic = true;
+        self.mode = self.mode.atomic(true);
         BulkReturning::new(self, returning, budget.spec())
     }
 
@@ -370,15 +434,12 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
         BulkInsert {
             table: self.table,
             rows: self.rows,
-            atomic: self.atomic,
-            chunk_rows: self.chunk_rows,
+            mode: self.mode.on_progress(callback),
             insert_only: self.insert_only,
             staging: self.staging,
             op: self.op,
             conflict: self.conflict,
             key_of: self.key_of,
-            progress: callback,
-            resume: self.resume,
         }
     }
 
@@ -423,15 +484,12 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
         BulkInsert {
             table: self.table,
             rows: self.rows,
-            atomic: self.atomic,
-            chunk_rows: self.chunk_rows,
+            mode: self.mode,
             insert_only: self.insert_only,
             staging: self.staging,
             op: self.op,
             conflict: Some(conflict),
             key_of,
-            progress: self.progress,
-            resume: self.resume,
         }
     }
 }
@@ -483,27 +541,20 @@ where
         let BulkInsert {
             table,
             mut rows,
-            atomic,
-            chunk_rows,
+            mode,
             insert_only,
             staging,
             op,
             conflict,
             key_of,
-            progress,
-            resume,
         } = self;
-        if resume.rows_done > 0 {
-            let skip = usize::try_from(resume.rows_done).map_err(|_| Error::InvalidArgument {
-                name: "checkpoint",
-                reason: "more rows than this platform can count".into(),
-            })?;
-            rows.nth(skip - 1);
-        }
-        let total = match rows.size_hint() {
-            (lo, Some(hi)) if lo == hi => Some(resume.rows_done + lo as u64),
-            _ => None,
-        };
+        let total = mode.skip_done(&mut rows, "rows")?;
+        let ChunkMode {
+            atomic,
+            chunk_rows,
+            resume,
+            progress,
+        } = mode;
         let want = Want {
             op,
             copy: !insert_only && op == Op::Insert,
@@ -518,7 +569,7 @@ where
             conflict,
             key_of,
             tally: Tally::new(atomic, resume, total, progress),
-            checked: false,
+            limits: None,
         };
         if atomic {
             conn.transaction::<_, Error, _>(|conn| run.all(conn, rows, &mut write))?;
@@ -677,8 +728,8 @@ struct Run<T, K, P> {
     conflict: Option<Conflict>,
     key_of: K,
     tally: Tally<P>,
-    /// The requested chunk size was checked against the first row.
-    checked: bool,
+    /// The backend's limits, read from the connection once, when the first row is planned.
+    limits: Option<Limits>,
 }
 
 impl<T, K, P> Run<T, K, P>
@@ -723,10 +774,15 @@ where
                 plan = None;
             }
             if plan.is_none() {
-                let p = conn
-                    .plan(self.table, &shape, self.want)
-                    .map_err(Error::from)?;
-                self.check_chunk_rows(&p, &shape)?;
+                let (limits, first) = match self.limits {
+                    Some(limits) => (limits, false),
+                    None => (conn.limits().map_err(Error::from)?, true),
+                };
+                self.limits = Some(limits);
+                let p = C::plan(self.table, &shape, self.want, limits).map_err(Error::from)?;
+                if first {
+                    self.check_chunk_rows(&p, &shape)?;
+                }
                 plan = Some(p);
             }
             binds += shape.binds;
@@ -741,11 +797,7 @@ where
     }
 
     /// A requested chunk size must fit the bind limit with the first row's binds.
-    fn check_chunk_rows(&mut self, plan: &Plan, shape: &sql::RowShape) -> Result<()> {
-        if self.checked {
-            return Ok(());
-        }
-        self.checked = true;
+    fn check_chunk_rows(&self, plan: &Plan, shape: &sql::RowShape) -> Result<()> {
         if let (Some(rows), Some(limit)) = (self.chunk_rows, plan.bind_limit) {
             if rows.get().saturating_mul(shape.binds) > limit {
                 return Err(Error::InvalidArgument {
@@ -901,6 +953,16 @@ pub trait BulkConnection: BudgetConnection + sealed::Sealed {
     #[doc(hidden)]
     fn bind_limit(&mut self) -> QueryResult<usize>;
 
+    /// What bounds one statement on this connection: read once per bulk call (SQLite probes
+    /// its bind limit, MySQL reads `max_allowed_packet`), before the first chunk is planned.
+    #[doc(hidden)]
+    fn limits(&mut self) -> QueryResult<Limits> {
+        Ok(Limits {
+            binds: self.bind_limit()?,
+            bytes: None,
+        })
+    }
+
     /// Appends the upsert clause for `conflict` (`columns`: the inserted columns).
     #[doc(hidden)]
     fn push_conflict_clause<'b>(
@@ -913,16 +975,18 @@ pub trait BulkConnection: BudgetConnection + sealed::Sealed {
 /// A connection that can bulk-write rows of values `V` into table `T`: how a chunk is planned
 /// and written on this backend. Sealed; you never implement it, it is the bound of
 /// [`BulkInsert::execute`].
-pub trait BulkWrite<T: Table, V>: BulkConnection {
+pub trait BulkWrite<T: Table, V>: BulkConnection + sql::ChunkStatements<T, V> {
     /// The columns and binds of one row.
     #[doc(hidden)]
     fn row_shape(row: &ValuesClause<V, T>) -> QueryResult<sql::RowShape>;
 
-    /// How a chunk starting with a row of `shape` is written.
+    /// How a chunk starting with a row of `shape` is written, under the connection's
+    /// `limits` (read once per bulk call). Sends nothing.
     #[doc(hidden)]
-    fn plan(&mut self, table: T, shape: &sql::RowShape, want: Want) -> QueryResult<Plan>;
+    fn plan(table: T, shape: &sql::RowShape, want: Want, limits: Limits) -> QueryResult<Plan>;
 
-    /// Writes one chunk; returns the rows affected.
+    /// Writes one chunk; returns the rows affected. Default: one multi-row `INSERT` with the
+    /// backend's conflict clause.
     #[doc(hidden)]
     fn write_chunk(
         &mut self,
@@ -930,19 +994,26 @@ pub trait BulkWrite<T: Table, V>: BulkConnection {
         rows: &[ValuesClause<V, T>],
         plan: &Plan,
         conflict: ConflictOf<'_>,
-    ) -> QueryResult<usize>;
+    ) -> QueryResult<usize> {
+        let _ = plan;
+        self.insert_rows(table, rows, conflict)
+    }
 
     /// Updates the rows whose `key` matches a row of the chunk to the chunk's values; returns
-    /// the rows matched.
+    /// the rows matched. Default: one statement in the backend's
+    /// [`UPDATE_STYLE`](BulkConnection::UPDATE_STYLE).
     #[doc(hidden)]
     fn update_chunk(
         &mut self,
         table: T,
         key: &'static str,
         rows: &[ValuesClause<V, T>],
-    ) -> QueryResult<usize>;
+    ) -> QueryResult<usize> {
+        self.update_rows(table, key, rows)
+    }
 
-    /// Inserts one chunk and loads `returning` of each row written.
+    /// Inserts one chunk and loads `returning` of each row written. Default: one multi-row
+    /// `INSERT .. RETURNING`.
     #[doc(hidden)]
     fn insert_returning<S, U>(
         &mut self,
@@ -954,16 +1025,30 @@ pub trait BulkWrite<T: Table, V>: BulkConnection {
     where
         S: Expression + QueryFragment<Self::Backend>,
         Self::Backend: QueryMetadata<S::SqlType>,
-        U: FromSqlRow<S::SqlType, Self::Backend> + 'static;
+        U: FromSqlRow<S::SqlType, Self::Backend> + 'static,
+    {
+        self.insert_rows_returning(table, rows, conflict, returning)
+    }
 }
 
-/// The default plan of a multi-row statement under `limit` binds (and `bytes` bytes of binds,
-/// where the server's packet bounds it).
-pub(crate) fn insert_plan(limit: usize, bytes: Option<usize>, shape: &sql::RowShape) -> Plan {
+/// What bounds one statement on a connection (doc-hidden: part of the sealed
+/// [`BulkConnection`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bind parameters one statement may hold.
+    pub binds: usize,
+    /// Bytes one statement's binds may take ([`RowShape::bytes`](sql::RowShape::bytes));
+    /// `None`: unbounded (MySQL's `max_allowed_packet` bounds it).
+    pub bytes: Option<usize>,
+}
+
+/// The default plan of a multi-row statement under `limits`.
+pub(crate) fn insert_plan(limits: Limits, shape: &sql::RowShape) -> Plan {
     Plan {
-        bind_limit: Some(limit),
-        byte_limit: bytes,
-        default_rows: (limit / shape.binds.max(1)).max(1),
+        bind_limit: Some(limits.binds),
+        byte_limit: limits.bytes,
+        default_rows: (limits.binds / shape.binds.max(1)).max(1),
         copy: false,
         staging: false,
     }

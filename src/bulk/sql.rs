@@ -134,7 +134,7 @@ where
 }
 
 /// Runs one chunk as a multi-row INSERT; returns the rows the database reports as affected.
-pub(crate) fn insert_chunk<C, T, V>(
+fn insert_chunk<C, T, V>(
     conn: &mut C,
     table: T,
     rows: &[ValuesClause<V, T>],
@@ -153,6 +153,86 @@ where
         _conn: PhantomData,
     };
     conn.execute_returning_count(&node)
+}
+
+/// The chunk statements every backend builds the same way: a multi-row `INSERT` (with the
+/// backend's conflict clause), an update joined to the chunk's rows, an `INSERT .. RETURNING`.
+/// Blanket-implemented for every [`BulkConnection`] that can render them for table `T` and
+/// values `V`; the bound that lets [`BulkWrite`](super::BulkWrite)'s default methods build
+/// them (doc-hidden: part of the sealed `BulkWrite`).
+pub trait ChunkStatements<T: Table, V>: BulkConnection {
+    /// Runs one chunk as a multi-row `INSERT`; returns the rows affected.
+    #[doc(hidden)]
+    fn insert_rows(
+        &mut self,
+        table: T,
+        rows: &[ValuesClause<V, T>],
+        conflict: Option<(&Conflict, &[String])>,
+    ) -> QueryResult<usize>;
+
+    /// Runs one chunk of a bulk update; returns the rows matched.
+    #[doc(hidden)]
+    fn update_rows(
+        &mut self,
+        table: T,
+        key: &'static str,
+        rows: &[ValuesClause<V, T>],
+    ) -> QueryResult<usize>;
+
+    /// Inserts one chunk and loads `returning` of each row written.
+    #[doc(hidden)]
+    fn insert_rows_returning<S, U>(
+        &mut self,
+        table: T,
+        rows: &[ValuesClause<V, T>],
+        conflict: Option<(&Conflict, &[String])>,
+        returning: &S,
+    ) -> QueryResult<Vec<U>>
+    where
+        S: Expression + QueryFragment<Self::Backend>,
+        Self::Backend: QueryMetadata<S::SqlType>,
+        U: FromSqlRow<S::SqlType, Self::Backend> + 'static;
+}
+
+impl<C, T, V> ChunkStatements<T, V> for C
+where
+    C: BulkConnection,
+    T: Table,
+    T::FromClause: QueryFragment<C::Backend>,
+    V: InsertValues<C::Backend, T>,
+{
+    fn insert_rows(
+        &mut self,
+        table: T,
+        rows: &[ValuesClause<V, T>],
+        conflict: Option<(&Conflict, &[String])>,
+    ) -> QueryResult<usize> {
+        insert_chunk(self, table, rows, conflict)
+    }
+
+    fn update_rows(
+        &mut self,
+        table: T,
+        key: &'static str,
+        rows: &[ValuesClause<V, T>],
+    ) -> QueryResult<usize> {
+        update_chunk(self, table, key, rows)
+    }
+
+    fn insert_rows_returning<S, U>(
+        &mut self,
+        table: T,
+        rows: &[ValuesClause<V, T>],
+        conflict: Option<(&Conflict, &[String])>,
+        returning: &S,
+    ) -> QueryResult<Vec<U>>
+    where
+        S: Expression + QueryFragment<C::Backend>,
+        C::Backend: QueryMetadata<S::SqlType>,
+        U: FromSqlRow<S::SqlType, C::Backend> + 'static,
+    {
+        insert_returning(self, table, rows, conflict, returning)
+    }
 }
 
 /// How a backend writes an update of many rows by key in one statement (doc-hidden: part of
@@ -323,7 +403,7 @@ where
 }
 
 /// Runs one chunk of a bulk update; returns the rows matched.
-pub(crate) fn update_chunk<C, T, V>(
+fn update_chunk<C, T, V>(
     conn: &mut C,
     table: T,
     key: &'static str,
@@ -446,8 +526,7 @@ where
 }
 
 /// Inserts one chunk (with its conflict clause) and loads `returning` of each row written.
-#[allow(dead_code)] // unused by the backends without a readable `INSERT .. RETURNING`
-pub(crate) fn insert_returning<C, T, V, S, U>(
+fn insert_returning<C, T, V, S, U>(
     conn: &mut C,
     table: T,
     rows: &[ValuesClause<V, T>],

@@ -14,12 +14,11 @@ use diesel::sql_types::{BigInt, HasSqlType, Unsigned};
 use diesel::{Column, QueryResult, RunQueryDsl as _, Table};
 
 use crate::bulk::sql::{
-    delete_keys, delete_returning, insert_chunk, push_in_list, row_shape, update_chunk,
-    ReturningStyle, RowShape, UpdateStyle,
+    delete_keys, delete_returning, push_in_list, row_shape, ReturningStyle, RowShape, UpdateStyle,
 };
 use crate::bulk::{
-    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Plan,
-    Want,
+    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf,
+    Limits, Plan, Want,
 };
 
 /// Placeholders a prepared statement may hold (the protocol's 16-bit count).
@@ -41,6 +40,15 @@ impl BulkConnection for MysqlConnection {
 
     fn bind_limit(&mut self) -> QueryResult<usize> {
         Ok(BIND_LIMIT)
+    }
+
+    /// The bind limit and the bytes `max_allowed_packet` leaves for binds, read from the
+    /// server once per bulk call (a global setting that can change between calls).
+    fn limits(&mut self) -> QueryResult<Limits> {
+        Ok(Limits {
+            binds: BIND_LIMIT,
+            bytes: Some(packet_bytes(self)?),
+        })
     }
 
     /// `ON DUPLICATE KEY UPDATE c = VALUES(c), ..` for every inserted column but the key (any
@@ -74,8 +82,9 @@ impl BulkConnection for MysqlConnection {
     }
 }
 
-/// The bytes one statement's binds may take: the server's `max_allowed_packet` (read at each
-/// plan: it is a global setting that can change) less a margin for the rest of the packet.
+/// The bytes one statement's binds may take: the server's `max_allowed_packet` (read once per
+/// bulk call: it is a global setting that can change) less a margin for the rest of the
+/// packet.
 fn packet_bytes(conn: &mut MysqlConnection) -> QueryResult<usize> {
     let packet: u64 = internal(|| {
         diesel::select(diesel::dsl::sql::<Unsigned<BigInt>>("@@max_allowed_packet"))
@@ -108,27 +117,8 @@ where
         Ok(shape)
     }
 
-    fn plan(&mut self, _: T, shape: &RowShape, _: Want) -> QueryResult<Plan> {
-        Ok(insert_plan(BIND_LIMIT, Some(packet_bytes(self)?), shape))
-    }
-
-    fn write_chunk(
-        &mut self,
-        table: T,
-        rows: &[ValuesClause<V, T>],
-        _: &Plan,
-        conflict: ConflictOf<'_>,
-    ) -> QueryResult<usize> {
-        insert_chunk(self, table, rows, conflict)
-    }
-
-    fn update_chunk(
-        &mut self,
-        table: T,
-        key: &'static str,
-        rows: &[ValuesClause<V, T>],
-    ) -> QueryResult<usize> {
-        update_chunk(self, table, key, rows)
+    fn plan(_: T, shape: &RowShape, _: Want, limits: Limits) -> QueryResult<Plan> {
+        Ok(insert_plan(limits, shape))
     }
 
     fn insert_returning<S, U>(
@@ -163,8 +153,8 @@ where
     Mysql: HasSqlType<Col::SqlType>,
     K: ToSql<Col::SqlType, Mysql>,
 {
-    fn key_plan(&mut self) -> QueryResult<(Option<usize>, Option<usize>, usize)> {
-        Ok((Some(BIND_LIMIT), Some(packet_bytes(self)?), BIND_LIMIT))
+    fn key_plan(limits: Limits) -> (Option<usize>, Option<usize>, usize) {
+        (Some(limits.binds), limits.bytes, limits.binds)
     }
 
     fn key_bytes(key: &K) -> QueryResult<usize> {

@@ -18,11 +18,12 @@ use diesel::{Column, Connection as _, ExecuteCopyFromDsl as _, QueryResult, Tabl
 
 use crate::backend::BudgetConnection;
 use crate::bulk::sql::{
-    column_names, delete_keys, delete_returning, insert_chunk, insert_returning, row_shape,
-    update_chunk, ReturningStyle, RowShape, UpdateStyle,
+    column_names, delete_keys, delete_returning, row_shape, ChunkStatements as _, ReturningStyle,
+    RowShape, UpdateStyle,
 };
 use crate::bulk::{
-    insert_plan, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Op, Plan, Want,
+    insert_plan, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Limits, Op,
+    Plan, Want,
 };
 
 /// Bind parameters a statement may hold (the protocol's 16-bit count).
@@ -83,7 +84,7 @@ where
     /// `COPY` when allowed and the row sets every column of the table, in the table's order,
     /// each with a bound value (no `DEFAULT`): then the binary rows line up with `COPY t`. An
     /// upsert of such rows goes through the staging table unless told otherwise.
-    fn plan(&mut self, _: T, shape: &RowShape, want: Want) -> QueryResult<Plan> {
+    fn plan(_: T, shape: &RowShape, want: Want, limits: Limits) -> QueryResult<Plan> {
         let copyable = want.op == Op::Insert && want.copy;
         let large = want.rows_hint.is_none_or(|rows| rows >= STAGING_MIN_ROWS);
         let staging = want.upsert && want.staging.unwrap_or(large);
@@ -105,7 +106,7 @@ where
                 });
             }
         }
-        Ok(insert_plan(BIND_LIMIT, None, shape))
+        Ok(insert_plan(limits, shape))
     }
 
     fn write_chunk(
@@ -116,7 +117,7 @@ where
         conflict: ConflictOf<'_>,
     ) -> QueryResult<usize> {
         if !plan.copy {
-            return insert_chunk(self, table, rows, conflict);
+            return self.insert_rows(table, rows, conflict);
         }
         let data = copy_data(self, rows)?;
         let write = move |out: &mut dyn Write| {
@@ -148,30 +149,6 @@ where
         })?;
         Ok(affected)
     }
-
-    fn update_chunk(
-        &mut self,
-        table: T,
-        key: &'static str,
-        rows: &[ValuesClause<V, T>],
-    ) -> QueryResult<usize> {
-        update_chunk(self, table, key, rows)
-    }
-
-    fn insert_returning<S, U>(
-        &mut self,
-        table: T,
-        rows: &[ValuesClause<V, T>],
-        conflict: ConflictOf<'_>,
-        returning: &S,
-    ) -> QueryResult<Vec<U>>
-    where
-        S: Expression + QueryFragment<Pg>,
-        Pg: QueryMetadata<S::SqlType>,
-        U: FromSqlRow<S::SqlType, Pg> + 'static,
-    {
-        insert_returning(self, table, rows, conflict, returning)
-    }
 }
 
 impl<T, Col, K> BulkKeys<T, Col, K> for PgConnection
@@ -183,8 +160,8 @@ where
     Pg: HasSqlType<Col::SqlType>,
     K: ToSql<Col::SqlType, Pg>,
 {
-    fn key_plan(&mut self) -> QueryResult<(Option<usize>, Option<usize>, usize)> {
-        Ok((None, None, DELETE_KEYS))
+    fn key_plan(_: Limits) -> (Option<usize>, Option<usize>, usize) {
+        (None, None, DELETE_KEYS)
     }
 
     fn key_bytes(_: &K) -> QueryResult<usize> {

@@ -13,11 +13,10 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{Column, QueryResult, Table};
 
 use crate::bulk::sql::{
-    delete_keys, delete_returning, insert_chunk, insert_returning, push_in_list, row_shape,
-    update_chunk, ReturningStyle, RowShape, UpdateStyle,
+    delete_keys, delete_returning, push_in_list, row_shape, ReturningStyle, RowShape, UpdateStyle,
 };
 use crate::bulk::{
-    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Plan,
+    insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, Limits, Plan,
     Want,
 };
 
@@ -65,42 +64,8 @@ where
         row_shape::<Self, T, V>(row)
     }
 
-    fn plan(&mut self, _: T, shape: &RowShape, _: Want) -> QueryResult<Plan> {
-        Ok(insert_plan(self.bind_limit()?, None, shape))
-    }
-
-    fn write_chunk(
-        &mut self,
-        table: T,
-        rows: &[ValuesClause<V, T>],
-        _: &Plan,
-        conflict: ConflictOf<'_>,
-    ) -> QueryResult<usize> {
-        insert_chunk(self, table, rows, conflict)
-    }
-
-    fn update_chunk(
-        &mut self,
-        table: T,
-        key: &'static str,
-        rows: &[ValuesClause<V, T>],
-    ) -> QueryResult<usize> {
-        update_chunk(self, table, key, rows)
-    }
-
-    fn insert_returning<S, U>(
-        &mut self,
-        table: T,
-        rows: &[ValuesClause<V, T>],
-        conflict: ConflictOf<'_>,
-        returning: &S,
-    ) -> QueryResult<Vec<U>>
-    where
-        S: Expression + QueryFragment<Sqlite>,
-        Sqlite: QueryMetadata<S::SqlType>,
-        U: FromSqlRow<S::SqlType, Sqlite> + 'static,
-    {
-        insert_returning(self, table, rows, conflict, returning)
+    fn plan(_: T, shape: &RowShape, _: Want, limits: Limits) -> QueryResult<Plan> {
+        Ok(insert_plan(limits, shape))
     }
 }
 
@@ -112,9 +77,8 @@ where
     Sqlite: HasSqlType<Col::SqlType>,
     K: ToSql<Col::SqlType, Sqlite>,
 {
-    fn key_plan(&mut self) -> QueryResult<(Option<usize>, Option<usize>, usize)> {
-        let limit = self.bind_limit()?;
-        Ok((Some(limit), None, limit))
+    fn key_plan(limits: Limits) -> (Option<usize>, Option<usize>, usize) {
+        (Some(limits.binds), None, limits.binds)
     }
 
     fn key_bytes(_: &K) -> QueryResult<usize> {

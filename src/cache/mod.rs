@@ -318,9 +318,7 @@ impl Cache {
 
     /// What the cache has done so far.
     pub fn stats(&self) -> CacheStats {
-        let held = self
-            .inner
-            .store.held();
+        let held = self.inner.store.held();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let i = &self.inner;
         CacheStats {
@@ -413,8 +411,7 @@ impl Cache {
             query,
         };
         // A hit needs only the key; the tables read are worked out on a miss, outside the lock.
-        let hit = inner
-            .store.lookup::<Arc<[U]>>(&key, None, false);
+        let hit = inner.store.lookup::<Arc<[U]>>(&key, None, false);
         if let Some(Lookup::Hit(rows)) = hit {
             return Ok(rows);
         }
@@ -422,7 +419,8 @@ impl Cache {
             crate::instrument::split_query(&diesel::debug_query::<C::Backend, _>(&budgeted.query));
         let deps = Arc::new(sql::read_tables(&sql));
         let found = inner
-            .store.lookup::<Arc<[U]>>(&key, Some(&deps), mode == Mode::Full);
+            .store
+            .lookup::<Arc<[U]>>(&key, Some(&deps), mode == Mode::Full);
         let flight = match found {
             Some(Lookup::Hit(rows)) => {
                 return Ok(rows);
@@ -465,8 +463,7 @@ impl Cache {
                 ttl.map(|t| Instant::now() + t),
             ))
         };
-        let stored = inner
-            .store.finish(key, &lead.flight, offer);
+        let stored = inner.store.finish(key, &lead.flight, offer);
         match stored {
             Stored::Yes => {
                 inner.fills.fetch_add(1, Ordering::Relaxed);
@@ -534,8 +531,7 @@ struct Lead<'a> {
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.cache
-                .store.finish(key, &self.flight, None);
+            self.cache.store.finish(key, &self.flight, None);
         }
         self.flight.publish(None);
     }

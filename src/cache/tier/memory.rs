@@ -277,8 +277,7 @@ impl Store {
             return Stored::TooLarge;
         }
         shard.remove(&key);
-        while shard.held.bytes + bytes > shard.max_bytes || shard.lru.len() >= shard.max_entries
-        {
+        while shard.held.bytes + bytes > shard.max_bytes || shard.lru.len() >= shard.max_entries {
             match shard.lru.pop_lru() {
                 Some((_, old)) => {
                     shard.held.bytes -= old.bytes;

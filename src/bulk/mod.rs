@@ -386,10 +386,25 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// rows than the budget fails with [`Error::BudgetExceeded`] before the chunk that would
     /// pass it is sent, and nothing is written (a write with `RETURNING` is always
     /// [`atomic`](Self::atomic)). Chunks are multi-row `INSERT .. RETURNING` (never `COPY`).
-    /// PostgreSQL and SQLite (3.35+; bundled 3.50). **Not MySQL/MariaDB**: MariaDB 10.5+ has
-    /// `INSERT .. RETURNING`, but Diesel's MySQL client reads results through prepared
-    /// statements, which MariaDB gives no result metadata for it ("No metadata exists",
-    /// checked on 10.11); the first chunk fails with [`Error::Query`] before any SQL is sent.
+    /// PostgreSQL and SQLite (3.35+; bundled 3.50).
+    ///
+    /// **MySQL/MariaDB: generated `AUTO_INCREMENT` ids only.** MariaDB 10.5+ has `INSERT ..
+    /// RETURNING`, but Diesel's MySQL client reads results through prepared statements, which
+    /// MariaDB gives no result metadata for it ("No metadata exists", checked on 10.11). So the
+    /// rows are read back by the ids the server generated: per chunk, in the transaction,
+    /// `LAST_INSERT_ID()` is reset, the multi-row `INSERT` runs, and `SELECT returning FROM t
+    /// WHERE id BETWEEN first AND first + (n - 1) * @@auto_increment_increment ORDER BY id`
+    /// must find exactly the chunk's `n` rows (`first`: `LAST_INSERT_ID()`, the id of the
+    /// chunk's first row). Exact when, checked per chunk before its `INSERT`:
+    /// `@@innodb_autoinc_lock_mode` is 0 or 1 (with 2, "interleaved", one multi-row insert's
+    /// ids need not be consecutive), the table has exactly one `AUTO_INCREMENT` column (`SHOW
+    /// COLUMNS`, so temporary tables count), the rows leave that column out (the server
+    /// generates every id), and the write is not an upsert (a row updated by `ON DUPLICATE
+    /// KEY UPDATE` gets no new id). Otherwise, or when the insert generated no id or the
+    /// read-back finds another count than `n`, [`Error::Query`] (a `QueryBuilderError`) and the
+    /// transaction rolls back: nothing is written. Other sessions inserting into the table
+    /// meanwhile do not matter: the ids of one simple multi-row insert are consecutive and in
+    /// row order in lock modes 0 and 1.
     ///
     /// Order: each backend returns the rows of a multi-row `VALUES` in the order of the
     /// `VALUES` (observed and tested on all three; PostgreSQL and SQLite document no order for
@@ -401,7 +416,7 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// # include!("../../tests/doc_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (_db, mut conn) = demo_db(0)?;
-    /// # // MySQL/MariaDB alone: not supported (see above).
+    /// # // MySQL/MariaDB alone: the demo rows set their ids (refused there, see above).
     /// # if cfg!(all(feature = "mysql", not(feature = "sqlite"), not(feature = "postgres"))) {
     /// #     return Ok(());
     /// # }

@@ -368,6 +368,26 @@ mod bulk_more_tests {
         name: String,
     }
 
+    #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+    #[diesel(table_name = bulk_auto)]
+    struct NewAutoWithId {
+        id: i32,
+        name: String,
+    }
+
+    diesel::table! {
+        bulk_auto_shared (id) {
+            id -> Integer,
+            name -> Text,
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+    #[diesel(table_name = bulk_auto_shared)]
+    struct NewShared {
+        name: String,
+    }
+
     #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable)]
     #[diesel(table_name = bulk_text, treat_none_as_default_value = false)]
     struct RText {
@@ -535,8 +555,8 @@ mod bulk_more_tests {
     /// RETURNING under a budget: the generated ids of an insert come back in input order; a
     /// write that would return more than the budget fails with `BudgetExceeded` before the
     /// chunk that passes it, having loaded at most budget + 1 rows, and nothing is written or
-    /// deleted (always atomic). MySQL/MariaDB: INSERT .. RETURNING is refused before any SQL
-    /// (Diesel's client gets no result metadata for it); DELETE's is emulated.
+    /// deleted (always atomic). MySQL/MariaDB: both are emulated (insert: the generated
+    /// AUTO_INCREMENT ids read back; delete: a locking read first), same assertions.
     #[test]
     fn bulk_returning_ids_in_input_order_under_a_budget() {
         let mut conn = conn();
@@ -544,38 +564,23 @@ mod bulk_more_tests {
         // Names in an order unrelated to the ids the database hands out.
         let names: Vec<String> = (0..n).map(|i| format!("n-{}", (i * 7919) % n)).collect();
         let rows = || names.iter().map(|name| NewAuto { name: name.clone() });
-        let ids: Vec<i32> = if C::KIND == BackendKind::Mysql {
-            let err = bulk::insert_into(bulk_auto::table, rows())
-                .returning(bulk_auto::id, diesel_budget::Budget::rows(n as u64))
-                .execute::<_, _, _, i32>(&mut conn)
-                .expect_err("no INSERT .. RETURNING through Diesel's MySQL client");
-            assert!(matches!(err, Error::Query { .. }), "{err:?}");
-            bulk::insert_into(bulk_auto::table, rows()).execute(&mut conn).expect("plain insert");
-            bulk_auto::table
-                .select(bulk_auto::id)
-                .order(bulk_auto::id)
-                .load(&mut conn)
-                .expect("ids")
-        } else {
-            let (report, ids) = bulk::insert_into(bulk_auto::table, rows())
-                .chunk_rows(nz(100))
-                .returning(bulk_auto::id, diesel_budget::Budget::rows(n as u64))
-                .execute::<_, _, _, i32>(&mut conn)
-                .expect("insert returning");
-            assert_eq!((report.rows, report.chunks, ids.len()), (n as u64, 25, n));
+        let (report, ids) = bulk::insert_into(bulk_auto::table, rows())
+            .chunk_rows(nz(100))
+            .returning(bulk_auto::id, diesel_budget::Budget::rows(n as u64))
+            .execute::<_, _, _, i32>(&mut conn)
+            .expect("insert returning");
+        assert_eq!((report.rows, report.chunks, ids.len()), (n as u64, 25, n));
 
-            // One row over the budget: refused before the last chunk, nothing written.
-            let err = bulk::insert_into(bulk_auto::table, rows())
-                .chunk_rows(nz(100))
-                .returning(bulk_auto::id, diesel_budget::Budget::rows(n as u64 - 1))
-                .execute::<_, _, _, i32>(&mut conn)
-                .expect_err("over budget");
-            assert!(
-                matches!(err, Error::BudgetExceeded { seen_rows, .. } if seen_rows == n as u64),
-                "{err:?}"
-            );
-            ids
-        };
+        // One row over the budget: refused before the last chunk, nothing written.
+        let err = bulk::insert_into(bulk_auto::table, rows())
+            .chunk_rows(nz(100))
+            .returning(bulk_auto::id, diesel_budget::Budget::rows(n as u64 - 1))
+            .execute::<_, _, _, i32>(&mut conn)
+            .expect_err("over budget");
+        assert!(
+            matches!(err, Error::BudgetExceeded { seen_rows, .. } if seen_rows == n as u64),
+            "{err:?}"
+        );
         let stored: std::collections::HashMap<i32, String> = bulk_auto::table
             .load::<(i32, String)>(&mut conn)
             .expect("load")
@@ -613,6 +618,120 @@ mod bulk_more_tests {
         assert!(matches!(err, Error::BudgetExceeded { seen_rows: 11, .. }), "{err:?}");
         let count: i64 = bulk_auto::table.count().get_result(&mut conn).expect("count");
         assert_eq!(count, n as i64 - 100, "the refused delete deleted rows");
+    }
+
+    /// MySQL/MariaDB insert RETURNING refuses, with a typed error and nothing written, what it
+    /// cannot make exact: rows that set the AUTO_INCREMENT column themselves (also when an
+    /// earlier insert left `LAST_INSERT_ID()` set on the connection), an upsert.
+    #[test]
+    fn bulk_returning_mysql_refuses_rows_that_set_the_id() {
+        if C::KIND != BackendKind::Mysql {
+            return;
+        }
+        let mut conn = conn();
+        let names: Vec<String> = (0..250).map(|i| format!("a-{i}")).collect();
+        // A returning insert first: LAST_INSERT_ID() is set (stale for the next insert).
+        let (_, before) = bulk::insert_into(
+            bulk_auto::table,
+            names.iter().map(|name| NewAuto { name: name.clone() }),
+        )
+        .chunk_rows(nz(100))
+        .returning((bulk_auto::id, bulk_auto::name), diesel_budget::Budget::rows(1_000))
+        .execute::<_, _, _, (i32, String)>(&mut conn)
+        .expect("insert returning");
+        assert_eq!(before.len(), 250);
+        let is_refusal = |err: &Error| {
+            matches!(
+                err,
+                Error::Query { source: diesel::result::Error::QueryBuilderError(_), .. }
+            )
+        };
+        let with_ids = (0..250).map(|i| NewAutoWithId { id: 10_000 + i, name: format!("b-{i}") });
+        let err = bulk::insert_into(bulk_auto::table, with_ids)
+            .chunk_rows(nz(100))
+            .returning((bulk_auto::id, bulk_auto::name), diesel_budget::Budget::rows(1_000))
+            .execute::<_, _, _, (i32, String)>(&mut conn)
+            .expect_err("rows that set the id");
+        assert!(is_refusal(&err), "{err:?}");
+        let with_ids = (0..250).map(|i| NewAutoWithId { id: 10_000 + i, name: format!("c-{i}") });
+        let upsert = bulk::insert_into(bulk_auto::table, with_ids)
+            .on_conflict_do_update(bulk_auto::id, |r: &NewAutoWithId| r.id)
+            .returning(bulk_auto::id, diesel_budget::Budget::rows(1_000))
+        .execute::<_, _, _, i32>(&mut conn)
+        .expect_err("an upsert");
+        assert!(is_refusal(&upsert), "{upsert:?}");
+        let all: Vec<(i32, String)> =
+            bulk_auto::table.order(bulk_auto::id).load(&mut conn).expect("load");
+        assert_eq!(all, before, "a refused insert wrote rows");
+    }
+
+    /// MySQL/MariaDB insert RETURNING with another connection inserting into the same table
+    /// between the chunks (after each one's progress callback): each chunk's ids are
+    /// consecutive, and the rows returned are ours, in input order, equal to the table; with
+    /// `auto_increment_increment = 3` on the session, the ids step by 3.
+    #[test]
+    fn bulk_returning_mysql_ids_with_a_concurrent_inserter() {
+        if C::KIND != BackendKind::Mysql {
+            return;
+        }
+        let mut conn = C::plain();
+        let mut other = C::plain();
+        for ddl in [
+            "DROP TABLE IF EXISTS bulk_auto_shared",
+            "CREATE TABLE bulk_auto_shared (id INTEGER AUTO_INCREMENT PRIMARY KEY, \
+             name VARCHAR(64) NOT NULL) ENGINE = InnoDB",
+        ] {
+            diesel::sql_query(ddl).execute(&mut conn).expect("ddl");
+        }
+        for step in [1, 3] {
+            diesel::sql_query(format!("SET SESSION auto_increment_increment = {step}"))
+                .execute(&mut conn)
+                .expect("set increment");
+            let names: Vec<String> = (0..1_000).map(|i| format!("ours-{step}-{i}")).collect();
+            let mut theirs = 0;
+            let (report, got) = bulk::insert_into(
+                bulk_auto_shared::table,
+                names.iter().map(|name| NewShared { name: name.clone() }),
+            )
+            .chunk_rows(nz(100))
+            .on_progress(|_| {
+                let rows: Vec<NewShared> = (0..3)
+                    .map(|k| NewShared { name: format!("theirs-{step}-{theirs}-{k}") })
+                    .collect();
+                diesel::insert_into(bulk_auto_shared::table)
+                    .values(&rows)
+                    .execute(&mut other)
+                    .expect("concurrent insert");
+                theirs += 1;
+            })
+            .returning(
+                (bulk_auto_shared::id, bulk_auto_shared::name),
+                diesel_budget::Budget::rows(1_000),
+            )
+            .execute::<_, _, _, (i32, String)>(&mut conn)
+            .expect("insert returning");
+            assert_eq!((report.rows, report.chunks, got.len()), (1_000, 10, 1_000));
+            assert!(theirs >= 9, "the other connection inserted between the chunks");
+            let got_names: Vec<&String> = got.iter().map(|(_, name)| name).collect();
+            let want_names: Vec<&String> = names.iter().collect();
+            assert_eq!(got_names, want_names, "rows in input order, ours only");
+            for chunk in got.chunks(100) {
+                for pair in chunk.windows(2) {
+                    assert_eq!(pair[1].0 - pair[0].0, step, "ids of one chunk: {pair:?}");
+                }
+            }
+            // The chunks are not contiguous: the other connection's rows came in between.
+            assert!(got[100].0 > got[99].0 + step, "{:?} {:?}", got[99], got[100]);
+            let stored: std::collections::HashMap<i32, String> = bulk_auto_shared::table
+                .load::<(i32, String)>(&mut conn)
+                .expect("load")
+                .into_iter()
+                .collect();
+            for (id, name) in &got {
+                assert_eq!(stored.get(id), Some(name), "id {id}");
+            }
+        }
+        diesel::sql_query("DROP TABLE bulk_auto_shared").execute(&mut conn).expect("drop");
     }
 
     /// MySQL's `max_allowed_packet`, read from the server, bounds a chunk before the bind limit

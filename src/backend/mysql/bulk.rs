@@ -1,20 +1,26 @@
 //! MySQL/MariaDB's half of bulk writes: the bind limit and `max_allowed_packet` (read from the
 //! server), `ON DUPLICATE KEY UPDATE`, multi-table `UPDATE` joined to the chunk's rows,
-//! `DELETE .. IN (..)` (its budgeted `RETURNING`: a locking read of the same keys first).
+//! `DELETE .. IN (..)` (its budgeted `RETURNING`: a locking read of the same keys first), and
+//! insert `RETURNING` emulated from the ids the server generated (see
+//! [`insert_returning_by_id`]).
 
+use diesel::connection::{DefaultLoadingMode, LoadConnection};
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
 use diesel::expression::QueryMetadata;
 use diesel::insertable::InsertValues;
 use diesel::mysql::{Mysql, MysqlConnection};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
-use diesel::query_builder::{AstPass, BindCollector, QueryFragment, ValuesClause};
+use diesel::query_builder::{AstPass, BindCollector, Query, QueryFragment, QueryId, ValuesClause};
+use diesel::result::Error as DieselError;
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, HasSqlType, Unsigned};
+use diesel::sql_types::{BigInt, HasSqlType, Nullable, Text, Unsigned};
 use diesel::{Column, QueryResult, RunQueryDsl as _, Table};
 
+use crate::backend::BudgetConnection;
 use crate::bulk::sql::{
-    delete_keys, delete_returning, push_in_list, row_shape, ReturningStyle, RowShape, UpdateStyle,
+    delete_keys, delete_returning, push_in_list, row_shape, ChunkStatements as _, ReturningStyle,
+    RowShape, UpdateStyle,
 };
 use crate::bulk::{
     insert_plan, internal, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf,
@@ -133,15 +139,7 @@ where
         Mysql: QueryMetadata<S::SqlType>,
         U: FromSqlRow<S::SqlType, Mysql> + 'static,
     {
-        // MariaDB 10.5+ has `INSERT .. RETURNING`, but its prepared statements report no
-        // result metadata for it, and Diesel's MySQL client reads every result through one
-        // ("No metadata exists"): refuse before any SQL instead.
-        let _ = (table, rows, conflict, returning);
-        Err(diesel::result::Error::QueryBuilderError(
-            "bulk INSERT .. RETURNING is not supported on MySQL/MariaDB through Diesel's \
-             client (MariaDB's prepared statements give it no result metadata)"
-                .into(),
-        ))
+        insert_returning_by_id::<T, V, S, U>(self, table, rows, conflict, returning)
     }
 }
 
@@ -189,4 +187,234 @@ where
     {
         delete_returning::<Self, T, Col, K, S, U>(self, table, keys, returning, limit)
     }
+}
+
+/// A refusal of an insert `RETURNING` this emulation cannot make exact (typed: a
+/// `QueryBuilderError`, surfaced as `Error::Query`).
+fn refuse(why: String) -> DieselError {
+    DieselError::QueryBuilderError(
+        format!("bulk INSERT .. RETURNING on MySQL/MariaDB: {why}").into(),
+    )
+}
+
+/// `SHOW COLUMNS FROM t`: sees temporary tables (`information_schema` does not on MariaDB
+/// 10.11) and the table a temporary one shadows is not confused with it. The table's name
+/// is Diesel's, rendered as an identifier.
+struct ShowColumns<F>(F);
+
+impl<F> QueryId for ShowColumns<F> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<F> Query for ShowColumns<F> {
+    /// `Field`, `Type`, `Null`, `Key`, `Default`, `Extra`.
+    type SqlType = (
+        Nullable<Text>,
+        Nullable<Text>,
+        Nullable<Text>,
+        Nullable<Text>,
+        Nullable<Text>,
+        Nullable<Text>,
+    );
+}
+
+impl<F: QueryFragment<Mysql>> QueryFragment<Mysql> for ShowColumns<F> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql("SHOW COLUMNS FROM ");
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<F> diesel::RunQueryDsl<MysqlConnection> for ShowColumns<F> {}
+
+/// One column of `SHOW COLUMNS`.
+type ShowColumn = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// An identifier as Diesel renders it (`` `id` ``).
+struct Ident<'a>(&'a str);
+
+impl QueryFragment<Mysql> for Ident<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_identifier(self.0)
+    }
+}
+
+/// `SELECT returning FROM t WHERE t.id BETWEEN ? AND ? ORDER BY t.id LIMIT ?`: the rows of
+/// one chunk, by the ids the server gave them.
+struct ByIds<'a, F, S> {
+    from: F,
+    column: &'a str,
+    first: u64,
+    last: u64,
+    limit: i64,
+    returning: &'a S,
+}
+
+impl<F, S> QueryId for ByIds<'_, F, S> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<F, S: Expression> Query for ByIds<'_, F, S> {
+    type SqlType = S::SqlType;
+}
+
+impl<F, S> QueryFragment<Mysql> for ByIds<'_, F, S>
+where
+    F: QueryFragment<Mysql>,
+    S: QueryFragment<Mysql>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql("SELECT ");
+        self.returning.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM ");
+        self.from.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        self.from.walk_ast(out.reborrow())?;
+        out.push_sql(".");
+        out.push_identifier(self.column)?;
+        out.push_sql(" BETWEEN ");
+        out.push_bind_param::<Unsigned<BigInt>, u64>(&self.first)?;
+        out.push_sql(" AND ");
+        out.push_bind_param::<Unsigned<BigInt>, u64>(&self.last)?;
+        out.push_sql(" ORDER BY ");
+        self.from.walk_ast(out.reborrow())?;
+        out.push_sql(".");
+        out.push_identifier(self.column)?;
+        out.push_sql(" LIMIT ");
+        out.push_bind_param::<BigInt, i64>(&self.limit)
+    }
+}
+
+/// Insert `RETURNING` on MySQL/MariaDB, from the ids the server generated. MariaDB 10.5+ has
+/// `INSERT .. RETURNING`, but its prepared statements report no result metadata for it and
+/// Diesel's MySQL client reads every result through one ("No metadata exists"). So, in the
+/// write's transaction, per chunk:
+///
+/// 1. `SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment, LAST_INSERT_ID(0)`:
+///    lock mode 0 or 1 (with 2, "interleaved", the ids of one multi-row insert need not be
+///    consecutive), the step between ids, and `LAST_INSERT_ID()` reset (an insert that
+///    generates no id leaves it unchanged: a stale value would point at other rows);
+/// 2. `SHOW COLUMNS FROM t`: exactly one `AUTO_INCREMENT` column, which the rows leave out
+///    (a row that sets it would take an id out of the sequence);
+/// 3. the multi-row `INSERT` (no upsert: a row updated by `ON DUPLICATE KEY UPDATE` gets no
+///    new id), then `SELECT LAST_INSERT_ID()`: the id of the chunk's first row (0: no id was
+///    generated); in lock modes 0 and 1 the `n` rows of one simple multi-row insert get
+///    `first, first + step, .., first + (n - 1) * step`, in row order;
+/// 4. `SELECT returning FROM t WHERE id BETWEEN first AND first + (n - 1) * step ORDER BY id
+///    LIMIT n + 1`: exactly `n` rows or an error (the column is unique or not, our `n` rows
+///    are all in the range, so `n` found are ours).
+///
+/// Any refusal is an error before the chunk's `INSERT` (1, 2) or after it (3, 4): the
+/// write's transaction rolls back and nothing is written.
+fn insert_returning_by_id<T, V, S, U>(
+    conn: &mut MysqlConnection,
+    table: T,
+    rows: &[ValuesClause<V, T>],
+    conflict: ConflictOf<'_>,
+    returning: &S,
+) -> QueryResult<Vec<U>>
+where
+    T: Table + Copy,
+    T::FromClause: QueryFragment<Mysql>,
+    V: InsertValues<Mysql, T>,
+    S: Expression + QueryFragment<Mysql>,
+    Mysql: QueryMetadata<S::SqlType>,
+    U: FromSqlRow<S::SqlType, Mysql> + 'static,
+{
+    if conflict.is_some() {
+        return Err(refuse(
+            "an upsert's updated rows get no new id: use a plain insert".into(),
+        ));
+    }
+    let Some(first_row) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    let n = rows.len() as u64;
+    // 1. Lock mode, step, and LAST_INSERT_ID() reset, in one statement.
+    let (mode, step, _): (i64, i64, i64) = internal(|| {
+        diesel::select(diesel::dsl::sql::<(BigInt, BigInt, BigInt)>(
+            "CAST(@@innodb_autoinc_lock_mode AS SIGNED), \
+             CAST(@@auto_increment_increment AS SIGNED), CAST(LAST_INSERT_ID(0) AS SIGNED)",
+        ))
+        .get_result(conn)
+    })?;
+    if !(0..=1).contains(&mode) {
+        return Err(refuse(format!(
+            "innodb_autoinc_lock_mode is {mode}: only 0 and 1 give one multi-row insert \
+             consecutive ids"
+        )));
+    }
+    let step = u64::try_from(step)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| refuse(format!("auto_increment_increment is {step}")))?;
+    // 2. The table's one AUTO_INCREMENT column, left out of the rows.
+    let columns: Vec<ShowColumn> = internal(|| ShowColumns(table.from_clause()).load(conn))?;
+    let auto: Vec<String> = columns
+        .into_iter()
+        .filter(|c| {
+            c.5.as_deref()
+                .is_some_and(|e| e.to_ascii_lowercase().contains("auto_increment"))
+        })
+        .filter_map(|c| c.0)
+        .collect();
+    let [column] = auto.as_slice() else {
+        return Err(refuse(format!(
+            "the table has {} AUTO_INCREMENT columns (exactly one is needed)",
+            auto.len()
+        )));
+    };
+    let listed = <MysqlConnection as BulkWrite<T, V>>::row_shape(first_row)?.columns;
+    let ident = MysqlConnection::render_sql(&Ident(column))?;
+    if listed.contains(&ident) {
+        return Err(refuse(format!(
+            "the rows set the AUTO_INCREMENT column {ident}: leave it out of the \
+             Insertable so the server generates it"
+        )));
+    }
+    // 3. The insert and the id of its first row.
+    let inserted = conn.insert_rows(table, rows, None)?;
+    let first: u64 = internal(|| {
+        diesel::select(diesel::dsl::sql::<Unsigned<BigInt>>("LAST_INSERT_ID()")).get_result(conn)
+    })?;
+    if first == 0 || inserted as u64 != n {
+        return Err(refuse(format!(
+            "the insert of {n} rows affected {inserted} and generated first id {first}"
+        )));
+    }
+    // 4. The chunk's rows, by id.
+    let last = (n - 1)
+        .checked_mul(step)
+        .and_then(|span| first.checked_add(span))
+        .ok_or_else(|| refuse("the ids overflow".into()))?;
+    let node = ByIds {
+        from: table.from_clause(),
+        column,
+        first,
+        last,
+        limit: i64::try_from(n + 1).unwrap_or(i64::MAX),
+        returning,
+    };
+    let cursor = <MysqlConnection as LoadConnection<DefaultLoadingMode>>::load(conn, node)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in cursor {
+        let row = row?;
+        out.push(U::build_from_row(&row).map_err(DieselError::DeserializationError)?);
+    }
+    if out.len() as u64 != n {
+        return Err(refuse(format!(
+            "{} rows found with the ids {first}..={last} of the {n} rows inserted",
+            out.len()
+        )));
+    }
+    Ok(out)
 }

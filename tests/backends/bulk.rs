@@ -630,12 +630,12 @@ mod bulk_more_tests {
         }
         let mut conn = conn();
         let names: Vec<String> = (0..250).map(|i| format!("a-{i}")).collect();
-        // A returning insert first: LAST_INSERT_ID() is set (stale for the next insert).
+        // A returning insert first, one chunk: LAST_INSERT_ID() is its first id, stale for the
+        // next insert (which, were it believed, would read these rows back as its own).
         let (_, before) = bulk::insert_into(
             bulk_auto::table,
             names.iter().map(|name| NewAuto { name: name.clone() }),
         )
-        .chunk_rows(nz(100))
         .returning((bulk_auto::id, bulk_auto::name), diesel_budget::Budget::rows(1_000))
         .execute::<_, _, _, (i32, String)>(&mut conn)
         .expect("insert returning");

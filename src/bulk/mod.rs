@@ -404,7 +404,9 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// read-back finds another count than `n`, [`Error::Query`] (a `QueryBuilderError`) and the
     /// transaction rolls back: nothing is written. Other sessions inserting into the table
     /// meanwhile do not matter: the ids of one simple multi-row insert are consecutive and in
-    /// row order in lock modes 0 and 1.
+    /// row order in lock modes 0 and 1. InnoDB tables only (the default engine; not checked):
+    /// on MyISAM/Aria an `AUTO_INCREMENT` column that is the second column of an index numbers
+    /// each prefix apart, so its ids need not be consecutive.
     ///
     /// Order: each backend returns the rows of a multi-row `VALUES` in the order of the
     /// `VALUES` (observed and tested on all three; PostgreSQL and SQLite document no order for

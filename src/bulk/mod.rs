@@ -632,6 +632,11 @@ pub struct Plan {
     pub copy: bool,
     /// An upsert written through a `COPY`-fed staging table (PostgreSQL).
     pub staging: bool,
+    /// Each row is encoded as it is taken ([`BulkWrite::encode_row`]) and the chunk written
+    /// from those bytes ([`BulkWrite::write_encoded`]): no row kept, no shape rendered after
+    /// the chunk's first row (PostgreSQL's binary `COPY` of a plain insert). `byte_limit` then
+    /// bounds the encoded bytes of a chunk.
+    pub encoded: bool,
 }
 
 impl Plan {
@@ -644,6 +649,16 @@ impl Plan {
             1
         }
     }
+}
+
+/// The open chunk of an [`encoded`](Plan::encoded) plan.
+#[derive(Default)]
+struct Encoded {
+    /// The rows as [`BulkWrite::encode_row`] appended them.
+    data: Vec<u8>,
+    rows: usize,
+    /// The shape of the chunk's first row (the others bind as many values).
+    shape: sql::RowShape,
 }
 
 /// A row as a chunk holds it: its values, its rendered shape, its conflict key.
@@ -769,9 +784,25 @@ where
         let mut chunk: Vec<Pending<V, T, K::Key>> = Vec::new();
         let mut plan: Option<Plan> = None;
         let (mut binds, mut bytes) = (0usize, 0usize);
+        // The open chunk of an `encoded` plan: its rows' bytes, how many, the first row's shape.
+        let mut encoded = Encoded::default();
         for row in rows {
             let key = self.key_of.key_of(&row);
             let values = row.values();
+            if let Some(p) = plan.filter(|p| p.encoded) {
+                let room = encoded.rows < self.max_rows(&p)
+                    && p.byte_limit.is_none_or(|l| encoded.data.len() < l);
+                if room
+                    && conn
+                        .encode_row(&values, encoded.shape.binds, &mut encoded.data)
+                        .map_err(Error::from)?
+                {
+                    encoded.rows += 1;
+                    continue;
+                }
+                self.flush_encoded(conn, &mut encoded, &p)?;
+                plan = None;
+            }
             let shape = C::row_shape(&values).map_err(Error::from)?;
             if self.want.op == Op::Update {
                 check_update_row(&shape, self.conflict.as_ref())?;
@@ -802,11 +833,59 @@ where
                 }
                 plan = Some(p);
             }
+            if plan.is_some_and(|p| p.encoded) {
+                if !conn
+                    .encode_row(&values, shape.binds, &mut encoded.data)
+                    .map_err(Error::from)?
+                {
+                    return Err(Error::from(diesel::result::Error::QueryBuilderError(
+                        "the first row of an encoded chunk did not encode".into(),
+                    )));
+                }
+                encoded.rows = 1;
+                encoded.shape = shape;
+                continue;
+            }
             binds += shape.binds;
             bytes += shape.bytes;
             chunk.push(Pending { values, shape, key });
         }
+        if let Some(p) = plan.filter(|p| p.encoded) {
+            return self.flush_encoded(conn, &mut encoded, &p);
+        }
         self.flush(conn, &mut chunk, plan.as_ref(), write)
+    }
+
+    /// Writes the encoded chunk (and empties it) as one statement, in its own transaction
+    /// under `per_chunk`.
+    fn flush_encoded<C, V>(
+        &mut self,
+        conn: &mut C,
+        encoded: &mut Encoded,
+        plan: &Plan,
+    ) -> Result<()>
+    where
+        C: BulkWrite<T, V>,
+    {
+        if encoded.rows == 0 {
+            return Ok(());
+        }
+        let (table, op, rows) = (self.table, self.want.op, encoded.rows);
+        let (data, columns) = (&encoded.data, &encoded.shape.columns);
+        self.tally.chunk(
+            conn,
+            rows as u64,
+            plan.statements(),
+            plan.copy,
+            |conn: &mut C| -> Result<usize> {
+                let _scope = BudgetScope::enter(Budget::rows(rows as u64).spec());
+                conn.write_encoded(table, data)
+                    .map_err(|source| Error::query(summary(op, plan, columns, rows), source))
+            },
+        )?;
+        encoded.data.clear();
+        encoded.rows = 0;
+        Ok(())
     }
 
     fn max_rows(&self, plan: &Plan) -> usize {
@@ -1016,6 +1095,31 @@ pub trait BulkWrite<T: Table, V>: BulkConnection + sql::ChunkStatements<T, V> {
         self.insert_rows(table, rows, conflict)
     }
 
+    /// Appends `row`, encoded, to `data` (the open chunk of a plan with
+    /// [`encoded`](Plan::encoded) set, whose first row bound `fields` values); `Ok(false)` with
+    /// `data` unchanged when the row does not bind exactly `fields` values (then the chunker
+    /// renders its shape and plans it anew). Default: never encodes.
+    #[doc(hidden)]
+    fn encode_row(
+        &mut self,
+        row: &ValuesClause<V, T>,
+        fields: usize,
+        data: &mut Vec<u8>,
+    ) -> QueryResult<bool> {
+        let _ = (row, fields, data);
+        Ok(false)
+    }
+
+    /// Writes one chunk of rows appended by [`encode_row`](Self::encode_row); returns the rows
+    /// written. Default: unreachable (no plan of the backend sets `encoded`), an error.
+    #[doc(hidden)]
+    fn write_encoded(&mut self, table: T, data: &[u8]) -> QueryResult<usize> {
+        let _ = (table, data);
+        Err(diesel::result::Error::QueryBuilderError(
+            "this backend writes no encoded chunk".into(),
+        ))
+    }
+
     /// Updates the rows whose `key` matches a row of the chunk to the chunk's values; returns
     /// the rows matched. Default: one statement in the backend's
     /// [`UPDATE_STYLE`](BulkConnection::UPDATE_STYLE).
@@ -1068,6 +1172,7 @@ pub(crate) fn insert_plan(limits: Limits, shape: &sql::RowShape) -> Plan {
         default_rows: (limits.binds / shape.binds.max(1)).max(1),
         copy: false,
         staging: false,
+        encoded: false,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::backend::{BudgetBackend, BudgetConnection};
 
 /// What one row renders to (doc-hidden: part of the sealed [`BulkWrite`](super::BulkWrite)): its column list (which columns it sets; on SQLite a `None` of a
 /// defaulted column drops the column) and how many bind parameters it uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowShape {
     /// The column list as rendered (`"a", "b"`): rows of one statement must share it.
     pub columns: String,

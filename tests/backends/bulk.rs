@@ -151,6 +151,62 @@ mod bulk_tests {
         straddle!(bulk_c16, 16, r16, R16);
     }
 
+    diesel::table! {
+        bulk_def (a) {
+            a -> Integer,
+            b -> Integer,
+            c -> Integer,
+        }
+    }
+
+    #[derive(Debug, Clone, Insertable)]
+    #[diesel(table_name = bulk_def)]
+    struct RDef {
+        a: i32,
+        b: Option<i32>,
+        c: i32,
+    }
+
+    /// Rows that leave a column to its `DEFAULT` (a `None`), scattered and in a run, among
+    /// rows that set every column, across several default chunks: every row written once with
+    /// its values or the default; on PostgreSQL the full rows go by `COPY` (encoded as they
+    /// are taken, the chunk cut at a `DEFAULT` row) and the others by `INSERT`.
+    #[test]
+    fn bulk_insert_mixed_default_rows() {
+        let mut conn = conn();
+        diesel::sql_query(
+            "CREATE TEMPORARY TABLE bulk_def (a INTEGER PRIMARY KEY, \
+             b INTEGER NOT NULL DEFAULT 42, c INTEGER NOT NULL)",
+        )
+        .execute(&mut conn)
+        .expect("create temp table");
+        let n = 25_000;
+        let defaulted = |i: i32| i % 4_001 == 7 || (12_345..12_348).contains(&i) || i == n - 1;
+        let rows = (0..n).map(|i| RDef {
+            a: i,
+            b: (!defaulted(i)).then_some(i.wrapping_mul(3)),
+            c: -i,
+        });
+        let report = bulk::insert_into(bulk_def::table, rows)
+            .execute(&mut conn)
+            .expect("mixed rows");
+        assert_eq!(report.rows, n as u64);
+        if C::KIND == BackendKind::Postgres {
+            assert!(report.copy_chunks > 0, "{report:?}");
+            assert!(report.copy_chunks < report.chunks, "{report:?}");
+        }
+        let got: Vec<(i32, i32, i32)> = bulk_def::table
+            .order(bulk_def::a)
+            .load(&mut conn)
+            .expect("load");
+        let want: Vec<(i32, i32, i32)> = (0..n)
+            .map(|i| (i, if defaulted(i) { 42 } else { i.wrapping_mul(3) }, -i))
+            .collect();
+        assert_eq!(got.len(), want.len());
+        let first_diff = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert!(got == want, "first difference at {first_diff:?}");
+    }
+
     /// A chunk size whose rows pass the bind limit is refused before anything is written.
     #[test]
     fn bulk_chunk_rows_over_the_limit_is_refused_before_writing() {
@@ -735,8 +791,9 @@ mod bulk_more_tests {
     }
 
     /// MySQL's `max_allowed_packet`, read from the server, bounds a chunk before the bind limit
-    /// does: 600 rows of 60,000 bytes (36 MB) go in chunks under the packet; on the other
-    /// backends nothing but the row limit bounds them (one chunk). Every row read back equal.
+    /// does: 600 rows of 60,000 bytes (36 MB) go in chunks under the packet; PostgreSQL's
+    /// `COPY` chunks take rows while under 8 MiB encoded; on SQLite nothing but the row limit
+    /// bounds them (one chunk). Every row read back equal.
     #[test]
     fn bulk_wide_rows_are_chunked_by_the_packet() {
         let mut conn = conn();
@@ -760,6 +817,11 @@ mod bulk_more_tests {
                 report.chunks,
                 n * 60_000
             );
+        } else if C::KIND == BackendKind::Postgres {
+            // Rows are taken while the chunk is under 8 MiB; one encodes to 60,014 bytes.
+            let per_chunk = (8usize << 20).div_ceil(60_014) as u64;
+            assert_eq!(report.chunks, (n as u64).div_ceil(per_chunk), "{report:?}");
+            assert_eq!(report.copy_chunks, report.chunks);
         } else {
             assert_eq!(report.chunks, 1);
         }

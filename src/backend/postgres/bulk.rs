@@ -32,6 +32,10 @@ const BIND_LIMIT: usize = 65_535;
 /// Rows a `COPY` chunk holds by default: past ~10k rows a statement costs nothing measurable.
 const COPY_ROWS: usize = 10_000;
 
+/// Encoded bytes past which a plain insert's `COPY` chunk takes no more rows (wide rows: the
+/// memory a chunk holds stays bounded whatever the row count).
+const COPY_BYTES: usize = 8 << 20;
+
 /// Keys a `DELETE .. = ANY($1)` chunk holds by default (one bind whatever the count).
 const DELETE_KEYS: usize = 10_000;
 
@@ -99,14 +103,41 @@ where
             if row.len() == shape.binds && row == table {
                 return Ok(Plan {
                     bind_limit: None,
-                    byte_limit: None,
+                    byte_limit: (!want.upsert).then_some(COPY_BYTES),
                     default_rows: COPY_ROWS,
                     copy: true,
                     staging: want.upsert,
+                    encoded: !want.upsert,
                 });
             }
         }
         Ok(insert_plan(limits, shape))
+    }
+
+    /// A row binding every column of the chunk's first row (Diesel renders one column list
+    /// for every row of a PostgreSQL insert, `DEFAULT` for a `None`: only the count of bound
+    /// values can differ between rows of one type, as in Diesel's own multi-row `INSERT`,
+    /// which renders the first row's column list for all).
+    fn encode_row(
+        &mut self,
+        row: &ValuesClause<V, T>,
+        fields: usize,
+        data: &mut Vec<u8>,
+    ) -> QueryResult<bool> {
+        BINDS.with_borrow_mut(|binds| encode_row(self, binds, row, fields, data))
+    }
+
+    fn write_encoded(&mut self, table: T, data: &[u8]) -> QueryResult<usize> {
+        let write = move |out: &mut dyn Write| {
+            out.write_all(COPY_HEADER)
+                .and_then(|()| out.write_all(data))
+                .and_then(|()| out.write_all(&(-1i16).to_be_bytes()))
+                .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
+        };
+        diesel::copy_from(table)
+            .from_raw_data(table, write)
+            .with_format(CopyFormat::Binary)
+            .execute(self)
     }
 
     fn write_chunk(
@@ -280,35 +311,64 @@ fn push_list<'b>(columns: &'b [String], out: &mut AstPass<'_, 'b, Pg>) -> QueryR
     Ok(())
 }
 
-/// The chunk in `COPY`'s binary format: each row's binds as Diesel serialises them for a
-/// statement (the same send format `COPY` reads), a length before each, `-1` for NULL.
+thread_local! {
+    /// The bind collector rows are encoded through, kept between rows (its two `Vec`s).
+    static BINDS: std::cell::RefCell<RawBytesBindCollector<Pg>> =
+        std::cell::RefCell::new(RawBytesBindCollector::new());
+}
+
+/// The chunk in `COPY`'s binary format (header and trailer included).
 fn copy_data<T, V>(conn: &mut PgConnection, rows: &[ValuesClause<V, T>]) -> QueryResult<Vec<u8>>
+where
+    T: Table,
+    V: InsertValues<Pg, T>,
+{
+    let mut binds = RawBytesBindCollector::<Pg>::new();
+    let mut data = Vec::with_capacity(COPY_HEADER.len() + rows.len() * 64 + 2);
+    data.extend_from_slice(COPY_HEADER);
+    for row in rows {
+        encode_row(conn, &mut binds, row, usize::MAX, &mut data)?;
+    }
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(data)
+}
+
+/// Appends `row` to `data` as one tuple of `COPY`'s binary format: each bind as Diesel
+/// serialises it for a statement (the same send format `COPY` reads), a length before each,
+/// `-1` for NULL. `Ok(false)`, nothing appended, when the row binds other than `fields` values
+/// (`usize::MAX`: any number).
+fn encode_row<T, V>(
+    conn: &mut PgConnection,
+    binds: &mut RawBytesBindCollector<Pg>,
+    row: &ValuesClause<V, T>,
+    fields: usize,
+    data: &mut Vec<u8>,
+) -> QueryResult<bool>
 where
     T: Table,
     V: InsertValues<Pg, T>,
 {
     let too_long =
         || diesel::result::Error::SerializationError("a COPY field or row is too long".into());
-    let backend = Pg;
-    let mut binds = RawBytesBindCollector::<Pg>::new();
-    let mut data = Vec::with_capacity(COPY_HEADER.len() + rows.len() * 64 + 2);
-    data.extend_from_slice(COPY_HEADER);
-    for row in rows {
-        row.values.collect_binds(&mut binds, conn, &backend)?;
-        let fields = i16::try_from(binds.binds.len()).map_err(|_| too_long())?;
-        data.extend_from_slice(&fields.to_be_bytes());
-        for field in binds.binds.drain(..) {
-            match field {
-                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(bytes) => {
-                    let len = i32::try_from(bytes.len()).map_err(|_| too_long())?;
-                    data.extend_from_slice(&len.to_be_bytes());
-                    data.extend_from_slice(&bytes);
-                }
+    binds.binds.clear();
+    binds.metadata.clear();
+    row.values.collect_binds(binds, conn, &Pg)?;
+    let count = binds.binds.len();
+    if fields != usize::MAX && count != fields {
+        return Ok(false);
+    }
+    let count = i16::try_from(count).map_err(|_| too_long())?;
+    data.extend_from_slice(&count.to_be_bytes());
+    for field in binds.binds.drain(..) {
+        match field {
+            None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(bytes) => {
+                let len = i32::try_from(bytes.len()).map_err(|_| too_long())?;
+                data.extend_from_slice(&len.to_be_bytes());
+                data.extend_from_slice(&bytes);
             }
         }
-        binds.metadata.clear();
     }
-    data.extend_from_slice(&(-1i16).to_be_bytes());
-    Ok(data)
+    binds.metadata.clear();
+    Ok(true)
 }

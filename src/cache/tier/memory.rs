@@ -3,7 +3,8 @@
 
 use std::any::{Any, TypeId};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
 use lru::LruCache;
@@ -99,14 +100,14 @@ pub(crate) enum Lookup<T> {
     Follow(Arc<Flight>),
 }
 
-/// Counters kept under the shards' locks, summed over the shards.
+/// Counters kept by the shards, summed over them.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Held {
     pub(crate) bytes: u64,
     pub(crate) entries: u64,
     pub(crate) evictions: u64,
     pub(crate) invalidated: u64,
-    /// Reads answered by a shard (counted under its lock: no counter shared by every hit).
+    /// Reads answered by a shard (each shard counts its own: no counter shared by every hit).
     pub(crate) hits: u64,
 }
 
@@ -114,16 +115,28 @@ pub(crate) struct Held {
 const MAX_SHARDS: u64 = 16;
 
 /// The in-process store: entries split by key hash over up to 16 shards, each its own `lru`
-/// map behind its own lock (a hit locks one shard: readers of other keys do not wait), each
-/// bounded by an equal share of the bytes and entries. The per-table generations are shared.
+/// map behind its own lock, each bounded by an equal share of the bytes and entries. The
+/// per-table generations are shared.
+///
+/// A hit takes its shard's lock for reading (`peek`: readers never wait for each other, nor
+/// for a reader the scheduler preempted) and moves the entry to the front only when the write
+/// lock is free at once: under contention the order is approximately least recently used.
+/// Fills, evictions and invalidations take the write lock.
 ///
 /// Lock order: a shard, then the generations; an invalidation bumps the generations and
 /// releases them before it sweeps the shards. A fill that read the generations before a bump
 /// stored its entry under the shard's lock, so the sweep that follows the bump finds it.
 pub(crate) struct Store {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[ShardCell]>,
     hasher: lru::DefaultHasher,
     gens: Mutex<Gens>,
+}
+
+/// A shard and its hit counter, a cache line apart from the next shard's.
+#[repr(align(128))]
+struct ShardCell {
+    lock: RwLock<Shard>,
+    hits: AtomicU64,
 }
 
 struct Shard {
@@ -164,6 +177,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Store {
     /// A store of at most `max_bytes` and `max_entries`, able to hold an entry of
     /// `max_entry_bytes`: as many shards (a power of two, at most 16) as leave each shard room
@@ -175,14 +196,15 @@ impl Store {
         // The largest power of two not above `fit`.
         let n = 1u64 << (63 - fit.leading_zeros());
         let shards = (0..n)
-            .map(|_| {
-                Mutex::new(Shard {
+            .map(|_| ShardCell {
+                lock: RwLock::new(Shard {
                     lru: LruCache::unbounded(),
                     max_bytes: max_bytes / n,
                     max_entries: usize::try_from(max_entries as u64 / n).unwrap_or(1).max(1),
                     held: Held::default(),
                     flights: HashMap::new(),
-                })
+                }),
+                hits: AtomicU64::new(0),
             })
             .collect();
         Store {
@@ -192,7 +214,7 @@ impl Store {
         }
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<Shard> {
+    fn shard(&self, key: &Key) -> &ShardCell {
         use std::hash::BuildHasher as _;
         let h = self.hasher.hash_one(key);
         // High bits: the map inside the shard indexes by the low ones.
@@ -203,13 +225,13 @@ impl Store {
     /// The counters summed over the shards.
     pub(crate) fn held(&self) -> Held {
         self.shards.iter().fold(Held::default(), |acc, s| {
-            let h = lock(s).held;
+            let h = read(&s.lock).held;
             Held {
                 bytes: acc.bytes + h.bytes,
                 entries: acc.entries + h.entries,
                 evictions: acc.evictions + h.evictions,
                 invalidated: acc.invalidated + h.invalidated,
-                hits: acc.hits + h.hits,
+                hits: acc.hits + s.hits.load(Ordering::Relaxed),
             }
         })
     }
@@ -223,15 +245,35 @@ impl Store {
         deps: Option<&Tables>,
         fill: bool,
     ) -> Option<Lookup<T>> {
-        let mut shard = lock(self.shard(key));
+        let cell = self.shard(key);
         let now = Instant::now();
+        let live = |entry: &Entry| !entry.expires.is_some_and(|at| at <= now);
+        {
+            let shard = read(&cell.lock);
+            let hit = shard
+                .lru
+                .peek(key)
+                .filter(|e| live(e))
+                .and_then(|e| e.rows.downcast_ref::<T>())
+                .cloned();
+            drop(shard);
+            if let Some(rows) = hit {
+                cell.hits.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut shard) = cell.lock.try_write() {
+                    shard.lru.promote(key);
+                }
+                return Some(Lookup::Hit(rows));
+            }
+        }
+        let mut shard = write(&cell.lock);
+        // Stored or expired since the read lock was let go.
         let mut expired = false;
         if let Some(entry) = shard.lru.get(key) {
-            if entry.expires.is_some_and(|at| at <= now) {
+            if !live(entry) {
                 expired = true;
             } else if let Some(rows) = entry.rows.downcast_ref::<T>() {
                 let rows = rows.clone();
-                shard.held.hits += 1;
+                cell.hits.fetch_add(1, Ordering::Relaxed);
                 return Some(Lookup::Hit(rows));
             }
         }
@@ -257,7 +299,7 @@ impl Store {
     /// Ends `flight` for `key`; stores `rows` when given and the generations are still the
     /// ones the fill saw. Returns whether it was stored, or why not.
     pub(crate) fn finish(&self, key: Key, flight: &Arc<Flight>, offer: Option<Offer>) -> Stored {
-        let mut shard = lock(self.shard(&key));
+        let mut shard = write(&self.shard(&key).lock);
         if shard
             .flights
             .get(&key)
@@ -314,7 +356,7 @@ impl Store {
             }
         }
         for shard in self.shards.iter() {
-            lock(shard).invalidate(written);
+            write(&shard.lock).invalidate(written);
         }
     }
 }
@@ -371,6 +413,55 @@ pub(crate) enum Stored {
 mod tests {
     use super::*;
 
+    fn key(name: &str) -> Key {
+        Key {
+            backend: BackendKind::Sqlite,
+            row_type: TypeId::of::<i32>(),
+            row_type_name: "i32",
+            budget: crate::Budget::rows(1).spec(),
+            query: name.to_owned(),
+        }
+    }
+
+    /// Fills `name` with `[v]` (one entry of 100 bytes).
+    fn fill(store: &Store, name: &str, v: i32) {
+        let deps = Arc::new(Tables::Some(BTreeSet::from(["t".to_owned()])));
+        let Some(Lookup::Lead(flight)) = store.lookup::<Arc<[i32]>>(&key(name), Some(&deps), true)
+        else {
+            panic!("{name}: expected to lead a fill");
+        };
+        let rows: Arc<[i32]> = Arc::from(vec![v]);
+        let offer: Offer = (Box::new(rows), 100, deps, None);
+        assert_eq!(store.finish(key(name), &flight, Some(offer)), Stored::Yes);
+    }
+
+    fn hit(store: &Store, name: &str) -> Option<i32> {
+        match store.lookup::<Arc<[i32]>>(&key(name), None, false) {
+            Some(Lookup::Hit(rows)) => rows.first().copied(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_hit_moves_its_entry_to_the_front() {
+        // One shard of two entries: filling a third evicts the least recently used.
+        let store = Store::new(1_000, 2, 1_000);
+        assert_eq!(store.shards.len(), 1);
+        fill(&store, "a", 1);
+        fill(&store, "b", 2);
+        assert_eq!(hit(&store, "a"), Some(1));
+        fill(&store, "c", 3);
+        assert_eq!(hit(&store, "b"), None, "b was the least recently used");
+        assert_eq!((hit(&store, "a"), hit(&store, "c")), (Some(1), Some(3)));
+        let held = store.held();
+        assert_eq!((held.entries, held.evictions, held.hits), (2, 1, 3));
+        // An invalidation of the table read empties the shard.
+        let mut written = Written::default();
+        written.tables.insert("t".to_owned());
+        store.invalidate(&written);
+        assert_eq!((hit(&store, "a"), store.held().entries), (None, 0));
+    }
+
     #[test]
     fn shards_leave_room_for_the_largest_entry() {
         let shards = |bytes, entries, entry| Store::new(bytes, entries, entry).shards.len();
@@ -384,7 +475,7 @@ mod tests {
             let store = Store::new(bytes, entries, entry);
             let n = store.shards.len() as u64;
             for shard in store.shards.iter() {
-                let shard = lock(shard);
+                let shard = read(&shard.lock);
                 assert!(shard.max_bytes >= entry && shard.max_bytes * n <= bytes);
                 assert!(shard.max_entries >= 1 && shard.max_entries as u64 * n <= entries as u64);
             }

@@ -247,7 +247,7 @@ where
                     })
                 }
                 (Some(n), _) => n.get(),
-                (None, Some(l)) => l,
+                (None, Some(l)) => default.min(l),
                 (None, None) => default,
             };
             let mut chunk: Vec<K> = Vec::with_capacity(max.min(default.max(1024)));

@@ -111,6 +111,10 @@ fn bind_bytes<F: QueryFragment<Mysql> + ?Sized>(value: &F) -> QueryResult<usize>
         .sum())
 }
 
+/// Keys a `DELETE .. IN (..)` chunk holds by default: a list as wide as the bind limit
+/// (65,535) ran at 0.84x of plain Diesel's 10,000-key statements on MariaDB 10.11 (10^5 rows).
+const DELETE_KEYS: usize = 10_000;
+
 impl<T, V> BulkWrite<T, V> for MysqlConnection
 where
     T: Table + Copy,
@@ -152,7 +156,11 @@ where
     K: ToSql<Col::SqlType, Mysql>,
 {
     fn key_plan(limits: Limits) -> (Option<usize>, Option<usize>, usize) {
-        (Some(limits.binds), limits.bytes, limits.binds)
+        (
+            Some(limits.binds),
+            limits.bytes,
+            limits.binds.min(DELETE_KEYS),
+        )
     }
 
     fn key_bytes(key: &K) -> QueryResult<usize> {

@@ -561,18 +561,25 @@ mod bulk_more_tests {
         assert!(matches!(err, Error::InvalidArgument { name: "rows", .. }), "{err:?}");
     }
 
-    /// Delete by keys: `= ANY($1)` on PostgreSQL (10,000 keys a chunk by default), `IN (..)`
-    /// elsewhere with as many keys as the bind limit allows (one kept for a RETURNING's LIMIT):
-    /// one key under, at, over a chunk's worth; keys not in the table delete nothing.
+    /// Delete by keys: `= ANY($1)` on PostgreSQL and `IN (..)` on MySQL, 10,000 keys a chunk by
+    /// default; on SQLite `IN (..)` with as many keys as the bind limit allows (one kept for a
+    /// RETURNING's LIMIT): one key under, at, over a chunk's worth; keys not in the table
+    /// delete nothing. On MySQL a `chunk_rows` of the bind limit (less the one) straddles it too.
     #[test]
     fn bulk_delete_by_keys_straddles_the_chunk() {
         let mut conn = conn();
         let limit = conn.bind_limit().expect("bind limit");
         let per_chunk = match C::KIND {
-            BackendKind::Postgres => 10_000,
-            _ => limit - 1,
+            BackendKind::Sqlite => limit - 1,
+            _ => 10_000,
         };
-        for keys in [per_chunk - 1, per_chunk, per_chunk + 1] {
+        let mut cases: Vec<(usize, Option<usize>)> =
+            [per_chunk - 1, per_chunk, per_chunk + 1].map(|k| (k, None)).into();
+        if C::KIND == BackendKind::Mysql {
+            cases.push((limit, Some(limit - 1)));
+        }
+        for (keys, chunk_rows) in cases {
+            let per_chunk = chunk_rows.unwrap_or(per_chunk);
             let keys_i32 = i32::try_from(keys).expect("fits");
             diesel::delete(bulk_c3::table).execute(&mut conn).expect("clear");
             bulk::insert_into(bulk_c3::table, (0..keys_i32 + 10).map(r3))
@@ -580,8 +587,11 @@ mod bulk_more_tests {
                 .expect("rows");
             // Every other key is missing from the table.
             let doomed = (0..keys_i32).map(|k| if k % 2 == 0 { k } else { -k });
-            let report = bulk::delete(bulk_c3::table, bulk_c3::a, doomed)
-                .per_chunk()
+            let mut delete = bulk::delete(bulk_c3::table, bulk_c3::a, doomed).per_chunk();
+            if let Some(n) = chunk_rows {
+                delete = delete.chunk_rows(nz(n));
+            }
+            let report = delete
                 .execute(&mut conn)
                 .unwrap_or_else(|e| panic!("{keys} keys: {e:?}"));
             assert_eq!(report.rows, keys as u64);

@@ -247,7 +247,7 @@ impl Store {
     ) -> Option<Lookup<T>> {
         let cell = self.shard(key);
         let now = Instant::now();
-        let live = |entry: &Entry| !entry.expires.is_some_and(|at| at <= now);
+        let live = |entry: &Entry| entry.expires.is_none_or(|at| at > now);
         {
             let shard = read(&cell.lock);
             let hit = shard

@@ -884,7 +884,7 @@ where
 }
 
 /// Receives Diesel's ` -- binds: [<b1>, <b2>]` and keeps each bind's `Debug` form: the list
-/// split at its top-level commas (as [`split_list`] does) while it is written.
+/// split at its top-level commas while it is written (also used by [`split_query`]).
 #[derive(Default)]
 struct BindSplitter {
     items: Vec<String>,
@@ -1000,50 +1000,28 @@ pub(crate) fn split_query(query: &dyn DebugQuery) -> (String, Vec<String>) {
     const MARK: &str = " -- binds: [";
     let mut text = query.to_string();
     if let Some(at) = text.find(MARK) {
-        if let Some(list) = text[at + MARK.len()..].strip_suffix(']') {
-            let binds = split_list(list);
+        let mut binds = BindSplitter::default();
+        // The splitter keeps what it is given: writing to it cannot fail.
+        let _ = fmt::Write::write_str(&mut binds, &text[at..]);
+        if binds.closed && text.ends_with(']') {
             text.truncate(at);
-            return (text, binds);
+            return (text, binds.finish());
         }
     }
     (text, Vec::new())
 }
 
-/// Splits the inside of a `Debug` list (`a, "b, c", [d, e]`) at its top-level commas.
-fn split_list(list: &str) -> Vec<String> {
-    let mut items = Vec::new();
-    if list.is_empty() {
-        return items;
-    }
-    let (mut depth, mut in_str, mut escaped, mut start) = (0usize, false, false, 0usize);
-    for (i, c) in list.char_indices() {
-        if in_str {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_str = true,
-            '[' | '(' | '{' => depth += 1,
-            ']' | ')' | '}' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                items.push(list[start..i].trim().to_owned());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    items.push(list[start..].trim().to_owned());
-    items
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The inside of a `Debug` list split as [`split_query`] splits a bind list.
+    fn split_list(list: &str) -> Vec<String> {
+        let mut splitter = BindSplitter::default();
+        fmt::Write::write_str(&mut splitter, &format!(" -- binds: [{list}]")).expect("write");
+        assert!(splitter.closed, "the list was not closed: {list}");
+        splitter.finish()
+    }
 
     #[test]
     fn lists_split_at_top_level_commas() {

@@ -18,6 +18,13 @@ use crate::error::{Error, Result};
 use crate::exec::{sealed as access, ConnectionOf, Executor};
 use crate::instrument::BudgetScope;
 
+/// Keys a delete chunk holds by default on the servers (SQLite's default is its bind limit):
+/// PostgreSQL's `= ANY($1)` takes one bind whatever the count; on MySQL/MariaDB an `IN (..)`
+/// list as wide as the bind limit (65,535) ran at 0.84x of plain Diesel's 10,000-key
+/// statements (MariaDB 10.11, 10^5 rows).
+#[allow(dead_code)] // unused in a build with neither server backend
+pub(crate) const DELETE_KEYS: usize = 10_000;
+
 /// Starts a bulk delete of the rows of `table` whose `key` column equals one of `keys` (a
 /// slice, a `Vec` or any iterator of key values, never collected whole). Keys with no row
 /// delete nothing; a key given twice is deleted once.

@@ -81,6 +81,7 @@ mod returning;
 pub(crate) mod sql;
 mod update;
 
+pub(crate) use delete::DELETE_KEYS;
 pub use delete::{delete, BulkDelete, BulkKeys};
 pub use returning::BulkReturning;
 #[doc(hidden)]

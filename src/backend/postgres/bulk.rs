@@ -23,7 +23,7 @@ use crate::bulk::sql::{
 };
 use crate::bulk::{
     insert_plan, sealed, BulkConnection, BulkKeys, BulkWrite, Conflict, ConflictOf, Limits, Op,
-    Plan, Want,
+    Plan, Want, DELETE_KEYS,
 };
 
 /// Bind parameters a statement may hold (the protocol's 16-bit count).
@@ -35,9 +35,6 @@ const COPY_ROWS: usize = 10_000;
 /// Encoded bytes past which a plain insert's `COPY` chunk takes no more rows (wide rows: the
 /// memory a chunk holds stays bounded whatever the row count).
 const COPY_BYTES: usize = 8 << 20;
-
-/// Keys a `DELETE .. = ANY($1)` chunk holds by default (one bind whatever the count).
-const DELETE_KEYS: usize = 10_000;
 
 /// Inputs of at least this many rows (or of unknown length) upsert through the `COPY`-fed
 /// staging table by default when their rows set every column; smaller ones through `INSERT ..

@@ -11,8 +11,8 @@
 #     no backend feature at all is a clear compile error.
 #  4. The real diesel CLI runs and redoes our migrations on SQLite, PostgreSQL and MariaDB.
 #  5. The tour, small, on all three backends.
-#  The fault suite (tests/faults.rs, its table in the README) and the cargo-fuzz targets run
-#  between 3 and 3b.
+#  The fault suite (tests/faults.rs, its table in the README) runs after 3; then trybuild and
+#  the cargo-fuzz targets run side by side with 3b (separate target directories).
 #
 # Servers: PG_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/diesel_budget_test) and
 # MYSQL_DATABASE_URL (default mysql://root@127.0.0.1:3306/diesel_budget_test).
@@ -153,7 +153,8 @@ migrate() {
         die "$name: diesel migration list shows no applied migration"
 }
 
-# The cargo-fuzz targets (fuzz/: page tokens, budget lockfiles), FUZZ_SECONDS (20) each. On
+# The cargo-fuzz targets (fuzz/: page tokens, budget lockfiles), FUZZ_SECONDS (20) each. It
+# runs where errexit does not apply (side_by_side), so each failure returns explicitly. On
 # the stable toolchain through RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z flags); installs
 # cargo-fuzz when missing (about 2.5 min). The committed lockfiles seed the lockfile corpus;
 # corpus, artifacts and fuzz/target stay untracked (.gitignore). The first build compiles
@@ -163,7 +164,7 @@ fuzz_targets() {
     if ! cargo fuzz --version >/dev/null 2>&1; then
         say "cargo-fuzz not found: cargo install cargo-fuzz --locked"
         t0=$SECONDS
-        cargo install cargo-fuzz --locked
+        cargo install cargo-fuzz --locked || return
         say "cargo-fuzz installed in $((SECONDS - t0)) s"
     fi
     for target in page_token lockfile; do
@@ -173,8 +174,37 @@ fuzz_targets() {
         # --sanitizer none: the decoders are safe Rust; ASan would instrument every dependency
         # (the bundled SQLite included) for nothing and lengthen the cold build.
         (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" "corpus/$target" "${seeds[@]}" \
-            -- -max_total_time="${FUZZ_SECONDS:-20}")
+            -- -max_total_time="${FUZZ_SECONDS:-20}") || return
     done
+}
+
+# Three compile-bound steps that share no target directory, in two lanes at once: the
+# compile_fail (trybuild) tests then the fuzz targets in one, each backend feature alone (its
+# own target directory, target/single-backend) in the other. rustc builds one crate at a time
+# through most of each, so on CI's 2 cores the lanes take about the time of the longer one.
+# Each lane's output is printed whole when it ends; the step fails if either lane does.
+side_by_side() {
+    local log pid t0=$SECONDS lane=0 other=0
+    log=$(mktemp)
+    (
+        export CARGO_TARGET_DIR="$PWD/target/single-backend"
+        single_backends
+    ) >"$log" 2>&1 &
+    pid=$!
+    {
+        say "lane 1: cargo test --test compile_fail (default features: trybuild)"
+        cargo test --test compile_fail &&
+            say "lane 1: cargo fuzz: page_token, lockfile (FUZZ_SECONDS=${FUZZ_SECONDS:-20} each)" &&
+            fuzz_targets
+    } || lane=$?
+    say "lane 1 done in $((SECONDS - t0)) s; waiting for lane 2 (each backend feature alone)"
+    wait "$pid" || other=$?
+    say "lane 2 (each backend feature alone: check --all-targets, doctests; none: compile_error!):"
+    cat "$log"
+    rm -f "$log"
+    say "lane 2 done, both in $((SECONDS - t0)) s"
+    [ "$lane" -eq 0 ] || die "lane 1 (trybuild, cargo fuzz) failed (exit $lane)"
+    [ "$other" -eq 0 ] || die "lane 2 (each backend feature alone) failed (exit $other)"
 }
 
 # The tour, small, on each backend: debug build, same features as the tests (no rebuild).
@@ -203,11 +233,8 @@ step "cargo test --all-features (unit, SQLite/PostgreSQL/MariaDB, doc)" cargo te
 # command compares what the run wrote (target/diesel-budget/) with the committed files.
 step "budget lockfiles: CI=true suite lockfile test, then diesel-budget check" \
     env CI=true sh -c 'cargo test --all-features --test backends ci::suite && cargo run --all-features --bin diesel-budget -- check'
-# trybuild's expected messages list the connection types of one feature set: the default one.
-step "cargo test --test compile_fail (default features: trybuild)" cargo test --test compile_fail
 step "fault suite: cargo test --all-features --test faults (its table in README)" cargo test --all-features --test faults
-step "cargo fuzz: page_token, lockfile (FUZZ_SECONDS=20 each)" fuzz_targets
-step "each backend feature alone: check --all-targets, doctests; none: compile_error!" \
-    single_backends
+# trybuild's expected messages list the connection types of one feature set: the default one.
+step "side by side: [trybuild, cargo fuzz] | [each backend feature alone]" side_by_side
 step "diesel CLI: migration run/redo on SQLite, PostgreSQL, MariaDB" diesel_cli_migrations
 step "tour --rows 20000 on SQLite, PostgreSQL, MariaDB" tour

@@ -368,6 +368,122 @@ mod bulk_tests {
             }
         }
     }
+
+    diesel::table! {
+        bulk_types (k) {
+            k -> Integer,
+            t -> Nullable<Text>,
+            big -> BigInt,
+            d -> Double,
+            flag -> Bool,
+            bin -> Nullable<Binary>,
+            def -> Integer,
+        }
+    }
+
+    /// `def: None` is its column's `DEFAULT` (42); `t` and `bin` bind NULL for a `None`.
+    #[derive(Debug, Clone, PartialEq, Insertable)]
+    #[diesel(table_name = bulk_types)]
+    struct RTypes {
+        k: i32,
+        #[diesel(treat_none_as_default_value = false)]
+        t: Option<String>,
+        big: i64,
+        d: f64,
+        flag: bool,
+        #[diesel(treat_none_as_default_value = false)]
+        bin: Option<Vec<u8>>,
+        def: Option<i32>,
+    }
+
+    type TypesRow = (i32, Option<String>, i64, f64, bool, Option<Vec<u8>>, i32);
+
+    /// An upsert of rows of several types with NULLs, duplicate keys across chunks, half the
+    /// keys existing, and rows that leave a column to its `DEFAULT` scattered among them: every
+    /// key ends as its last input row (a `DEFAULT` as 42). On PostgreSQL the rows that bind
+    /// every column go as `INSERT .. SELECT * FROM UNNEST(..)` (one array a column, NULLs
+    /// inside), the `DEFAULT` rows as multi-row `INSERT`s.
+    #[test]
+    fn bulk_upsert_of_typed_rows_with_nulls_and_defaults() {
+        let mut conn = conn();
+        let (binary, double) = match C::KIND {
+            BackendKind::Postgres => ("BYTEA", "DOUBLE PRECISION"),
+            BackendKind::Mysql => ("VARBINARY(16)", "DOUBLE"),
+            _ => ("BLOB", "DOUBLE"),
+        };
+        diesel::sql_query(format!(
+            "CREATE TEMPORARY TABLE bulk_types (k INTEGER PRIMARY KEY, t TEXT, \
+             big BIGINT NOT NULL, d {double} NOT NULL, flag BOOLEAN NOT NULL, bin {binary}, \
+             def INTEGER NOT NULL DEFAULT 42)"
+        ))
+        .execute(&mut conn)
+        .expect("create temp table");
+        let row = |i: i32| RTypes {
+            k: if i < 2_500 { i % 1_000 } else { i },
+            t: (i % 5 != 0).then(|| format!("t-{i}, \"x\"")),
+            big: i64::from(i) * 1_000_000_007,
+            d: f64::from(i) * 0.5 - 3.25,
+            flag: i % 2 == 0,
+            bin: (i % 7 != 0).then(|| vec![i as u8, 0, 255, (i >> 8) as u8]),
+            // Unique keys only: on SQLite a DEFAULT column is left out of the statement, so
+            // an update would keep the old value there.
+            def: (i < 2_500 || i % 3 != 0).then_some(i),
+        };
+        let existing: Vec<RTypes> = (0..500)
+            .map(|k| RTypes {
+                t: Some("old".into()),
+                def: Some(-1),
+                ..row(k)
+            })
+            .collect();
+        let input: Vec<RTypes> = (0..2_600).map(row).collect();
+        let mut want: std::collections::BTreeMap<i32, TypesRow> = Default::default();
+        for r in &input {
+            let r = r.clone();
+            want.insert(r.k, (r.k, r.t, r.big, r.d, r.flag, r.bin, r.def.unwrap_or(42)));
+        }
+        let want: Vec<TypesRow> = want.into_values().collect();
+        for chunk in [None, Some(7)] {
+            diesel::delete(bulk_types::table).execute(&mut conn).expect("clear");
+            diesel::insert_into(bulk_types::table)
+                .values(&existing)
+                .execute(&mut conn)
+                .expect("existing");
+            let (report, ledger) = diesel_budget::testing::record(&mut conn, |conn| {
+                let mut insert = bulk::insert_into(bulk_types::table, input.iter().cloned());
+                if let Some(chunk) = chunk {
+                    insert = insert.chunk_rows(NonZeroUsize::new(chunk).expect("non-zero"));
+                }
+                insert
+                    .on_conflict_do_update(bulk_types::k, |r: &RTypes| r.k)
+                    .execute(conn)
+                    .unwrap_or_else(|e| panic!("chunk {chunk:?}: {e:?}"))
+            });
+            assert_eq!(report.rows, 2_600);
+            if C::KIND == BackendKind::Postgres {
+                let count = |what: &str| {
+                    ledger
+                        .statements()
+                        .iter()
+                        .filter(|s| s.sql.contains(what))
+                        .count()
+                };
+                assert!(count("UNNEST(") > 0, "no UNNEST chunk:\n{ledger}");
+                assert!(count("VALUES") > 0, "no DEFAULT chunk:\n{ledger}");
+            }
+            let got: Vec<TypesRow> = bulk_types::table
+                .order(bulk_types::k)
+                .load(&mut conn)
+                .expect("load");
+            assert_eq!(got.len(), want.len(), "chunk {chunk:?}");
+            let first_diff = got.iter().zip(&want).position(|(g, w)| g != w);
+            assert!(
+                got == want,
+                "chunk {chunk:?}: first difference at {first_diff:?}: {:?}",
+                first_diff.map(|i| (&got[i], &want[i]))
+            );
+        }
+    }
 }
 
 /// Bulk writes, continued (issue 6): update by key, delete by keys, RETURNING under a budget,

@@ -9,11 +9,11 @@ use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
 use diesel::expression::QueryMetadata;
 use diesel::insertable::InsertValues;
-use diesel::pg::{CopyFormat, CopyTarget, Pg, PgConnection};
+use diesel::pg::{CopyFormat, CopyTarget, Pg, PgConnection, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId, ValuesClause};
-use diesel::serialize::ToSql;
-use diesel::sql_types::{Array, HasSqlType, SqlType};
+use diesel::serialize::{IsNull, Output, ToSql};
+use diesel::sql_types::{Array, HasSqlType, SingleValue, SqlType};
 use diesel::{Column, Connection as _, ExecuteCopyFromDsl as _, QueryResult, Table};
 
 use crate::backend::BudgetConnection;
@@ -36,12 +36,8 @@ const COPY_ROWS: usize = 10_000;
 /// memory a chunk holds stays bounded whatever the row count).
 const COPY_BYTES: usize = 8 << 20;
 
-/// Inputs of at least this many rows (or of unknown length) upsert through the `COPY`-fed
-/// staging table by default when their rows set every column; smaller ones through `INSERT ..
-/// ON CONFLICT` (one statement a chunk instead of four). Measured (README, bulk-write
-/// benchmarks): at 10^6 rows staging ran 1.15-1.5x the chunked INSERT with 27% less memory; at
-/// 10^5 the two were even.
-const STAGING_MIN_ROWS: u64 = 100_000;
+/// Rows an `UNNEST` upsert chunk holds by default (one array bind a column whatever the count).
+const UNNEST_ROWS: usize = 10_000;
 
 /// The temporary staging table of upserts over `COPY` (dropped at the end of each chunk, and
 /// by `ON COMMIT DROP` whatever happens).
@@ -82,31 +78,48 @@ where
         row_shape::<Self, T, V>(row)
     }
 
-    /// `COPY` when allowed and the row sets every column of the table, in the table's order,
-    /// each with a bound value (no `DEFAULT`): then the binary rows line up with `COPY t`. An
-    /// upsert of such rows goes through the staging table unless told otherwise.
+    /// A plain insert: `COPY` when allowed and the row sets every column of the table, in
+    /// the table's order, each with a bound value (no `DEFAULT`): then the binary rows line up
+    /// with `COPY t`. An upsert: `INSERT .. SELECT * FROM UNNEST($1, ..)` (one array a column)
+    /// when the row binds every column it names, or the `COPY`-fed staging table when asked
+    /// for ([`staging`](crate::bulk::BulkInsert::staging)) and the row sets every column.
+    /// Otherwise, or after `insert_only`, multi-row `INSERT`s.
     fn plan(_: T, shape: &RowShape, want: Want, limits: Limits) -> QueryResult<Plan> {
-        let copyable = want.op == Op::Insert && want.copy;
-        let large = want.rows_hint.is_none_or(|rows| rows >= STAGING_MIN_ROWS);
-        let staging = want.upsert && want.staging.unwrap_or(large);
-        if copyable && (!want.upsert || staging) {
-            let all = PgConnection::render_sql(&T::all_columns())?;
-            let table: Vec<&str> = all
-                .split(", ")
-                .map(|c| c.rsplit_once("\".\"").map_or(c, |(_, name)| name))
-                .map(|c| c.trim_matches('"'))
-                .collect();
-            let row = column_names(&shape.columns);
-            if row.len() == shape.binds && row == table {
-                return Ok(Plan {
-                    bind_limit: None,
-                    byte_limit: (!want.upsert).then_some(COPY_BYTES),
-                    default_rows: COPY_ROWS,
-                    copy: true,
-                    staging: want.upsert,
-                    encoded: !want.upsert,
-                });
+        if want.op != Op::Insert || !want.copy {
+            return Ok(insert_plan(limits, shape));
+        }
+        let row = column_names(&shape.columns);
+        let bound = row.len() == shape.binds;
+        if want.upsert && want.staging != Some(true) {
+            if !bound {
+                return Ok(insert_plan(limits, shape));
             }
+            return Ok(Plan {
+                bind_limit: None,
+                byte_limit: None,
+                default_rows: UNNEST_ROWS,
+                copy: false,
+                staging: false,
+                encoded: false,
+                unnest: true,
+            });
+        }
+        let all = PgConnection::render_sql(&T::all_columns())?;
+        let table: Vec<&str> = all
+            .split(", ")
+            .map(|c| c.rsplit_once("\".\"").map_or(c, |(_, name)| name))
+            .map(|c| c.trim_matches('"'))
+            .collect();
+        if bound && row == table {
+            return Ok(Plan {
+                bind_limit: None,
+                byte_limit: (!want.upsert).then_some(COPY_BYTES),
+                default_rows: COPY_ROWS,
+                copy: true,
+                staging: want.upsert,
+                encoded: !want.upsert,
+                unnest: false,
+            });
         }
         Ok(insert_plan(limits, shape))
     }
@@ -144,6 +157,22 @@ where
         plan: &Plan,
         conflict: ConflictOf<'_>,
     ) -> QueryResult<usize> {
+        if plan.unnest {
+            let arrays = BINDS.with_borrow_mut(|binds| column_arrays(self, binds, rows))?;
+            return match (arrays, conflict) {
+                (Some(arrays), Some((conflict, columns))) => {
+                    let from = table.from_clause();
+                    self.execute_returning_count(&UnnestInsert::<T> {
+                        from: &from,
+                        columns,
+                        arrays,
+                        conflict,
+                    })
+                }
+                // A column without an array type: the rows as a multi-row `INSERT`.
+                _ => self.insert_rows(table, rows, conflict),
+            };
+        }
         if !plan.copy {
             return self.insert_rows(table, rows, conflict);
         }
@@ -368,4 +397,176 @@ where
     }
     binds.metadata.clear();
     Ok(true)
+}
+
+/// One column of an `UNNEST` chunk: its values as a one-dimensional array in PostgreSQL's
+/// binary array format (`array_recv`), built from the binds Diesel serialises for each row.
+struct ColumnArray {
+    /// The array type's OID (the parameter's type).
+    array_oid: u32,
+    /// The header (patched by [`ColumnArray::finish`]) and the elements.
+    data: Vec<u8>,
+    len: i32,
+    has_null: bool,
+}
+
+/// Bytes of a one-dimensional array's header: dimensions, null flag, element type, length,
+/// lower bound.
+const ARRAY_HEADER: usize = 20;
+
+impl ColumnArray {
+    fn new(array_oid: u32, element_oid: u32, rows: usize) -> Self {
+        let mut data = Vec::with_capacity(ARRAY_HEADER + rows * 16);
+        data.extend_from_slice(&1i32.to_be_bytes());
+        data.extend_from_slice(&0i32.to_be_bytes());
+        data.extend_from_slice(&element_oid.to_be_bytes());
+        data.extend_from_slice(&0i32.to_be_bytes());
+        data.extend_from_slice(&1i32.to_be_bytes());
+        ColumnArray {
+            array_oid,
+            data,
+            len: 0,
+            has_null: false,
+        }
+    }
+
+    fn push(&mut self, value: Option<&[u8]>) -> QueryResult<()> {
+        let too_long =
+            || diesel::result::Error::SerializationError("an UNNEST array is too long".into());
+        match value {
+            None => {
+                self.data.extend_from_slice(&(-1i32).to_be_bytes());
+                self.has_null = true;
+            }
+            Some(bytes) => {
+                let len = i32::try_from(bytes.len()).map_err(|_| too_long())?;
+                self.data.extend_from_slice(&len.to_be_bytes());
+                self.data.extend_from_slice(bytes);
+            }
+        }
+        self.len = self.len.checked_add(1).ok_or_else(too_long)?;
+        Ok(())
+    }
+
+    /// Writes the null flag and the length into the header.
+    fn finish(&mut self) {
+        self.data[4..8].copy_from_slice(&i32::from(self.has_null).to_be_bytes());
+        self.data[12..16].copy_from_slice(&self.len.to_be_bytes());
+    }
+}
+
+impl std::fmt::Debug for ColumnArray {
+    /// Compact: a recording keeps each bind's `Debug` form.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "array[{} values, {} bytes]", self.len, self.data.len())
+    }
+}
+
+/// The chunk's rows as one array a column, in the order the rows bind their values; `None`
+/// when a row binds another number of values than the first (a `DEFAULT`) or a column's type
+/// has no array type.
+fn column_arrays<T, V>(
+    conn: &mut PgConnection,
+    binds: &mut RawBytesBindCollector<Pg>,
+    rows: &[ValuesClause<V, T>],
+) -> QueryResult<Option<Vec<ColumnArray>>>
+where
+    T: Table,
+    V: InsertValues<Pg, T>,
+{
+    let mut arrays: Vec<ColumnArray> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        binds.binds.clear();
+        binds.metadata.clear();
+        row.values.collect_binds(binds, conn, &Pg)?;
+        if i == 0 {
+            for meta in &binds.metadata {
+                let (Ok(element), Ok(array)) = (meta.oid(), meta.array_oid()) else {
+                    return Ok(None);
+                };
+                if array == 0 {
+                    return Ok(None);
+                }
+                arrays.push(ColumnArray::new(array, element, rows.len()));
+            }
+        }
+        if binds.binds.len() != arrays.len() {
+            return Ok(None);
+        }
+        for (array, value) in arrays.iter_mut().zip(&binds.binds) {
+            array.push(value.as_deref())?;
+        }
+    }
+    binds.binds.clear();
+    binds.metadata.clear();
+    arrays.iter_mut().for_each(ColumnArray::finish);
+    Ok(Some(arrays))
+}
+
+/// An array parameter whose type is known only at run time (the element type comes from the
+/// binds of the chunk's rows). Diesel asks a bind's type through the static
+/// `HasSqlType::metadata`, so [`UnnestInsert`] sets [`ARRAY_OID`] right before it pushes each
+/// array; nothing runs in between on this thread.
+#[derive(Debug, Clone, Copy)]
+struct RuntimeArray;
+
+impl SqlType for RuntimeArray {
+    type IsNull = diesel::sql_types::is_nullable::NotNull;
+}
+
+impl SingleValue for RuntimeArray {}
+
+thread_local! {
+    /// The array type of the [`RuntimeArray`] bind being pushed.
+    static ARRAY_OID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+impl HasSqlType<RuntimeArray> for Pg {
+    fn metadata(_: &mut Self::MetadataLookup) -> PgTypeMetadata {
+        PgTypeMetadata::new(ARRAY_OID.get(), 0)
+    }
+}
+
+impl ToSql<RuntimeArray, Pg> for ColumnArray {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
+        out.write_all(&self.data)?;
+        Ok(IsNull::No)
+    }
+}
+
+/// `INSERT INTO t (cols) SELECT * FROM UNNEST($1, .., $n) ON CONFLICT ..`: a chunk of an
+/// upsert as one array bind a column.
+struct UnnestInsert<'a, T: Table> {
+    from: &'a T::FromClause,
+    columns: &'a [String],
+    arrays: Vec<ColumnArray>,
+    conflict: &'a Conflict,
+}
+
+impl<T: Table> QueryId for UnnestInsert<'_, T> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<T> QueryFragment<Pg> for UnnestInsert<'_, T>
+where
+    T: Table,
+    T::FromClause: QueryFragment<Pg>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO ");
+        self.from.walk_ast(out.reborrow())?;
+        out.push_sql(" (");
+        push_list(self.columns, &mut out)?;
+        out.push_sql(") SELECT * FROM UNNEST(");
+        for (i, array) in self.arrays.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            ARRAY_OID.set(array.array_oid);
+            out.push_bind_param::<RuntimeArray, ColumnArray>(array)?;
+        }
+        out.push_sql(")");
+        crate::backend::on_conflict_clause(self.conflict, self.columns, out.reborrow())
+    }
 }

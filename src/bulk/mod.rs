@@ -7,7 +7,9 @@
 //! - **Chunks** are sized from the backend's real bind-parameter limit (PostgreSQL and MySQL
 //!   65,535; SQLite read from the connection at run time, 32,766 for the bundled library)
 //!   divided by the binds one row really uses, counted by rendering the row (a `None` rendered
-//!   as `DEFAULT` takes no bind). A chunk size you ask for with
+//!   as `DEFAULT` takes no bind). A row type with a static query id (Diesel's promise that every
+//!   value renders the same SQL: a derived `Insertable` without an `Option` left to its
+//!   `DEFAULT`) is rendered once, not per row. A chunk size you ask for with
 //!   [`chunk_rows`](BulkInsert::chunk_rows) that cannot fit is [`Error::InvalidArgument`]
 //!   before anything is written, never a server error half-way.
 //! - **PostgreSQL** writes each chunk with binary `COPY .. FROM STDIN` when the rows set every
@@ -67,7 +69,7 @@ use std::time::{Duration, Instant};
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
 use diesel::expression::QueryMetadata;
-use diesel::query_builder::{AstPass, QueryFragment, ValuesClause};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId, ValuesClause};
 use diesel::{Column, Connection, Insertable, QueryResult, Table};
 
 use crate::backend::BudgetConnection;
@@ -81,6 +83,7 @@ mod returning;
 pub(crate) mod sql;
 mod update;
 
+#[allow(unused_imports)] // the server backends' default; a SQLite-only build has none
 pub(crate) use delete::DELETE_KEYS;
 pub use delete::{delete, BulkDelete, BulkKeys};
 pub use returning::BulkReturning;
@@ -535,6 +538,7 @@ where
         X: Executor,
         I: Iterator<Item = R>,
         R: Insertable<T, Values = ValuesClause<V, T>>,
+        V: QueryId,
         K: KeyOf<R>,
         ConnectionOf<X>: BulkWrite<T, V>,
     {
@@ -557,6 +561,7 @@ where
         C: BulkWrite<T, V>,
         I: Iterator<Item = R>,
         R: Insertable<T, Values = ValuesClause<V, T>>,
+        V: QueryId,
         K: KeyOf<R>,
         W: FnMut(&mut C, T, &[ValuesClause<V, T>], &Plan, ConflictOf<'_>) -> Result<usize>,
     {
@@ -670,10 +675,10 @@ struct Encoded {
     shape: sql::RowShape,
 }
 
-/// A row as a chunk holds it: its values, its rendered shape, its conflict key.
+/// A row as a chunk holds it: its values and its conflict key (the chunk keeps its first
+/// row's shape; every row of a chunk renders the same column list).
 struct Pending<V, T, Key> {
     values: ValuesClause<V, T>,
-    shape: sql::RowShape,
     key: Option<Key>,
 }
 
@@ -787,14 +792,22 @@ where
     where
         C: BulkWrite<T, V>,
         R: Insertable<T, Values = ValuesClause<V, T>>,
+        V: QueryId,
         K: KeyOf<R>,
         W: FnMut(&mut C, T, &[ValuesClause<V, T>], &Plan, ConflictOf<'_>) -> Result<usize>,
     {
         let mut chunk: Vec<Pending<V, T, K::Key>> = Vec::new();
+        // The shape of the open chunk's first row.
+        let mut chunk_shape = sql::RowShape::default();
         let mut plan: Option<Plan> = None;
         let (mut binds, mut bytes) = (0usize, 0usize);
         // The open chunk of an `encoded` plan: its rows' bytes, how many, the first row's shape.
         let mut encoded = Encoded::default();
+        // The shape every row renders when the row type has a static query id: Diesel's
+        // promise that its SQL is the same for every value (its statement cache keys such
+        // statements by type alone), so it is rendered once, not per row. Not so for a row
+        // with an `Option` left to its `DEFAULT`, whose column list depends on the value.
+        let mut fixed: Option<sql::RowShape> = None;
         for row in rows {
             let key = self.key_of.key_of(&row);
             let values = row.values();
@@ -812,22 +825,32 @@ where
                 self.flush_encoded(conn, &mut encoded, &p)?;
                 plan = None;
             }
-            let shape = C::row_shape(&values).map_err(Error::from)?;
-            if self.want.op == Op::Update {
-                check_update_row(&shape, self.conflict.as_ref())?;
-            }
-            let fits = match (&plan, chunk.first()) {
-                (Some(p), Some(first)) => {
-                    first.shape.columns == shape.columns
-                        && (!p.unnest || first.shape.binds == shape.binds)
+            let rendered;
+            let (shape, row_bytes) = match &fixed {
+                Some(shape) => (shape, C::row_bytes(&values).map_err(Error::from)?),
+                None => {
+                    rendered = C::row_shape(&values).map_err(Error::from)?;
+                    if self.want.op == Op::Update {
+                        check_update_row(&rendered, self.conflict.as_ref())?;
+                    }
+                    if V::HAS_STATIC_QUERY_ID {
+                        fixed = Some(rendered.clone());
+                    }
+                    (&rendered, rendered.bytes)
+                }
+            };
+            let fits = match &plan {
+                Some(p) if !chunk.is_empty() => {
+                    chunk_shape.columns == shape.columns
+                        && (!p.unnest || chunk_shape.binds == shape.binds)
                         && chunk.len() < self.max_rows(p)
                         && p.bind_limit.is_none_or(|l| binds + shape.binds <= l)
-                        && p.byte_limit.is_none_or(|l| bytes + shape.bytes <= l)
+                        && p.byte_limit.is_none_or(|l| bytes + row_bytes <= l)
                 }
                 _ => true,
             };
             if !fits {
-                self.flush(conn, &mut chunk, plan.as_ref(), write)?;
+                self.flush(conn, &mut chunk, &chunk_shape, plan.as_ref(), write)?;
                 (binds, bytes) = (0, 0);
                 plan = None;
             }
@@ -837,9 +860,9 @@ where
                     None => (conn.limits().map_err(Error::from)?, true),
                 };
                 self.limits = Some(limits);
-                let p = C::plan(self.table, &shape, self.want, limits).map_err(Error::from)?;
+                let p = C::plan(self.table, shape, self.want, limits).map_err(Error::from)?;
                 if first {
-                    self.check_chunk_rows(&p, &shape)?;
+                    self.check_chunk_rows(&p, shape)?;
                 }
                 plan = Some(p);
             }
@@ -853,17 +876,20 @@ where
                     )));
                 }
                 encoded.rows = 1;
-                encoded.shape = shape;
+                encoded.shape = shape.clone();
                 continue;
             }
+            if chunk.is_empty() {
+                chunk_shape = shape.clone();
+            }
             binds += shape.binds;
-            bytes += shape.bytes;
-            chunk.push(Pending { values, shape, key });
+            bytes += row_bytes;
+            chunk.push(Pending { values, key });
         }
         if let Some(p) = plan.filter(|p| p.encoded) {
             return self.flush_encoded(conn, &mut encoded, &p);
         }
-        self.flush(conn, &mut chunk, plan.as_ref(), write)
+        self.flush(conn, &mut chunk, &chunk_shape, plan.as_ref(), write)
     }
 
     /// Writes the encoded chunk (and empties it) as one statement, in its own transaction
@@ -927,6 +953,7 @@ where
         &mut self,
         conn: &mut C,
         chunk: &mut Vec<Pending<V, T, Key>>,
+        shape: &sql::RowShape,
         plan: Option<&Plan>,
         write: &mut W,
     ) -> Result<()>
@@ -941,11 +968,8 @@ where
         if let Some(conflict) = &self.conflict {
             dedup(chunk, conflict.update);
         }
-        let columns = chunk
-            .first()
-            .map(|p| p.shape.columns.clone())
-            .unwrap_or_default();
-        let names = sql::column_names(&columns);
+        let columns = &shape.columns;
+        let names = sql::column_names(columns);
         let values: Vec<ValuesClause<V, T>> = chunk.drain(..).map(|p| p.values).collect();
         let conflict = self.conflict.as_ref().map(|c| (c, names.as_slice()));
         let table = self.table;
@@ -959,7 +983,7 @@ where
                 let _scope = BudgetScope::enter(Budget::rows(values.len() as u64).spec());
                 write(conn, table, &values, plan, conflict).map_err(|e| match e {
                     Error::Query { sql: None, source } => {
-                        Error::query(summary(op, plan, &columns, values.len()), source)
+                        Error::query(summary(op, plan, columns, values.len()), source)
                     }
                     other => other,
                 })
@@ -1086,6 +1110,14 @@ pub trait BulkWrite<T: Table, V>: BulkConnection + sql::ChunkStatements<T, V> {
     #[doc(hidden)]
     fn row_shape(row: &ValuesClause<V, T>) -> QueryResult<sql::RowShape>;
 
+    /// [`RowShape::bytes`](sql::RowShape::bytes) of `row` alone, for a row whose columns and
+    /// binds are known without rendering it. Default: 0 (nothing bounds a statement's bytes).
+    #[doc(hidden)]
+    fn row_bytes(row: &ValuesClause<V, T>) -> QueryResult<usize> {
+        let _ = row;
+        Ok(0)
+    }
+
     /// How a chunk starting with a row of `shape` is written, under the connection's
     /// `limits` (read once per bulk call). Sends nothing.
     #[doc(hidden)]
@@ -1197,7 +1229,7 @@ pub(crate) fn internal<T>(f: impl FnOnce() -> T) -> T {
 
 #[cfg(test)]
 mod tests {
-    use super::{dedup, sql::RowShape, Pending};
+    use super::{dedup, Pending};
     use diesel::query_builder::ValuesClause;
 
     fn pending(key: i32, v: i32) -> Pending<i32, (), i32> {
@@ -1205,11 +1237,6 @@ mod tests {
         values.values = v;
         Pending {
             values,
-            shape: RowShape {
-                columns: String::new(),
-                binds: 1,
-                bytes: 0,
-            },
             key: Some(key),
         }
     }

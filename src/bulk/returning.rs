@@ -4,7 +4,7 @@
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
 use diesel::expression::QueryMetadata;
-use diesel::query_builder::{QueryFragment, ValuesClause};
+use diesel::query_builder::{QueryFragment, QueryId, ValuesClause};
 use diesel::{Insertable, Table};
 
 use super::delete::BulkKeys;
@@ -61,6 +61,7 @@ where
         X: Executor,
         I: Iterator<Item = R>,
         R: Insertable<T, Values = ValuesClause<V, T>>,
+        V: QueryId,
         K: KeyOf<R>,
         ConnectionOf<X>: BulkWrite<T, V>,
         S: Expression + QueryFragment<<ConnectionOf<X> as diesel::Connection>::Backend>,

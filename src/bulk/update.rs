@@ -2,7 +2,7 @@
 
 use std::num::NonZeroUsize;
 
-use diesel::query_builder::ValuesClause;
+use diesel::query_builder::{QueryId, ValuesClause};
 use diesel::{Column, Insertable, Table};
 
 use super::{insert_into, BulkInsert, BulkWrite, Checkpoint, Conflict, KeyOf, NoProgress};
@@ -128,6 +128,7 @@ where
         X: Executor,
         I: Iterator<Item = R>,
         R: Insertable<T, Values = ValuesClause<V, T>>,
+        V: QueryId,
         F: KeyOf<R>,
         ConnectionOf<X>: BulkWrite<T, V>,
     {

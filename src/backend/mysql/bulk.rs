@@ -123,6 +123,10 @@ where
         Ok(shape)
     }
 
+    fn row_bytes(row: &ValuesClause<V, T>) -> QueryResult<usize> {
+        bind_bytes(&row.values)
+    }
+
     fn plan(_: T, shape: &RowShape, _: Want, limits: Limits) -> QueryResult<Plan> {
         Ok(insert_plan(limits, shape))
     }

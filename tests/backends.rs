@@ -12,7 +12,8 @@
 //!   `bulk_killed.rs`;
 //! - an OFFSET without a LIMIT (SQLite, PostgreSQL): `offset.rs`;
 //! - row locks (PostgreSQL, MySQL): `row_lock_tests!()` from `limits.rs`;
-//! - SQLite's own builder settings: `pool_sqlite.rs`.
+//! - SQLite's own builder settings: `pool_sqlite.rs`;
+//! - PostgreSQL's custom types through bulk writes: `bulk_pg.rs`.
 //!
 //! Test numbers (each gives a test its own id range, `common::id_base`; pick a free one):
 //! 1-12, 20-25, 30-31 (budgets, own limits, batches, instrumentation, hygiene), 40-41 (killed),
@@ -81,6 +82,7 @@ mod postgres {
     include!("backends/cache_shared.rs");
     include!("backends/bulk.rs");
     include!("backends/bulk_killed.rs");
+    include!("backends/bulk_pg.rs");
 }
 
 #[cfg(feature = "mysql")]

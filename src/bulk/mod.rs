@@ -643,10 +643,10 @@ pub struct Plan {
     pub copy: bool,
     /// An upsert written through a `COPY`-fed staging table (PostgreSQL).
     pub staging: bool,
-    /// Each row is encoded as it is taken ([`BulkWrite::encode_row`]) and the chunk written
-    /// from those bytes ([`BulkWrite::write_encoded`]): no row kept, no shape rendered after
-    /// the chunk's first row (PostgreSQL's binary `COPY` of a plain insert). `byte_limit` then
-    /// bounds the encoded bytes of a chunk.
+    /// The chunk is streamed ([`BulkWrite::write_stream`]): each row is taken from the input,
+    /// encoded and sent while the statement runs, so the server works while the next rows are
+    /// made; no row is kept, no shape rendered after the chunk's first row (PostgreSQL's
+    /// binary `COPY` of a plain insert). A plain insert only: rows carry no conflict key.
     pub encoded: bool,
     /// An upsert written as `INSERT .. SELECT * FROM UNNEST($1, ..)`, one array a column
     /// (PostgreSQL): every row of the chunk binds as many values as the first.
@@ -663,16 +663,6 @@ impl Plan {
             1
         }
     }
-}
-
-/// The open chunk of an [`encoded`](Plan::encoded) plan.
-#[derive(Default)]
-struct Encoded {
-    /// The rows as [`BulkWrite::encode_row`] appended them.
-    data: Vec<u8>,
-    rows: usize,
-    /// The shape of the chunk's first row (the others bind as many values).
-    shape: sql::RowShape,
 }
 
 /// A row as a chunk holds it: its values and its conflict key (the chunk keeps its first
@@ -723,7 +713,25 @@ impl<P: OnProgress> Tally<P> {
         C: Connection,
         F: FnOnce(&mut C) -> Result<usize>,
     {
-        let affected = if self.atomic {
+        self.chunk_counted(conn, statements, copy, |conn: &mut C| {
+            write(conn).map(|affected| (input_rows, affected))
+        })
+    }
+
+    /// [`chunk`](Self::chunk) for a chunk whose input rows are known when it is written:
+    /// `write` returns them with the rows affected.
+    pub(crate) fn chunk_counted<C, F>(
+        &mut self,
+        conn: &mut C,
+        statements: u64,
+        copy: bool,
+        write: F,
+    ) -> Result<()>
+    where
+        C: Connection,
+        F: FnOnce(&mut C) -> Result<(u64, usize)>,
+    {
+        let (input_rows, affected) = if self.atomic {
             write(conn)
         } else {
             conn.transaction::<_, Error, _>(write)
@@ -786,7 +794,7 @@ where
     fn all<C, R, V, W>(
         &mut self,
         conn: &mut C,
-        rows: impl Iterator<Item = R>,
+        mut rows: impl Iterator<Item = R>,
         write: &mut W,
     ) -> Result<()>
     where
@@ -801,30 +809,22 @@ where
         let mut chunk_shape = sql::RowShape::default();
         let mut plan: Option<Plan> = None;
         let (mut binds, mut bytes) = (0usize, 0usize);
-        // The open chunk of an `encoded` plan: its rows' bytes, how many, the first row's shape.
-        let mut encoded = Encoded::default();
         // The shape every row renders when the row type has a static query id: Diesel's
         // promise that its SQL is the same for every value (its statement cache keys such
         // statements by type alone), so it is rendered once, not per row. Not so for a row
         // with an `Option` left to its `DEFAULT`, whose column list depends on the value.
         let mut fixed: Option<sql::RowShape> = None;
-        for row in rows {
-            let key = self.key_of.key_of(&row);
-            let values = row.values();
-            if let Some(p) = plan.filter(|p| p.encoded) {
-                let room = encoded.rows < self.max_rows(&p)
-                    && p.byte_limit.is_none_or(|l| encoded.data.len() < l);
-                if room
-                    && conn
-                        .encode_row(&values, encoded.shape.binds, &mut encoded.data)
-                        .map_err(Error::from)?
-                {
-                    encoded.rows += 1;
-                    continue;
-                }
-                self.flush_encoded(conn, &mut encoded, &p)?;
-                plan = None;
-            }
+        // A row a streamed chunk took but did not write (it binds other values): the next row.
+        let mut carried: Option<ValuesClause<V, T>> = None;
+        loop {
+            let (key, values) = match carried.take() {
+                // Streamed chunks are plain inserts: their rows carry no conflict key.
+                Some(values) => (None, values),
+                None => match rows.next() {
+                    Some(row) => (self.key_of.key_of(&row), row.values()),
+                    None => break,
+                },
+            };
             let rendered;
             let (shape, row_bytes) = match &fixed {
                 Some(shape) => (shape, C::row_bytes(&values).map_err(Error::from)?),
@@ -866,17 +866,11 @@ where
                 }
                 plan = Some(p);
             }
-            if plan.is_some_and(|p| p.encoded) {
-                if !conn
-                    .encode_row(&values, shape.binds, &mut encoded.data)
-                    .map_err(Error::from)?
-                {
-                    return Err(Error::from(diesel::result::Error::QueryBuilderError(
-                        "the first row of an encoded chunk did not encode".into(),
-                    )));
-                }
-                encoded.rows = 1;
-                encoded.shape = shape.clone();
+            if let Some(p) = plan.filter(|p| p.encoded) {
+                // The whole chunk now, streamed from the input (the open chunk is empty: a
+                // plan is made only for a chunk's first row).
+                carried = self.stream(conn, &values, shape, &p, &mut rows)?;
+                plan = None;
                 continue;
             }
             if chunk.is_empty() {
@@ -886,42 +880,51 @@ where
             bytes += row_bytes;
             chunk.push(Pending { values, key });
         }
-        if let Some(p) = plan.filter(|p| p.encoded) {
-            return self.flush_encoded(conn, &mut encoded, &p);
-        }
         self.flush(conn, &mut chunk, &chunk_shape, plan.as_ref(), write)
     }
 
-    /// Writes the encoded chunk (and empties it) as one statement, in its own transaction
-    /// under `per_chunk`.
-    fn flush_encoded<C, V>(
+    /// Streams one chunk of an [`encoded`](Plan::encoded) plan, starting with `first`, as one
+    /// statement in its own transaction under `per_chunk`; returns the row that ended it
+    /// unwritten, if one did.
+    fn stream<C, R, V>(
         &mut self,
         conn: &mut C,
-        encoded: &mut Encoded,
+        first: &ValuesClause<V, T>,
+        shape: &sql::RowShape,
         plan: &Plan,
-    ) -> Result<()>
+        rows: &mut impl Iterator<Item = R>,
+    ) -> Result<Option<ValuesClause<V, T>>>
     where
         C: BulkWrite<T, V>,
+        R: Insertable<T, Values = ValuesClause<V, T>>,
     {
-        if encoded.rows == 0 {
-            return Ok(());
-        }
-        let (table, op, rows) = (self.table, self.want.op, encoded.rows);
-        let (data, columns) = (&encoded.data, &encoded.shape.columns);
-        self.tally.chunk(
+        let (table, op, max_rows) = (self.table, self.want.op, self.max_rows(plan));
+        let mut taken = 1;
+        let mut next = || {
+            if taken >= max_rows {
+                return None;
+            }
+            let row = rows.next()?;
+            taken += 1;
+            Some(row.values())
+        };
+        let mut carried = None;
+        self.tally.chunk_counted(
             conn,
-            rows as u64,
             plan.statements(),
             plan.copy,
-            |conn: &mut C| -> Result<usize> {
-                let _scope = BudgetScope::enter(Budget::rows(rows as u64).spec());
-                conn.write_encoded(table, data)
-                    .map_err(|source| Error::query(summary(op, plan, columns, rows), source))
+            |conn: &mut C| -> Result<(u64, usize)> {
+                let _scope = BudgetScope::enter(Budget::rows(max_rows as u64).spec());
+                let (written, back) = conn
+                    .write_stream(table, first, shape.binds, &mut next)
+                    .map_err(|source| {
+                        Error::query(summary(op, plan, &shape.columns, max_rows), source)
+                    })?;
+                carried = back;
+                Ok((written as u64, written))
             },
         )?;
-        encoded.data.clear();
-        encoded.rows = 0;
-        Ok(())
+        Ok(carried)
     }
 
     fn max_rows(&self, plan: &Plan) -> usize {
@@ -1056,9 +1059,15 @@ fn summary(op: Op, plan: &Plan, columns: &str, rows: usize) -> String {
             "COPY .. ({columns}) FROM STDIN (FORMAT binary) into a staging table, INSERT .. \
              SELECT .. ON CONFLICT: {rows} rows"
         ),
+        Op::Insert if plan.copy && plan.encoded => {
+            format!("COPY .. ({columns}) FROM STDIN (FORMAT binary): at most {rows} rows, streamed")
+        }
         Op::Insert if plan.copy => {
             format!("COPY .. ({columns}) FROM STDIN (FORMAT binary): {rows} rows")
         }
+        Op::Insert if plan.unnest => format!(
+            "INSERT INTO .. ({columns}) SELECT * FROM UNNEST(..) ON CONFLICT ..: {rows} rows"
+        ),
         Op::Insert => format!("INSERT INTO .. ({columns}) VALUES (..): {rows} rows"),
     }
 }
@@ -1137,28 +1146,23 @@ pub trait BulkWrite<T: Table, V>: BulkConnection + sql::ChunkStatements<T, V> {
         self.insert_rows(table, rows, conflict)
     }
 
-    /// Appends `row`, encoded, to `data` (the open chunk of a plan with
-    /// [`encoded`](Plan::encoded) set, whose first row bound `fields` values); `Ok(false)` with
-    /// `data` unchanged when the row does not bind exactly `fields` values (then the chunker
-    /// renders its shape and plans it anew). Default: never encodes.
+    /// Writes one chunk of an [`encoded`](Plan::encoded) plan as a stream: `first` (binding
+    /// `fields` values), then each row `next` gives, encoded and sent as it is taken, until
+    /// `next` gives `None` or a row does not bind exactly `fields` values or cannot be encoded
+    /// while the statement runs; that row is returned, unwritten, for the chunker to plan
+    /// anew. Returns the rows written. Default: unreachable (no plan of the backend sets
+    /// `encoded`), an error.
     #[doc(hidden)]
-    fn encode_row(
+    fn write_stream(
         &mut self,
-        row: &ValuesClause<V, T>,
+        table: T,
+        first: &ValuesClause<V, T>,
         fields: usize,
-        data: &mut Vec<u8>,
-    ) -> QueryResult<bool> {
-        let _ = (row, fields, data);
-        Ok(false)
-    }
-
-    /// Writes one chunk of rows appended by [`encode_row`](Self::encode_row); returns the rows
-    /// written. Default: unreachable (no plan of the backend sets `encoded`), an error.
-    #[doc(hidden)]
-    fn write_encoded(&mut self, table: T, data: &[u8]) -> QueryResult<usize> {
-        let _ = (table, data);
+        next: &mut dyn FnMut() -> Option<ValuesClause<V, T>>,
+    ) -> QueryResult<(usize, Option<ValuesClause<V, T>>)> {
+        let _ = (table, first, fields, next);
         Err(diesel::result::Error::QueryBuilderError(
-            "this backend writes no encoded chunk".into(),
+            "this backend streams no chunk".into(),
         ))
     }
 

@@ -9,7 +9,7 @@ use diesel::deserialize::FromSqlRow;
 use diesel::expression::Expression;
 use diesel::expression::QueryMetadata;
 use diesel::insertable::InsertValues;
-use diesel::pg::{CopyFormat, CopyTarget, Pg, PgConnection, PgTypeMetadata};
+use diesel::pg::{CopyFormat, CopyTarget, Pg, PgConnection, PgMetadataLookup, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId, ValuesClause};
 use diesel::serialize::{IsNull, Output, ToSql};
@@ -31,10 +31,6 @@ const BIND_LIMIT: usize = 65_535;
 
 /// Rows a `COPY` chunk holds by default: past ~10k rows a statement costs nothing measurable.
 const COPY_ROWS: usize = 10_000;
-
-/// Encoded bytes past which a plain insert's `COPY` chunk takes no more rows (wide rows: the
-/// memory a chunk holds stays bounded whatever the row count).
-const COPY_BYTES: usize = 8 << 20;
 
 /// Rows an `UNNEST` upsert chunk holds by default (one array bind a column whatever the count).
 const UNNEST_ROWS: usize = 10_000;
@@ -113,7 +109,7 @@ where
         if bound && row == table {
             return Ok(Plan {
                 bind_limit: None,
-                byte_limit: (!want.upsert).then_some(COPY_BYTES),
+                byte_limit: None,
                 default_rows: COPY_ROWS,
                 copy: true,
                 staging: want.upsert,
@@ -124,30 +120,76 @@ where
         Ok(insert_plan(limits, shape))
     }
 
-    /// A row binding every column of the chunk's first row (Diesel renders one column list
-    /// for every row of a PostgreSQL insert, `DEFAULT` for a `None`: only the count of bound
-    /// values can differ between rows of one type, as in Diesel's own multi-row `INSERT`,
-    /// which renders the first row's column list for all).
-    fn encode_row(
+    /// Binary `COPY` of a plain insert, streamed: the chunk's first row is encoded before the
+    /// `COPY` starts, with the connection answering the custom types it looks up (kept); each
+    /// later row is encoded and sent while the `COPY` runs, its lookups answered from what was
+    /// kept. A row that binds another number of values than the first (Diesel renders one
+    /// column list for every row of a PostgreSQL insert, `DEFAULT` for a `None`: only the count
+    /// of bound values can differ between rows of one type), that needs a type not kept, or
+    /// that fails to encode, ends the chunk and is handed back unwritten (planned anew, an
+    /// error it holds shows there).
+    fn write_stream(
         &mut self,
-        row: &ValuesClause<V, T>,
+        table: T,
+        first: &ValuesClause<V, T>,
         fields: usize,
-        data: &mut Vec<u8>,
-    ) -> QueryResult<bool> {
-        BINDS.with_borrow_mut(|binds| encode_row(self, binds, row, fields, data))
-    }
-
-    fn write_encoded(&mut self, table: T, data: &[u8]) -> QueryResult<usize> {
-        let write = move |out: &mut dyn Write| {
-            out.write_all(COPY_HEADER)
-                .and_then(|()| out.write_all(data))
-                .and_then(|()| out.write_all(&(-1i16).to_be_bytes()))
-                .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
+        next: &mut dyn FnMut() -> Option<ValuesClause<V, T>>,
+    ) -> QueryResult<(usize, Option<ValuesClause<V, T>>)> {
+        let mut types = Replay::default();
+        let mut head = Vec::with_capacity(COPY_HEADER.len() + 256);
+        let mut binds = RawBytesBindCollector::<Pg>::new();
+        // Each pass learns the types the row looked up and missed (an array of a custom type
+        // looks up its element type too); a handful of passes covers any real row.
+        for pass in 0.. {
+            head.clear();
+            head.extend_from_slice(COPY_HEADER);
+            let encoded = encode_row(&mut types, &mut binds, first, fields, &mut head);
+            if types.missed.is_empty() {
+                if !encoded? {
+                    return Err(diesel::result::Error::QueryBuilderError(
+                        "the first row of a COPY chunk did not encode".into(),
+                    ));
+                }
+                break;
+            }
+            if pass == 8 {
+                return Err(diesel::result::Error::QueryBuilderError(
+                    "a COPY row looked up more nested custom types than expected".into(),
+                ));
+            }
+            for (name, schema) in std::mem::take(&mut types.missed) {
+                let found = self.lookup_type(&name, schema.as_deref());
+                types.known.push((name, schema, found));
+            }
+        }
+        // `from_raw_data` takes an `Fn`: the state it changes sits in cells.
+        let stream = std::cell::RefCell::new((next, types, binds, Vec::new(), 1usize, None));
+        let write = |out: &mut dyn Write| -> QueryResult<()> {
+            let io = |e: std::io::Error| diesel::result::Error::SerializationError(Box::new(e));
+            let mut state = stream.borrow_mut();
+            let (next, types, binds, row_bytes, written, back) = &mut *state;
+            out.write_all(&head).map_err(io)?;
+            while let Some(row) = next() {
+                row_bytes.clear();
+                match encode_row(types, binds, &row, fields, row_bytes) {
+                    Ok(true) if types.missed.is_empty() => {
+                        out.write_all(row_bytes).map_err(io)?;
+                        *written += 1;
+                    }
+                    _ => {
+                        *back = Some(row);
+                        break;
+                    }
+                }
+            }
+            out.write_all(&(-1i16).to_be_bytes()).map_err(io)
         };
         diesel::copy_from(table)
             .from_raw_data(table, write)
             .with_format(CopyFormat::Binary)
-            .execute(self)
+            .execute(self)?;
+        let (_, _, _, _, written, back) = stream.into_inner();
+        Ok((written, back))
     }
 
     fn write_chunk(
@@ -364,7 +406,7 @@ where
 /// `-1` for NULL. `Ok(false)`, nothing appended, when the row binds other than `fields` values
 /// (`usize::MAX`: any number).
 fn encode_row<T, V>(
-    conn: &mut PgConnection,
+    lookup: &mut (dyn PgMetadataLookup + 'static),
     binds: &mut RawBytesBindCollector<Pg>,
     row: &ValuesClause<V, T>,
     fields: usize,
@@ -378,7 +420,7 @@ where
         || diesel::result::Error::SerializationError("a COPY field or row is too long".into());
     binds.binds.clear();
     binds.metadata.clear();
-    row.values.collect_binds(binds, conn, &Pg)?;
+    row.values.collect_binds(binds, lookup, &Pg)?;
     let count = binds.binds.len();
     if fields != usize::MAX && count != fields {
         return Ok(false);
@@ -568,5 +610,31 @@ where
         }
         out.push_sql(")");
         crate::backend::on_conflict_clause(self.conflict, self.columns, out.reborrow())
+    }
+}
+
+/// The type lookup of a streamed `COPY` chunk (which holds the connection meanwhile): the
+/// custom types the connection answered for the chunk's first row, and those asked for but not
+/// known (their metadata is a placeholder: the row is not sent).
+#[derive(Default)]
+struct Replay {
+    known: Vec<(String, Option<String>, PgTypeMetadata)>,
+    missed: Vec<(String, Option<String>)>,
+}
+
+impl PgMetadataLookup for Replay {
+    fn lookup_type(&mut self, type_name: &str, schema: Option<&str>) -> PgTypeMetadata {
+        let found = self
+            .known
+            .iter()
+            .find(|(name, s, _)| name == type_name && s.as_deref() == schema);
+        match found {
+            Some((_, _, metadata)) => metadata.clone(),
+            None => {
+                self.missed
+                    .push((type_name.to_owned(), schema.map(str::to_owned)));
+                PgTypeMetadata::new(0, 0)
+            }
+        }
     }
 }

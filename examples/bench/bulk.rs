@@ -10,16 +10,17 @@
 //! keys already there, `on_conflict_do_update`, default path; the pre-fill is not timed),
 //! `bulk-upsert-insert` (the same through chunked `INSERT .. ON CONFLICT`, `.insert_only()`),
 //! `bulk-upsert-staging` (the same through the COPY-fed staging table, `.staging()`;
-//! PostgreSQL's choice, the others ignore it).
+//! PostgreSQL only, the others ignore it).
 //!
 //! Updates and deletes run on a pre-filled table (not timed): `diesel-update-rows` (one
 //! `UPDATE items SET name = ? WHERE id = ?` per row, one transaction) against `bulk-update`
 //! (every row renamed by `bulk::update` of `(id, name)` rows); `diesel-delete-chunks` (`delete(filter(id.eq_any(chunk)))`, 10,000 keys a
 //! statement, one transaction) against `bulk-delete` (`bulk::delete` of every key).
 //!
-//! Measured, not in the library (issue 6 asks to measure it): PostgreSQL `unnest-insert` and
-//! `unnest-upsert` (half the keys already there, `ON CONFLICT (id) DO UPDATE`; untimed pre-fill),
-//! plain Diesel written the way a careful user would: `sql_query("INSERT INTO items (..) SELECT
+//! PostgreSQL `unnest-insert` and `unnest-upsert` (half the keys already there, `ON CONFLICT
+//! (id) DO UPDATE`; untimed pre-fill): plain Diesel's `UNNEST`, the baseline of our default
+//! upsert path there (`bulk-upsert`; `UNNEST` lost to `COPY` for inserts, so `bulk-insert` stays
+//! on `COPY`), written the way a careful user would: `sql_query("INSERT INTO items (..) SELECT
 //! * FROM UNNEST($1, $2, $3, $4, $5) ..")` with one `Array<..>` bind per column (5 binds whatever
 //! the chunk), 10,000 rows a statement, one transaction, the rows of an iterator gathered into
 //! reused column `Vec`s.

@@ -718,7 +718,7 @@ impl<P: OnProgress> Tally<P> {
         })
     }
 
-    /// [`chunk`](Self::chunk) for a chunk whose input rows are known when it is written:
+    /// [`chunk`](Self::chunk) for a chunk whose input rows are known only once it is written:
     /// `write` returns them with the rows affected.
     pub(crate) fn chunk_counted<C, F>(
         &mut self,

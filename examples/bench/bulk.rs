@@ -76,6 +76,9 @@ struct BulkArgs {
     rows: u64,
     #[arg(long)]
     url: Option<String>,
+    /// `bulk-insert` / `bulk-upsert*`: rows a chunk (default: the library's).
+    #[arg(long)]
+    chunk_rows: Option<std::num::NonZeroUsize>,
 }
 
 /// Whether the first argument names a bulk scenario.
@@ -88,9 +91,9 @@ pub(crate) fn main() -> BoxResult<()> {
     let url = database_url(args.backend, args.rows, args.url.as_deref())?;
     let n = i32::try_from(args.rows)?;
     let (wall, extra) = match args.backend {
-        Backend::Sqlite => sqlite::run(args.scenario, &url, n)?,
-        Backend::Postgres => postgres::run(args.scenario, &url, n)?,
-        Backend::Mysql => mysql::run(args.scenario, &url, n)?,
+        Backend::Sqlite => sqlite::run(args.scenario, &url, n, args.chunk_rows)?,
+        Backend::Postgres => postgres::run(args.scenario, &url, n, args.chunk_rows)?,
+        Backend::Mysql => mysql::run(args.scenario, &url, n, args.chunk_rows)?,
     };
     let (peak, _) = rss()?;
     let name = args
@@ -136,6 +139,7 @@ macro_rules! bulk_backend {
                 scenario: BulkScenario,
                 url: &str,
                 n: i32,
+                chunk_rows: Option<std::num::NonZeroUsize>,
             ) -> BoxResult<(Duration, serde_json::Value)> {
                 demo::create_database::<$conn>(url)?;
                 let db = Db::<$conn>::builder(url)
@@ -200,8 +204,11 @@ macro_rules! bulk_backend {
                         return Ok((took, json!({ "rows_per_statement": UNNEST_ROWS })));
                     }
                     BulkScenario::BulkInsert => {
-                        let report = bulk::insert_into(items::table, generated(1, n))
-                            .execute(&mut conn)?;
+                        let mut insert = bulk::insert_into(items::table, generated(1, n));
+                        if let Some(rows) = chunk_rows {
+                            insert = insert.chunk_rows(rows);
+                        }
+                        let report = insert.execute(&mut conn)?;
                         extra = json!({ "chunks": report.chunks, "copy_chunks": report.copy_chunks });
                     }
                     BulkScenario::BulkUpsert
@@ -211,6 +218,9 @@ macro_rules! bulk_backend {
                         let t = Instant::now();
                         let mut upsert = bulk::insert_into(items::table, generated(1, n))
                             .on_conflict_do_update(items::id, |i: &Item| i.id);
+                        if let Some(rows) = chunk_rows {
+                            upsert = upsert.chunk_rows(rows);
+                        }
                         if scenario == BulkScenario::BulkUpsertInsert {
                             upsert = upsert.insert_only();
                         } else if scenario == BulkScenario::BulkUpsertStaging {

@@ -7,12 +7,13 @@
 #  2. cargo fmt --check, clippy -D warnings, rustdoc -D warnings.
 #  3. cargo test --all-features: unit, integration (SQLite, PostgreSQL, MariaDB) and doc tests;
 #     then the compile-fail (trybuild) tests with the default features.
-#  3b. Each backend feature alone: every target builds and the doctests pass on that backend;
+#  3b. Each backend feature alone: the library, binary and examples build and the doctests
+#      pass on that backend;
 #     no backend feature at all is a clear compile error.
 #  4. The real diesel CLI runs and redoes our migrations on SQLite, PostgreSQL and MariaDB.
 #  5. The tour, small, on all three backends.
-#  The fault suite (tests/faults.rs, its table in the README) runs after 3; then trybuild and
-#  the cargo-fuzz targets run side by side with 3b (separate target directories).
+#  The fault suite (tests/faults.rs, its table in the README) and the cargo-fuzz targets run
+#  between 3 and 3b.
 #
 # Servers: PG_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/diesel_budget_test) and
 # MYSQL_DATABASE_URL (default mysql://root@127.0.0.1:3306/diesel_budget_test).
@@ -77,16 +78,18 @@ toolchain() {
     cargo --version
 }
 
-# Each backend feature alone, as a user who enables one backend builds us: every target
-# compiles, and the doctests pass on that backend (tests/doc_setup.rs picks it by feature; the
-# servers' doctests use `<name>_doc` next to PG_DATABASE_URL / MYSQL_DATABASE_URL). Without any
-# backend feature the build must stop at our compile_error!, not somewhere inside.
+# Each backend feature alone, as a user who enables one backend builds us: the library, its
+# binary and the examples compile (the test targets are ours, not a user's; they build with
+# every feature in the steps above), and the doctests pass on that backend
+# (tests/doc_setup.rs picks it by feature; the servers' doctests use `<name>_doc` next to
+# PG_DATABASE_URL / MYSQL_DATABASE_URL). Without any backend feature the build must stop at
+# our compile_error!, not somewhere inside.
 single_backends() {
     local feature out
     for feature in sqlite postgres mysql; do
-        say "--no-default-features --features $feature,page: cargo check --all-targets, doctests (servers)"
+        say "--no-default-features --features $feature,page: cargo check --lib --bins --examples, doctests (servers)"
         # One backend, the other default features (`page`) kept.
-        cargo check --no-default-features --features "$feature,page" --all-targets
+        cargo check --no-default-features --features "$feature,page" --lib --bins --examples
         # With every feature on, the doctests already ran on SQLite (tests/doc_setup.rs picks
         # it first): only the servers' runs are new.
         if [ "$feature" != sqlite ]; then
@@ -153,8 +156,7 @@ migrate() {
         die "$name: diesel migration list shows no applied migration"
 }
 
-# The cargo-fuzz targets (fuzz/: page tokens, budget lockfiles), FUZZ_SECONDS (20) each. It
-# runs where errexit does not apply (side_by_side), so each failure returns explicitly. On
+# The cargo-fuzz targets (fuzz/: page tokens, budget lockfiles), FUZZ_SECONDS (20) each. On
 # the stable toolchain through RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z flags); installs
 # cargo-fuzz when missing (about 2.5 min). The committed lockfiles seed the lockfile corpus;
 # corpus, artifacts and fuzz/target stay untracked (.gitignore). The first build compiles
@@ -164,7 +166,7 @@ fuzz_targets() {
     if ! cargo fuzz --version >/dev/null 2>&1; then
         say "cargo-fuzz not found: cargo install cargo-fuzz --locked"
         t0=$SECONDS
-        cargo install cargo-fuzz --locked || return
+        cargo install cargo-fuzz --locked
         say "cargo-fuzz installed in $((SECONDS - t0)) s"
     fi
     for target in page_token lockfile; do
@@ -174,36 +176,8 @@ fuzz_targets() {
         # --sanitizer none: the decoders are safe Rust; ASan would instrument every dependency
         # (the bundled SQLite included) for nothing and lengthen the cold build.
         (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" "corpus/$target" "${seeds[@]}" \
-            -- -max_total_time="${FUZZ_SECONDS:-20}") || return
+            -- -max_total_time="${FUZZ_SECONDS:-20}")
     done
-}
-
-# Three compile-bound steps in two lanes at once: the compile_fail (trybuild) tests then the
-# fuzz targets in one (trybuild builds in target/tests/trybuild, cargo fuzz in fuzz/target),
-# each backend feature alone in the other (in target/, where clippy's check builds of the
-# dependencies are; the two lanes share target/'s lock only while the compile_fail harness
-# builds). rustc builds one crate at a time through most of each, so on CI's 2 cores the lanes
-# take about the time of the longer one (measured: 859 s one after the other). Each lane's
-# output is printed whole when it ends; the step fails if either lane does.
-side_by_side() {
-    local log pid t0=$SECONDS lane=0 other=0
-    log=$(mktemp)
-    single_backends >"$log" 2>&1 &
-    pid=$!
-    {
-        say "lane 1: cargo test --test compile_fail (default features: trybuild)"
-        cargo test --test compile_fail &&
-            say "lane 1: cargo fuzz: page_token, lockfile (FUZZ_SECONDS=${FUZZ_SECONDS:-20} each)" &&
-            fuzz_targets
-    } || lane=$?
-    say "lane 1 done in $((SECONDS - t0)) s; waiting for lane 2 (each backend feature alone)"
-    wait "$pid" || other=$?
-    say "lane 2 (each backend feature alone: check --all-targets, doctests; none: compile_error!):"
-    cat "$log"
-    rm -f "$log"
-    say "lane 2 done, both in $((SECONDS - t0)) s"
-    [ "$lane" -eq 0 ] || die "lane 1 (trybuild, cargo fuzz) failed (exit $lane)"
-    [ "$other" -eq 0 ] || die "lane 2 (each backend feature alone) failed (exit $other)"
 }
 
 # The tour, small, on each backend: debug build, same features as the tests (no rebuild).
@@ -234,6 +208,9 @@ step "budget lockfiles: CI=true suite lockfile test, then diesel-budget check" \
     env CI=true sh -c 'cargo test --all-features --test backends ci::suite && cargo run --all-features --bin diesel-budget -- check'
 step "fault suite: cargo test --all-features --test faults (its table in README)" cargo test --all-features --test faults
 # trybuild's expected messages list the connection types of one feature set: the default one.
-step "side by side: [trybuild, cargo fuzz] | [each backend feature alone]" side_by_side
+step "cargo test --test compile_fail (default features: trybuild)" cargo test --test compile_fail
+step "cargo fuzz: page_token, lockfile (FUZZ_SECONDS=20 each)" fuzz_targets
+step "each backend feature alone: check lib, bins, examples; doctests; none: compile_error!" \
+    single_backends
 step "diesel CLI: migration run/redo on SQLite, PostgreSQL, MariaDB" diesel_cli_migrations
 step "tour --rows 20000 on SQLite, PostgreSQL, MariaDB" tour

@@ -365,10 +365,11 @@ impl<T, I, K, P> BulkInsert<T, I, K, P> {
     /// Default, without it: each chunk of 10,000 rows is **one** `INSERT INTO target (cols)
     /// SELECT * FROM UNNEST($1, .., $n) ON CONFLICT ..`, one array bind a column whatever the
     /// row count, when the rows bind every column they name (rows that leave a column to its
-    /// `DEFAULT` go as multi-row `INSERT .. ON CONFLICT` chunks). Measured at 10^6 rows, half
-    /// of them existing (README, bulk-write benchmarks): `UNNEST` ran 1.1-1.2x the staging
-    /// table and 1.4-1.6x chunked `INSERT .. ON CONFLICT`. [`insert_only`](Self::insert_only)
-    /// forces chunked `INSERT .. ON CONFLICT`. The other backends ignore it.
+    /// `DEFAULT` go as multi-row `INSERT .. ON CONFLICT` chunks). Measured at 10^5 and 10^6
+    /// rows, half of them existing (README, bulk-write benchmarks): `UNNEST` ran 1.1-1.6x
+    /// chunked `INSERT .. ON CONFLICT`, and even with the staging table (0.84-1.08x in one
+    /// run, 1.12-1.19x in another). [`insert_only`](Self::insert_only) forces chunked `INSERT
+    /// .. ON CONFLICT`. The other backends ignore it.
     ///
     /// # Example
     /// ```
@@ -588,7 +589,6 @@ where
             copy: !insert_only && op == Op::Insert,
             upsert: conflict.is_some() && op == Op::Insert,
             staging,
-            rows_hint: total.map(|t| t - resume.rows_done),
         };
         let mut run = Run {
             table,
@@ -624,8 +624,6 @@ pub struct Want {
     pub upsert: bool,
     /// [`BulkInsert::staging`] as asked; `None`: the backend's default.
     pub staging: Option<bool>,
-    /// Rows left to write, when the input knows its exact length.
-    pub rows_hint: Option<u64>,
 }
 
 /// How one chunk will be written, decided from its first row.
